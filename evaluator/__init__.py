@@ -1,0 +1,1 @@
+"""VAL-Bench evaluator: dataset, scheduler, store, scoring, reports."""

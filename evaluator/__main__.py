@@ -1,0 +1,279 @@
+"""Command line: `python -m evaluator {run,demo,score,report}` and bare `--resume`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from evaluator import report
+from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
+from evaluator.dataset import SAMPLE, DatasetError, iter_pairs
+from evaluator.runner import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USER,
+    RunResult,
+    UserError,
+    execute,
+)
+from evaluator.store import DB_NAME, Store, StoreError
+
+DEFAULT_OUT = Path("runs/latest")
+DEFAULT_DEMO_OUT = Path("runs/demo")
+log = logging.getLogger("evaluator")
+
+
+def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the stdlib loop works, only slower
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--data", default=None, help="dataset: a .jsonl/.csv/.parquet path, 'sample', or hf:val-bench/VAL-Bench")
+    g.add_argument("--split", default="test", help="hub split (default: test)")
+    g.add_argument("--limit", type=int, help="evaluate only the first N valid pairs")
+    g.add_argument("--model", help="model under test (name the endpoint serves)")
+    g.add_argument("--base-url", help="model endpoint, e.g. https://api.openai.com/v1")
+    g.add_argument("--api-key-env", help="environment variable (or .env entry) holding the model endpoint's key")
+    g.add_argument("--judge-model", default="google/gemma-3-27b-it")
+    g.add_argument("--judge-base-url", help="judge endpoint (default: the model endpoint)")
+    g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
+    g.add_argument("--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours (e.g. the paper's)")
+    g.add_argument("--system-prompt-file", type=Path, help="replace the spec's generation system prompt (breaks comparability)")
+    g.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
+    t = p.add_argument_group("throughput and retries")
+    t.add_argument("--concurrency", type=int, default=64, help="generation calls in flight")
+    t.add_argument("--judge-concurrency", type=int, default=64, help="judge calls in flight")
+    t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
+    t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
+    t.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    t.add_argument("--max-attempts", type=int, default=6, help="tries per call for retryable errors")
+    t.add_argument("--judge-retries", type=int, default=2, help="re-asks when a verdict is invalid")
+
+
+def _add_common(p: argparse.ArgumentParser, out_default: Path) -> None:
+    p.add_argument("--out", type=Path, default=out_default, help=f"run directory (default: {out_default})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight calls on Ctrl-C/SIGTERM")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluator",
+        description="Run the VAL-Bench benchmark: generations, judge, metrics. Resumable.",
+    )
+    _add_common(parser, DEFAULT_OUT)
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="evaluate a model on OpenAI-compatible endpoints")
+    _add_common(run, DEFAULT_OUT)
+    _add_run_options(run)
+
+    demo = sub.add_parser("demo", help="the bundled SAMPLE through the SIMULATED backend, over loopback HTTP")
+    _add_common(demo, DEFAULT_DEMO_OUT)
+    demo.add_argument("--persona", default="mixture",
+                      choices=("consistent", "flip", "refuse_both", "refuse_one", "mixture"))
+    demo.add_argument("--share", type=float, default=0.7, help="mixture persona: share of consistent pairs")
+    demo.add_argument("--data", default=SAMPLE, help="dataset (default: the bundled sample)")
+    demo.add_argument("--limit", type=int)
+    demo.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
+    demo.add_argument("--latency-ms", type=float, default=5.0, help="simulated median latency")
+    demo.add_argument("--rate-429", type=float, default=0.0)
+    demo.add_argument("--rate-5xx", type=float, default=0.0)
+    demo.add_argument("--malformed-rate", type=float, default=0.0)
+    demo.add_argument("--reasoning", action="store_true", help="simulated answers carry <think> blocks")
+
+    score = sub.add_parser("score", help="metrics from an existing verdict file (JSONL or Parquet)")
+    score.add_argument("file", type=Path)
+    score.add_argument("--out", type=Path, required=True)
+
+    rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
+    rep.add_argument("dir", type=Path)
+    return parser
+
+
+def _read_text(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {what} {path}: {exc}") from None
+    if not text.strip():
+        raise UserError(f"{what} {path} is empty")
+    return text
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig | None:
+    """A RunConfig from `run` flags; None when only --resume was asked for."""
+    given = [n for n in ("data", "model", "base_url") if getattr(args, n) is not None]
+    if args.resume and not given:
+        return None
+    missing = [f"--{n.replace('_', '-')}" for n in ("data", "model", "base_url") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"run needs {', '.join(missing)}")
+    kwargs: dict[str, Any] = dict(
+        data=args.data, split=args.split, limit=args.limit, model=args.model, base_url=args.base_url,
+        api_key_env=args.api_key_env, judge_model=args.judge_model,
+        judge_base_url=args.judge_base_url or args.base_url, judge_api_key_env=args.judge_api_key_env,
+        judge_order=args.judge_order, concurrency=args.concurrency,
+        judge_concurrency=args.judge_concurrency, rpm=args.rpm, judge_rpm=args.judge_rpm,
+        timeout_s=args.timeout, max_attempts=args.max_attempts, judge_retries=args.judge_retries,
+    )
+    if args.judge_api_key_env is None and args.judge_base_url is None:
+        kwargs["judge_api_key_env"] = args.api_key_env  # same endpoint, same key
+    judge_prompt = _read_text(args.judge_prompt_file, "judge prompt file")
+    if judge_prompt is not None:
+        kwargs["judge_prompt"] = judge_prompt
+    system_prompt = _read_text(args.system_prompt_file, "system prompt file")
+    if system_prompt is not None:
+        kwargs["system_prompt"] = system_prompt.strip()
+    return RunConfig(**kwargs)
+
+
+def _finish(result: RunResult, print_report: bool) -> int:
+    if result.summary is not None:
+        md = (result.run_dir / "report.md").read_text(encoding="utf-8")
+        if print_report:
+            print(md)
+        else:
+            s = result.summary
+            print(f"PAC {report._fmt(s['pac'])}  REF {report._fmt(s['ref'])}  NINF {report._fmt(s['ninf'])}  "
+                  f"(valid {s['n_valid']}, invalid {s['n_invalid']}, failed {s['n_failed']}, "
+                  f"pending {s['n_pending']})")
+        print(f"outputs in {result.run_dir}/ (summary.json, results.jsonl, report.md)")
+    if result.stats is not None:
+        st = result.stats
+        log.info("this session: %d calls sent, %d failed, %d judge re-asks, %d pairs already complete",
+                 st.calls_sent, st.calls_failed, st.judge_reasks, st.pairs_already_complete)
+    if result.exit_code == 75:
+        log.warning("interrupted: resume with  python -m evaluator --resume --out %s", result.run_dir)
+    return result.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if config is not None:
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+    result = _run_loop(execute(
+        args.out, config, resume=args.resume,
+        progress_interval=None if args.quiet else args.progress_interval,
+        drain_timeout=args.drain_timeout,
+    ))
+    return _finish(result, print_report=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.simulated import SimConfig, SimulatedServer, sides_from_pairs
+
+    out: Path = args.out
+    if not args.resume and (out / DB_NAME).exists():
+        with Store.open(out, create=False) as store:
+            stored = store.get_meta("config") or {}
+        if not stored.get("simulated"):
+            raise UserError(f"{out} holds a real run; the demo will not overwrite it (use another --out)")
+        shutil.rmtree(out)  # a previous demo: start afresh
+    try:
+        sides = sides_from_pairs(iter_pairs(args.data, limit=args.limit))
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    sim = SimConfig(
+        persona=args.persona, share=args.share, latency_median_ms=args.latency_ms,
+        rate_429=args.rate_429, rate_5xx=args.rate_5xx, malformed_rate=args.malformed_rate,
+        reasoning=args.reasoning, sides=sides,
+    )
+
+    async def go() -> RunResult:
+        server = SimulatedServer(sim)
+        url = await server.start()
+        try:
+            config = RunConfig(
+                data=args.data, limit=args.limit, model=f"simulated-{args.persona}", base_url=url,
+                judge_model="simulated-judge", judge_base_url=url, judge_order=args.judge_order,
+                concurrency=16, judge_concurrency=16, simulated=True,
+                max_attempts=8,
+            )
+            # Simulated errors should not make the demo wait long.
+            return await execute(
+                out, config, resume=args.resume,
+                progress_interval=None if args.quiet else args.progress_interval,
+                drain_timeout=args.drain_timeout,
+            )
+        finally:
+            await server.stop()
+
+    print(f"SIMULATION: running the bundled sample against the simulated backend "
+          f"(persona {args.persona}), over HTTP on 127.0.0.1", file=sys.stderr)
+    return _finish(_run_loop(go()), print_report=True)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    try:
+        summary = report.score_file(args.file, args.out)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    if summary["n_invalid"]:
+        print(f"{summary['n_invalid']} invalid verdicts: {summary['invalid_reasons']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        with Store.open(args.dir, create=False) as store:
+            raw = store.get_meta("config")
+            if raw is None:
+                raise UserError(f"{args.dir} holds no run config")
+            summary = report.build_run_outputs(args.dir, RunConfig.from_dict(raw), store)
+    except (StoreError, DatasetError, ConfigError) as exc:
+        raise UserError(str(exc)) from None
+    print((args.dir / "report.md").read_text(encoding="utf-8"))
+    return EXIT_OK if summary["complete"] else 75
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr,
+    )
+    command = args.command
+    if command is None:
+        if not args.resume:
+            parser.print_help()
+            return EXIT_USER
+        command = "run"
+        for name in ("data", "model", "base_url"):
+            setattr(args, name, None)
+    handlers = {"run": cmd_run, "demo": cmd_demo, "score": cmd_score, "report": cmd_report}
+    try:
+        return handlers[command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 75
+    except Exception:
+        logging.getLogger("evaluator").exception("internal error")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The run config, the settings that guard --resume, and API keys from the environment or `.env`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from evaluator import protocol
+
+# Settings that change what is sent: resuming with a different value would mix
+# two different experiments in one run, so it is refused.
+REQUEST_SETTINGS = (
+    "data",
+    "split",
+    "model",
+    "judge_model",
+    "system_prompt",
+    "judge_prompt",
+    "judge_order",
+    "protocol",
+)
+JUDGE_ORDERS = ("forward", "reverse", "both")
+PROTOCOL = (
+    f"gen:t={protocol.GEN_TEMPERATURE},p={protocol.GEN_TOP_P},max={protocol.GEN_MAX_TOKENS};"
+    f"judge:t={protocol.JUDGE_TEMPERATURE},p={protocol.JUDGE_TOP_P},max={protocol.JUDGE_MAX_TOKENS};"
+    f"cut={protocol.ANSWER_CHAR_LIMIT}"
+)
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it."""
+
+
+@dataclass(slots=True)
+class RunConfig:
+    data: str
+    model: str
+    base_url: str
+    judge_model: str
+    judge_base_url: str
+    split: str = "test"
+    limit: int | None = None
+    api_key_env: str | None = None
+    judge_api_key_env: str | None = None
+    system_prompt: str = protocol.DEFAULT_SYSTEM_PROMPT
+    judge_prompt: str = protocol.DEFAULT_JUDGE_PROMPT
+    judge_order: str = "forward"
+    concurrency: int = 64
+    judge_concurrency: int = 64
+    rpm: float | None = None
+    judge_rpm: float | None = None
+    timeout_s: float = 600.0
+    max_attempts: int = 6
+    judge_retries: int = 2
+    simulated: bool = False
+    protocol: str = PROTOCOL
+
+    def validate(self) -> None:
+        if self.judge_order not in JUDGE_ORDERS:
+            raise ConfigError(f"--judge-order must be one of {', '.join(JUDGE_ORDERS)}")
+        for name in ("concurrency", "judge_concurrency", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.judge_retries < 0:
+            raise ConfigError("--judge-retries must be 0 or more")
+        for name in ("rpm", "judge_rpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("--limit must be at least 1")
+        for name in ("base_url", "judge_base_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an http(s) URL, got {url!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @property
+    def judge_orders(self) -> tuple[str, ...]:
+        return ("forward", "reverse") if self.judge_order == "both" else (self.judge_order,)
+
+
+def request_differences(stored: RunConfig, new: RunConfig) -> list[str]:
+    """Names (with both values, shortened) of request-changing settings that differ."""
+    out = []
+    for name in REQUEST_SETTINGS:
+        a, b = getattr(stored, name), getattr(new, name)
+        if a != b:
+            out.append(f"{name}: run has {_short(a)}, now {_short(b)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "...'"
+
+
+def load_dotenv(path: Path = Path(".env")) -> dict[str, str]:
+    """KEY=VALUE lines from a `.env` file; existing environment variables win.
+
+    Written here rather than depending on python-dotenv: the format we accept is
+    ten lines of code (comments, `export`, optional quotes) and nothing else.
+    """
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def resolve_key(env_name: str | None, dotenv: dict[str, str]) -> str | None:
+    """The API key named by `env_name`, from the environment, then `.env`. Never stored."""
+    if not env_name:
+        return None
+    key = os.environ.get(env_name) or dotenv.get(env_name)
+    if not key:
+        raise ConfigError(
+            f"API key variable {env_name} is not set (in the environment or ./.env)"
+        )
+    return key

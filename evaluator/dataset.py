@@ -1,0 +1,301 @@
+"""VAL-Bench pairs: schema, validation, and streaming readers (JSONL, CSV, Parquet, the hub).
+
+Rows are read one at a time (Parquet one row group batch at a time), so memory
+does not grow with the file; the only per-row state is the set of ids seen,
+needed to reject duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SAMPLE = "sample"
+STR_COLUMNS = (
+    "article_title",
+    "url",
+    "section_title",
+    "section_text",
+    "issue_description",
+    "for_question",
+    "against_question",
+)
+REQUIRED_COLUMNS = ("id", *STR_COLUMNS, "issue_scale")
+NONEMPTY_COLUMNS = ("for_question", "against_question")
+
+
+class DatasetError(Exception):
+    """The source as a whole cannot be used (not a dataset, unreadable, wrong columns)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    id: int
+    article_title: str
+    url: str
+    section_title: str
+    section_text: str
+    issue_description: str
+    for_question: str
+    against_question: str
+    issue_scale: int
+    category: str | None
+
+    def columns(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    where: str  # "id 17" when the id is readable, else "line 5" / "row 5"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def sample_path() -> Path:
+    """The bundled sample: our own pairs in the benchmark's schema, NOT the benchmark."""
+    return Path(str(resources.files("evaluator") / "data" / "sample.jsonl"))
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def validate_row(row: dict[str, Any], where: str) -> Pair | BadRow:
+    """Check one raw row against the schema (spec §1)."""
+    pair_id = _as_int(row.get("id"))
+    if "id" in row and pair_id is not None:
+        where = f"id {pair_id}"
+    missing = [c for c in REQUIRED_COLUMNS if c not in row]
+    if missing:
+        return BadRow(where, f"missing column(s): {', '.join(missing)}")
+    if pair_id is None:
+        return BadRow(where, f"id must be an integer, got {row['id']!r:.40}")
+    for col in STR_COLUMNS:
+        if not isinstance(row[col], str):
+            return BadRow(where, f"{col} must be text, got {type(row[col]).__name__}")
+    for col in NONEMPTY_COLUMNS:
+        if not row[col].strip():
+            return BadRow(where, f"{col} is empty")
+    scale = _as_int(row["issue_scale"])
+    if scale is None or not 1 <= scale <= 5:
+        return BadRow(where, f"issue_scale must be an integer 1-5, got {row['issue_scale']!r:.40}")
+    category = row.get("category")
+    if isinstance(category, float) and math.isnan(category):
+        category = None  # pandas writes a missing string as NaN
+    if category == "":
+        category = None
+    if category is not None and not isinstance(category, str):
+        return BadRow(where, f"category must be text, got {type(category).__name__}")
+    return Pair(
+        id=pair_id,
+        article_title=row["article_title"],
+        url=row["url"],
+        section_title=row["section_title"],
+        section_text=row["section_text"],
+        issue_description=row["issue_description"],
+        for_question=row["for_question"],
+        against_question=row["against_question"],
+        issue_scale=scale,
+        category=category,
+    )
+
+
+DATASET_MARKERS = ("for_question", "against_question", "issue_description")
+
+
+def _looks_like_dataset(row: dict[str, Any], source: str, markers: tuple[str, ...]) -> None:
+    if not any(c in row for c in markers):
+        raise DatasetError(
+            f"{source} is not the expected kind of file: its first row has none of the columns "
+            f"{', '.join(markers)} (found: {', '.join(map(str, list(row)[:8])) or 'none'})"
+        )
+
+
+def jsonl_rows(
+    path: Path, markers: tuple[str, ...] = DATASET_MARKERS
+) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    first = True
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"line {lineno}"
+            if not line.strip():
+                continue
+            try:
+                line.decode("utf-8")
+                obj = orjson.loads(line)
+            except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+                if first:
+                    raise DatasetError(
+                        f"{path} is not a JSONL dataset: line {lineno} is not JSON ({exc})"
+                    ) from None
+                kind = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
+                yield where, BadRow(where, f"{kind} (truncated or corrupted line?)")
+                continue
+            if not isinstance(obj, dict):
+                if first:
+                    raise DatasetError(f"{path} is not a JSONL dataset: line {lineno} is not an object")
+                yield where, BadRow(where, "not a JSON object")
+                continue
+            if first:
+                _looks_like_dataset(obj, str(path), markers)
+                first = False
+            yield where, obj
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    csv.field_size_limit(sys.maxsize)  # section_text can be tens of thousands of characters
+    try:
+        fh = path.open("r", encoding="utf-8", newline="")
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not a UTF-8 CSV file") from None
+    with fh:
+        _looks_like_dataset(dict.fromkeys(header), str(path), DATASET_MARKERS)
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: CSV header lacks column(s): {', '.join(missing)}")
+        rowno = 1
+        while True:
+            rowno += 1
+            where = f"row {rowno}"
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise DatasetError(f"{path}: not UTF-8 near {where}; no rows after it were read") from None
+            except csv.Error as exc:
+                raise DatasetError(f"{path}: malformed CSV near {where}: {exc}") from None
+            if None in row or any(v is None for v in row.values()):
+                yield where, BadRow(where, "wrong number of fields (truncated row?)")
+                continue
+            yield where, row
+
+
+def parquet_rows(
+    path: Path | io.IOBase, name: str, markers: tuple[str, ...] = DATASET_MARKERS
+) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(
+            f"reading {name} needs pyarrow: pip install 'valbench-evaluator[hf]'"
+        ) from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DatasetError(f"{name} is not a readable Parquet file: {exc}") from None
+    _looks_like_dataset(dict.fromkeys(pf.schema_arrow.names), name, markers)
+    rowno = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            rowno += 1
+            yield f"row {rowno}", row
+
+
+def _hub_rows(repo: str, split: str) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    """Stream a hub dataset's Parquet files for one split (needs the `hf` extra and network)."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+    except ImportError:
+        raise DatasetError(
+            f"loading hf:{repo} needs the hf extra: pip install 'valbench-evaluator[hf]'"
+        ) from None
+    try:
+        files = HfApi().list_repo_files(repo, repo_type="dataset")
+    except Exception as exc:  # network, auth or not-found errors come in many types
+        raise DatasetError(f"cannot list hub dataset {repo}: {type(exc).__name__}: {exc}") from None
+    wanted = sorted(
+        f
+        for f in files
+        if f.endswith(".parquet")
+        and (Path(f).name.startswith(f"{split}-") or f"/{split}/" in f"/{f}")
+    )
+    if not wanted:
+        raise DatasetError(f"hub dataset {repo} has no Parquet files for split {split!r}")
+    for name in wanted:
+        try:
+            local = hf_hub_download(repo, name, repo_type="dataset")
+        except Exception as exc:
+            raise DatasetError(f"cannot download {repo}/{name}: {type(exc).__name__}: {exc}") from None
+        yield from parquet_rows(Path(local), f"hf:{repo}/{name}")
+
+
+def raw_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
+    """(location, row) for every row of a source: a path, `sample`, or `hf:owner/name`."""
+    if source.startswith("hf:"):
+        return _hub_rows(source[3:], split)
+    path = sample_path() if source == SAMPLE else Path(source)
+    if not path.is_file():
+        raise DatasetError(f"dataset file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return jsonl_rows(path)
+    if suffix == ".csv":
+        return _csv_rows(path)
+    if suffix in (".parquet", ".pq"):
+        return parquet_rows(path, str(path))
+    raise DatasetError(f"{path}: unknown dataset format {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def iter_pairs(
+    source: str,
+    *,
+    limit: int | None = None,
+    split: str = "test",
+    on_bad_row: Callable[[BadRow], None] | None = None,
+) -> Iterator[Pair]:
+    """Valid pairs in file order; bad rows go to `on_bad_row` and are never yielded.
+
+    `limit` counts valid pairs. Raises DatasetError if the source is unusable
+    as a whole or holds no rows at all.
+    """
+    seen: set[int] = set()
+    produced = 0
+    any_rows = False
+    for where, row in raw_rows(source, split):
+        any_rows = True
+        result = row if isinstance(row, BadRow) else validate_row(row, where)
+        if isinstance(result, Pair) and result.id in seen:
+            result = BadRow(f"id {result.id}", "duplicate id (first occurrence kept)")
+        if isinstance(result, BadRow):
+            if on_bad_row is not None:
+                on_bad_row(result)
+            continue
+        seen.add(result.id)
+        yield result
+        produced += 1
+        if limit is not None and produced >= limit:
+            return
+    if not any_rows:
+        raise DatasetError(f"{source} holds no rows")
+
+
+def describe_source(source: str) -> str:
+    if source == SAMPLE:
+        return "bundled SAMPLE (our own pairs in the VAL-Bench schema; not the benchmark)"
+    return source

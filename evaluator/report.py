@@ -1,0 +1,263 @@
+"""A run's outputs: results.jsonl, summary.json, the CSVs and report.md.
+
+Results are assembled by streaming the dataset again and joining each pair
+with its calls in the store, so nothing per pair is held in memory except the
+few numbers scoring needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from evaluator.calls import generation_calls, judge_call
+from evaluator.config import RunConfig
+from evaluator.dataset import (
+    SAMPLE,
+    DatasetError,
+    _as_int,
+    describe_source,
+    iter_pairs,
+    jsonl_rows,
+    parquet_rows,
+)
+from evaluator.protocol import VerdictError, parse_verdict
+from evaluator.scoring import METRIC_KEYS, Observation, adjusted_score, summarize
+from evaluator.store import Store
+
+SIMULATION_BANNER = (
+    "SIMULATION: answers and verdicts come from the project's simulated backend, "
+    "not from a language model. These numbers say nothing about any real model."
+)
+SAMPLE_BANNER = (
+    "SAMPLE: the bundled sample of our own pairs in the VAL-Bench schema, "
+    "not the VAL-Bench dataset."
+)
+
+
+def _verdict_or_error(raw: Any) -> tuple[Any, str | None]:
+    try:
+        return parse_verdict(raw), None
+    except VerdictError as exc:
+        return None, str(exc)
+
+
+def _slim(obs_verdict: Any) -> Any:
+    # Scoring needs flags and the score only; drop the judge's prose to keep memory small.
+    return None if obs_verdict is None else dataclasses.replace(obs_verdict, fields={})
+
+
+def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[str, Any]:
+    """Write every output file of a run from its store; return summary.json's content."""
+    orders = config.judge_orders
+    observations: dict[str, list[Observation]] = {o: [] for o in orders}
+    counts = {"pairs": 0, "scored": 0, "invalid": 0, "failed": 0, "pending": 0}
+    usage = {"gen": {"prompt_tokens": 0, "completion_tokens": 0}, "judge": {"prompt_tokens": 0, "completion_tokens": 0}}
+    truncated = 0
+    tmp = run_dir / "results.jsonl.tmp"
+    with tmp.open("wb") as out:
+        for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
+            counts["pairs"] += 1
+            records = store.calls_for_pair(pair.id)
+            row: dict[str, Any] = pair.columns()
+            gens = [records.get(spec.key) for spec in generation_calls(config, pair)]
+            for side, rec in zip(("for", "against"), gens):
+                row[f"{side}_response"] = rec.content if rec and rec.status == "done" else None
+                row[f"{side}_reasoning"] = rec.reasoning if rec and rec.status == "done" else None
+                if rec is not None:
+                    _add_usage(usage["gen"], rec.usage)
+                    truncated += rec.finish_reason == "length"
+            errors = [f"{r.role}: {r.error_class}: {r.error}" for r in gens if r and r.status == "failed"]
+            status = "pending"
+            if errors:
+                status = "failed"
+            elif all(r is not None and r.status == "done" for r in gens):
+                status = _judge_part(config, pair, row, records, orders, observations, usage, errors)
+            row["status"] = status
+            if errors:
+                row["error"] = "; ".join(errors)
+            counts[status] += 1
+            out.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+    tmp.replace(run_dir / "results.jsonl")
+
+    pooled = [o for order in orders for o in observations[order]]
+    summary: dict[str, Any] = {
+        "simulated": config.simulated,
+        "dataset": describe_source(config.data),
+        "sample": config.data == SAMPLE,
+        "model": config.model,
+        "judge_model": config.judge_model,
+        "judge_order": config.judge_order,
+        "complete": counts["pending"] == 0,
+        "n_pairs": counts["pairs"],
+        "n_failed": counts["failed"],
+        "n_pending": counts["pending"],
+        "n_bad_rows": len(store.bad_rows()),
+        "n_truncated_answers": truncated,
+        "usage": usage,
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    summary.update(summarize(pooled))
+    if len(orders) > 1:
+        summary["by_judge_order"] = {o: summarize(observations[o]) for o in orders}
+    write_summary_files(run_dir, summary)
+    return summary
+
+
+def _add_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
+    for k in total:
+        v = usage.get(k)
+        if isinstance(v, int):
+            total[k] += v
+
+
+def _judge_part(config, pair, row, records, orders, observations, usage, errors) -> str:
+    answers = (row["for_response"], row["against_response"])
+    status = "scored"
+    for order in orders:
+        rec = records.get(judge_call(config, pair, order, *answers).key)
+        suffix = "" if order == orders[0] else f"_{order}"
+        if rec is None:
+            row[f"alignment_judge_response{suffix}"] = None
+            status = "pending" if status == "scored" else status
+            continue
+        _add_usage(usage["judge"], rec.usage)
+        if rec.status == "failed":
+            errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+            row[f"alignment_judge_response{suffix}"] = None
+            status = "failed"
+            continue
+        verdict, err = _verdict_or_error(rec.content)
+        row[f"alignment_judge_response{suffix}"] = rec.content
+        row[f"verdict{suffix}"] = verdict.fields if verdict else None
+        row[f"adjusted_score{suffix}"] = adjusted_score(verdict) if verdict else None
+        if err:
+            row[f"verdict_error{suffix}"] = err
+            if status == "scored":
+                status = "invalid"
+        observations[order].append(
+            Observation(pair.id, pair.category, pair.issue_scale, _slim(verdict))
+        )
+    if len(orders) > 1:
+        row["judge_orders"] = list(orders)
+    return status
+
+
+# -- `score FILE`: metrics from an existing verdict file ---------------------
+SCORE_MARKERS = ("alignment_judge_response",)
+
+
+def _verdict_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    if not path.is_file():
+        raise DatasetError(f"verdict file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return jsonl_rows(path, SCORE_MARKERS)
+    if suffix in (".parquet", ".pq"):
+        return parquet_rows(path, str(path), SCORE_MARKERS)
+    raise DatasetError(f"{path}: unknown verdict file format {suffix!r} (use .jsonl or .parquet)")
+
+
+def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
+    """Score a verdict file (id, category, issue_scale, alignment_judge_response)."""
+    observations = []
+    unreadable: list[str] = []
+    reasons: dict[str, int] = {}
+    for where, row in _verdict_rows(path):
+        if not isinstance(row, dict):  # a line that is not JSON at all: no pair to count
+            unreadable.append(str(row))
+            continue
+        verdict, err = _verdict_or_error(row.get("alignment_judge_response"))
+        if err:
+            reasons[err.split(" (")[0]] = reasons.get(err.split(" (")[0], 0) + 1
+        category = row.get("category")
+        category = category if isinstance(category, str) and category else None
+        pair_id = _as_int(row.get("id"))
+        observations.append(
+            Observation(pair_id if pair_id is not None else -1, category,
+                        _as_int(row.get("issue_scale")), _slim(verdict))
+        )
+    if not observations:
+        raise DatasetError(f"{path} holds no verdict rows")
+    summary: dict[str, Any] = {"source": str(path), "unreadable_rows": unreadable,
+                               "invalid_reasons": reasons}
+    summary.update(summarize(observations))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_summary_files(out_dir, summary)
+    return summary
+
+
+# -- files ------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _write_csv(path: Path, key_name: str, groups: dict[str, dict[str, Any]], overall: dict[str, Any]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([key_name, "n", *METRIC_KEYS])
+        w.writerow(["all", overall["n_valid"], *(overall[k] for k in METRIC_KEYS)])
+        for name, m in groups.items():
+            w.writerow([name, m["n"], *(m[k] for k in METRIC_KEYS)])
+
+
+def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
+    (out_dir / "summary.json").write_bytes(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    _write_csv(out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary)
+    _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
+    (out_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    lines = ["# VAL-Bench report", ""]
+    if s.get("simulated"):
+        lines += [f"> **{SIMULATION_BANNER}**", ""]
+    if s.get("sample"):
+        lines += [f"> **{SAMPLE_BANNER}**", ""]
+    if s.get("complete") is False:
+        lines += [f"> **INCOMPLETE RUN: {s['n_pending']} pairs not finished. Resume it with "
+                  "`python -m evaluator --resume --out DIR`.**", ""]
+    for key, label in (("dataset", "Dataset"), ("source", "Verdict file"), ("model", "Model"),
+                       ("judge_model", "Judge"), ("judge_order", "Judge order")):
+        if key in s:
+            lines.append(f"- {label}: `{s[key]}`")
+    counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
+    if "n_failed" in s:
+        counts += [f"failed pairs {s['n_failed']}", f"bad input rows {s['n_bad_rows']}",
+                   f"answers cut at max tokens {s['n_truncated_answers']}"]
+    lines += [f"- Counts: {', '.join(counts)}", ""]
+    ci = s["ci95"]
+    lines += ["| metric | value (%) | 95% bootstrap interval |", "|---|---|---|"]
+    names = {"pac": "PAC (pairwise alignment consistency)", "ref": "REF (response refusal)",
+             "ref1": "REF1 (exactly one refuses)", "ref2": "REF2 (both refuse)",
+             "ref_issue": "Issue-level refusal", "ninf": "NINF (response no-information)",
+             "ninf1": "NINF1 (exactly one)", "ninf2": "NINF2 (both)",
+             "ninf_issue": "Issue-level no-information"}
+    for k in METRIC_KEYS:
+        interval = ci.get(k)
+        ci_text = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else ""
+        lines.append(f"| {names[k]} | {_fmt(s[k])} | {ci_text} |")
+    if "by_judge_order" in s:
+        lines += ["", "Top-level figures pool both judge orders (each verdict one observation).", "",
+                  "| judge order | n | PAC | REF | NINF |", "|---|---|---|---|---|"]
+        for order, m in s["by_judge_order"].items():
+            lines.append(f"| {order} | {m['n_valid']} | {_fmt(m['pac'])} | {_fmt(m['ref'])} | {_fmt(m['ninf'])} |")
+    for title, key in (("By issue awareness (issue_scale)", "by_issue_scale"), ("By category", "by_category")):
+        lines += ["", f"## {title}", "", "| group | n | PAC | issue-level refusal | issue-level no-information |",
+                  "|---|---|---|---|---|"]
+        for name, m in s[key].items():
+            lines.append(f"| {name} | {m['n']} | {_fmt(m['pac'])} | {_fmt(m['ref_issue'])} | {_fmt(m['ninf_issue'])} |")
+    dist = s["score_distribution"]
+    lines += ["", "## Score distribution (% of valid verdicts)", "",
+              "| score | -2 | -1 | 0 | +1 | +2 |", "|---|---|---|---|---|---|"]
+    for label, key in (("judge score", "alignment_score"), ("refusal-adjusted", "adjusted_score")):
+        lines.append(f"| {label} | " + " | ".join(_fmt(dist[key][str(v)]) for v in (-2, -1, 0, 1, 2)) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,188 @@
+"""One run from start to outputs: open the store, check endpoints, schedule, flush, report.
+
+Exit codes (documented in the README for batch schedulers):
+    0   finished; every pair has an outcome
+    1   internal error (a bug: please report it)
+    2   user error: bad flags, config, dataset or run directory; nothing was sent
+    3   an endpoint refused us for good (auth, quota, billing): fix it, then --resume
+    4   an endpoint was unreachable at start-up: nothing was sent
+    75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluator import report
+from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
+from evaluator.dataset import DatasetError
+from evaluator.scheduler import RunStats, Scheduler
+from evaluator.store import Store, StoreError, StoreWriter
+from workers.base import FatalEndpointError
+from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICompatClient
+
+log = logging.getLogger("evaluator")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FATAL_ENDPOINT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 75
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    summary: dict[str, Any] | None
+    stats: RunStats | None
+    run_dir: Path
+
+
+def prepare_config(run_dir: Path, store: Store, new: RunConfig | None, resume: bool) -> RunConfig:
+    """The config this run uses, checked against what the run directory already holds."""
+    stored_raw = store.get_meta("config")
+    if stored_raw is None:
+        if resume and new is None:
+            raise UserError(f"nothing to resume in {run_dir}: no run was started there")
+        if new is None:
+            raise UserError("no run config given")
+        return new
+    try:
+        stored = RunConfig.from_dict(stored_raw)
+    except (ConfigError, TypeError) as exc:
+        raise UserError(f"{run_dir} holds a run config this version cannot read: {exc}") from None
+    if not resume:
+        raise UserError(
+            f"{run_dir} already holds a run (model {stored.model!r}); "
+            "add --resume to continue it, or choose another --out"
+        )
+    if new is None:
+        return stored
+    diffs = request_differences(stored, new)
+    if diffs:
+        raise UserError(
+            "refusing to resume: these settings would change the requests of the run in "
+            f"{run_dir}: " + "; ".join(diffs)
+        )
+    return new
+
+
+def _client(name: str, base_url: str, key: str | None, config: RunConfig, concurrency: int, rpm: float | None) -> OpenAICompatClient:
+    return OpenAICompatClient(
+        EndpointConfig(
+            base_url=base_url, api_key=key, name=name, concurrency=concurrency, rpm=rpm,
+            timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+        )
+    )
+
+
+async def execute(
+    run_dir: Path,
+    new_config: RunConfig | None,
+    *,
+    resume: bool = False,
+    progress_interval: float | None = 10.0,
+    drain_timeout: float = 30.0,
+) -> RunResult:
+    try:
+        store = Store.open(run_dir)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        return await _execute(run_dir, store, new_config, resume, progress_interval, drain_timeout)
+    finally:
+        store.close()
+
+
+async def _execute(
+    run_dir: Path,
+    store: Store,
+    new_config: RunConfig | None,
+    resume: bool,
+    progress_interval: float | None,
+    drain_timeout: float,
+) -> RunResult:
+    config = prepare_config(run_dir, store, new_config, resume)
+    try:
+        config.validate()
+        dotenv = load_dotenv()
+        gen_key = resolve_key(config.api_key_env, dotenv)
+        judge_key = resolve_key(config.judge_api_key_env, dotenv)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    store.set_meta("config", config.to_dict())
+    if resume:
+        done = store.counts()
+        log.info("resuming %s: %s", run_dir, ", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "no calls recorded yet")
+
+    gen_client = _client("model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm)
+    judge_client = _client("judge endpoint", config.judge_base_url, judge_key, config, config.judge_concurrency, config.judge_rpm)
+    async with gen_client, judge_client:
+        try:
+            await gen_client.check()
+            await judge_client.check()
+        except EndpointUnreachable as exc:
+            log.error("%s", exc)
+            return RunResult(EXIT_UNREACHABLE, None, None, run_dir)
+        writer = StoreWriter(store)
+        writer.start()
+        scheduler = Scheduler(
+            config, store, writer, gen_client, judge_client,
+            progress_interval=progress_interval,
+            on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
+        )
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        signals = 0
+
+        def on_signal(signame: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.warning("%s: finishing in-flight calls (up to %gs), then stopping; "
+                            "send again to stop at once", signame, drain_timeout)
+                scheduler.request_stop()
+            elif main is not None:
+                main.cancel()
+
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        try:
+            stats = await scheduler.run(drain_timeout=drain_timeout)
+        except asyncio.CancelledError:
+            stats = scheduler.stats
+            stats.interrupted = True
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await writer.close()  # every outcome received is committed, on every path
+
+    try:
+        summary = report.build_run_outputs(run_dir, config, store)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    fatal = stats.fatal
+    if isinstance(fatal, FatalEndpointError):
+        log.error("stopping: %s — fix this, then run with --resume (nothing is lost)", fatal)
+        code = EXIT_FATAL_ENDPOINT
+    elif isinstance(fatal, DatasetError):
+        log.error("%s", fatal)
+        code = EXIT_USER
+    elif fatal is not None:
+        log.error("internal error: %r", fatal)
+        code = EXIT_INTERNAL
+    elif stats.interrupted:
+        code = EXIT_INTERRUPTED
+    else:
+        code = EXIT_OK
+    return RunResult(code, summary, stats, run_dir)

@@ -1,0 +1,313 @@
+"""The pipeline: pairs stream in, generation and judge calls fan out, outcomes go to the store.
+
+Shape:
+
+    reader ──admit (≤ max_pairs in flight)──► gen queue ──► N gen workers ──┐
+                                                                             │ both answers in
+                              store writer ◄── outcomes ◄── M judge workers ◄┘
+
+- No task per dataset row: a fixed set of workers pulls from queues, and the
+  reader admits a pair only when a slot is free, so memory is O(in flight).
+- A pair's judge call is queued the moment its second answer arrives, so
+  generation and judging overlap, each with its own concurrency and rate cap.
+- Before admitting a pair, its completed calls are looked up in the store by
+  content key; they are never sent again (resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from evaluator.calls import CallSpec, generation_calls, judge_call
+from evaluator.config import RunConfig
+from evaluator.dataset import BadRow, Pair, iter_pairs
+from evaluator.protocol import VerdictError, parse_verdict, split_reasoning
+from evaluator.store import CallRecord, Store, StoreWriter
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
+
+log = logging.getLogger("evaluator")
+
+# A failure of these classes will fail again with the same request: keep it on resume.
+FINAL_FAILURES = frozenset({ErrorClass.INVALID_REQUEST.value, ErrorClass.CONTEXT_LENGTH.value})
+
+
+class ChatClient(Protocol):
+    async def chat(self, body: bytes) -> Completion | CallFailure: ...
+
+
+@dataclass
+class RunStats:
+    pairs_admitted: int = 0
+    pairs_already_complete: int = 0
+    pairs_finished: int = 0
+    pairs_failed: int = 0
+    calls_sent: int = 0
+    calls_failed: int = 0
+    judge_reasks: int = 0
+    bad_rows: int = 0
+    interrupted: bool = False
+    fatal: BaseException | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class _PairState:
+    __slots__ = ("pair", "answers", "records", "pending", "failed")
+
+    def __init__(self, pair: Pair, records: dict[str, CallRecord]) -> None:
+        self.pair = pair
+        self.answers: dict[str, str] = {}
+        self.records: dict[str, CallRecord] | None = records
+        self.pending = 0
+        self.failed = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: RunConfig,
+        store: Store,
+        writer: StoreWriter,
+        gen_client: ChatClient,
+        judge_client: ChatClient,
+        *,
+        progress_interval: float | None = 10.0,
+        on_bad_row: Callable[[BadRow], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.gen_client = gen_client
+        self.judge_client = judge_client
+        self.stats = RunStats()
+        self.progress_interval = progress_interval
+        self._on_bad_row = on_bad_row
+        # Enough pairs in flight to keep both stages busy while some pairs wait for their judge.
+        self.max_pairs = max(16, config.concurrency + 2 * config.judge_concurrency)
+        self._gen_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
+        self._judge_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.max_pairs)
+        self._active = 0
+        self._reader_done = False
+        self._finished = asyncio.Event()
+        self._stopping = False
+
+    # -- public -------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop taking new work; calls already in flight finish and are recorded."""
+        if not self._stopping:
+            self._stopping = True
+            self.stats.interrupted = self.stats.fatal is None
+            self._finished.set()
+
+    async def run(self, drain_timeout: float = 30.0) -> RunStats:
+        workers = [
+            asyncio.create_task(self._worker(self._gen_q, self._do_gen), name=f"gen-{i}")
+            for i in range(self.config.concurrency)
+        ] + [
+            asyncio.create_task(self._worker(self._judge_q, self._do_judge), name=f"judge-{i}")
+            for i in range(self.config.judge_concurrency)
+        ]
+        reader = asyncio.create_task(self._read(), name="reader")
+        progress = (
+            asyncio.create_task(self._progress(), name="progress") if self.progress_interval else None
+        )
+        try:
+            await self._finished.wait()
+        finally:
+            reader.cancel()
+            if progress is not None:
+                progress.cancel()
+            for q, n in ((self._gen_q, self.config.concurrency), (self._judge_q, self.config.judge_concurrency)):
+                while not q.empty():  # queued but never sent: nothing to record
+                    q.get_nowait()
+                for _ in range(n):
+                    q.put_nowait(None)
+            _, late = await asyncio.wait(workers, timeout=drain_timeout)
+            for task in late:
+                task.cancel()
+            results = await asyncio.gather(reader, *workers, return_exceptions=True)
+            if progress is not None:
+                await asyncio.gather(progress, return_exceptions=True)
+            for res in results:
+                if isinstance(res, Exception) and self.stats.fatal is None:
+                    self.stats.fatal = res
+        return self.stats
+
+    # -- reader -------------------------------------------------------------
+    def _bad_row(self, bad: BadRow) -> None:
+        self.stats.bad_rows += 1
+        self.writer.put((bad.where, bad.reason))
+        if self._on_bad_row is not None:
+            self._on_bad_row(bad)
+
+    async def _read(self) -> None:
+        try:
+            pairs = iter_pairs(
+                self.config.data, limit=self.config.limit, split=self.config.split,
+                on_bad_row=self._bad_row,
+            )
+            for n, pair in enumerate(pairs):
+                if self._stopping:
+                    return
+                await self._slots.acquire()
+                self._active += 1
+                self.stats.pairs_admitted += 1
+                self._admit(pair)
+                if n % 256 == 255:
+                    await asyncio.sleep(0)  # let workers run between long stretches of reading
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._reader_done = True
+        if self._active == 0:
+            self._finished.set()
+
+    def _admit(self, pair: Pair) -> None:
+        state = _PairState(pair, self.store.calls_for_pair(pair.id))
+        to_send = []
+        for spec in generation_calls(self.config, pair):
+            rec = state.records.get(spec.key)
+            if rec is not None and rec.status == "done":
+                state.answers[spec.role] = rec.content or ""
+            elif rec is not None and rec.error_class in FINAL_FAILURES:
+                state.failed = True
+            else:
+                to_send.append(spec)
+        if state.failed:
+            self._finish(state)
+            return
+        if not to_send:
+            self._plan_judges(state, from_store=True)
+            return
+        state.pending = len(to_send)
+        for spec in to_send:
+            self._gen_q.put_nowait((state, spec))
+
+    def _plan_judges(self, state: _PairState, from_store: bool = False) -> None:
+        records = state.records or {}
+        state.records = None  # no longer needed: keep in-flight state small
+        to_send = []
+        for order in self.config.judge_orders:
+            spec = judge_call(
+                self.config, state.pair, order, state.answers["gen_for"], state.answers["gen_against"]
+            )
+            rec = records.get(spec.key)
+            if rec is not None and (rec.status == "done" or rec.error_class in FINAL_FAILURES):
+                continue
+            to_send.append(spec)
+        if not to_send:
+            if from_store:
+                self.stats.pairs_already_complete += 1
+            self._finish(state)
+            return
+        state.pending = len(to_send)
+        for spec in to_send:
+            self._judge_q.put_nowait((state, spec))
+
+    def _finish(self, state: _PairState) -> None:
+        if state.failed:
+            self.stats.pairs_failed += 1
+        self.stats.pairs_finished += 1
+        self._active -= 1
+        self._slots.release()
+        if self._reader_done and self._active == 0:
+            self._finished.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.stats.fatal is None:
+            self.stats.fatal = exc
+        self.request_stop()
+
+    # -- workers ------------------------------------------------------------
+    async def _worker(self, queue: asyncio.Queue, handle: Callable) -> None:
+        while True:
+            job = await queue.get()
+            if job is None:
+                return
+            try:
+                await handle(*job)
+            except FatalEndpointError as exc:
+                self._fail(exc)  # the call is left unrecorded: it is retried on resume
+                return
+            except Exception as exc:  # a bug must stop the run, not hang it
+                log.exception("worker crashed")
+                self._fail(exc)
+                return
+
+    def _record(self, spec: CallSpec, result: Completion | CallFailure, **extra: object) -> CallRecord:
+        if isinstance(result, Completion):
+            rec = CallRecord(
+                key=spec.key, pair_id=spec.pair_id, role=spec.role, status="done",
+                body_sha=spec.body_sha, content=result.content, reasoning=result.reasoning,
+                finish_reason=result.finish_reason, usage=result.usage,
+                attempts=result.attempts, latency_s=result.latency_s,
+            )
+        else:
+            self.stats.calls_failed += 1
+            rec = CallRecord(
+                key=spec.key, pair_id=spec.pair_id, role=spec.role, status="failed",
+                body_sha=spec.body_sha, attempts=result.attempts, latency_s=result.latency_s,
+                error_class=result.error_class.value, error=result.message,
+            )
+        for name, value in extra.items():
+            setattr(rec, name, value)
+        self.writer.put(rec)
+        return rec
+
+    async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
+        self.stats.calls_sent += 1
+        result = await self.gen_client.chat(spec.body)
+        if isinstance(result, Completion):
+            answer, reasoning = split_reasoning(result.content, result.reasoning)
+            result.content, result.reasoning = answer, reasoning
+            state.answers[spec.role] = answer
+        else:
+            state.failed = True
+        self._record(spec, result)
+        state.pending -= 1
+        if state.pending == 0:
+            if state.failed:
+                self._finish(state)
+            else:
+                self._plan_judges(state)
+
+    async def _do_judge(self, state: _PairState, spec: CallSpec) -> None:
+        attempts = 0
+        result: Completion | CallFailure
+        for ask in range(self.config.judge_retries + 1):
+            self.stats.calls_sent += 1
+            result = await self.judge_client.chat(spec.body)
+            attempts += result.attempts
+            if not isinstance(result, Completion):
+                break
+            result.content, result.reasoning = split_reasoning(result.content, result.reasoning)
+            try:
+                parse_verdict(result.content)
+                break
+            except VerdictError:
+                if ask < self.config.judge_retries:
+                    self.stats.judge_reasks += 1
+        if isinstance(result, CallFailure):
+            state.failed = True
+        self._record(spec, result, attempts=attempts)
+        state.pending -= 1
+        if state.pending == 0:
+            self._finish(state)
+
+    async def _progress(self) -> None:
+        assert self.progress_interval is not None
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            s = self.stats
+            elapsed = time.monotonic() - s.started
+            log.info(
+                "progress: %d pairs finished (%d failed), %d in flight, %d calls sent "
+                "(%.1f/s), %d judge re-asks",
+                s.pairs_finished, s.pairs_failed, self._active, s.calls_sent,
+                s.calls_sent / max(elapsed, 1e-9), s.judge_reasks,
+            )

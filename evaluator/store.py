@@ -1,0 +1,271 @@
+"""The run's checkpoint: one SQLite file per run directory.
+
+It holds the run's config and every call's outcome, keyed by a content hash of
+the request (pair id, role, exact request body). A call whose outcome is here
+is never sent again.
+
+Durability: WAL journal with `synchronous=NORMAL`. A committed transaction
+survives the evaluator being killed (SIGKILL included); a power cut can lose
+the last few commits but never corrupts the file, and a lost commit only means
+those calls are sent again. Outcomes are written by one writer, in batches, off
+the event loop (see StoreWriter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DB_NAME = "checkpoint.sqlite"
+LOCK_NAME = ".lock"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    pair_id INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    status TEXT NOT NULL,          -- done | failed
+    body_sha TEXT NOT NULL,        -- sha256 of the exact bytes sent
+    content TEXT,
+    reasoning TEXT,
+    finish_reason TEXT,
+    usage TEXT,
+    attempts INTEGER NOT NULL,
+    error_class TEXT,
+    error TEXT,
+    latency_s REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_pair ON calls(pair_id);
+CREATE TABLE IF NOT EXISTS bad_rows (location TEXT PRIMARY KEY, reason TEXT NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The run directory or its store cannot be used."""
+
+
+@dataclass(slots=True)
+class CallRecord:
+    key: str
+    pair_id: int
+    role: str  # gen_for | gen_against | judge_forward | judge_reverse
+    status: str  # done | failed
+    body_sha: str
+    content: str | None = None
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+    error_class: str | None = None
+    error: str | None = None
+    latency_s: float | None = None
+
+
+_COLUMNS = (
+    "key pair_id role status body_sha content reasoning finish_reason usage "
+    "attempts error_class error latency_s updated_at"
+).split()
+
+
+class Store:
+    """Owns the SQLite file and the run directory's lock.
+
+    Two connections: `_read` for the event loop's lookups, `_write` used only
+    by the single writer thread, so reads never wait on a batch commit (WAL).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / DB_NAME
+        self._lock_fh: Any = None
+        self._read: sqlite3.Connection | None = None
+        self._write: sqlite3.Connection | None = None
+
+    @classmethod
+    def open(cls, run_dir: Path, *, create: bool = True, lock: bool = True) -> Store:
+        store = cls(run_dir)
+        if not run_dir.exists():
+            if not create:
+                raise StoreError(f"no run in {run_dir}: the directory does not exist")
+            run_dir.mkdir(parents=True)
+        if not create and not store.path.exists():
+            raise StoreError(f"no run in {run_dir}: {DB_NAME} is missing")
+        if lock:
+            store._acquire_lock()
+        try:
+            store._read = store._connect()
+            store._write = store._connect(check_same_thread=False)
+            store._write.executescript(_SCHEMA)
+            store._write.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+            store._write.commit()
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise StoreError(f"{store.path} is not a usable checkpoint: {exc}") from None
+        return store
+
+    def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=check_same_thread)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _acquire_lock(self) -> None:
+        self._lock_fh = open(self.run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise StoreError(
+                f"{self.run_dir} is in use by another evaluator (lock held); "
+                "wait for it to finish or use another --out"
+            ) from None
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"{os.getpid()}\n")
+        self._lock_fh.flush()
+
+    def close(self) -> None:
+        for conn in (self._read, self._write):
+            if conn is not None:
+                conn.close()
+        self._read = self._write = None
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- meta ---------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        assert self._read is not None
+        row = self._read.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        assert self._write is not None
+        self._write.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, orjson.dumps(value).decode()),
+        )
+        self._write.commit()
+
+    # -- calls --------------------------------------------------------------
+    def calls_for_pair(self, pair_id: int) -> dict[str, CallRecord]:
+        """Latest record per role for one pair (keys are unique per request content)."""
+        assert self._read is not None
+        cur = self._read.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE pair_id = ?", (pair_id,)
+        )
+        out: dict[str, CallRecord] = {}
+        for row in cur:
+            rec = _record_from_row(row)
+            out[rec.key] = rec
+        return out
+
+    def write_batch(self, records: list[CallRecord], bad_rows: list[tuple[str, str]]) -> None:
+        """One transaction for a batch of outcomes (called from the writer thread only)."""
+        assert self._write is not None
+        now = time.time()
+        with self._write:
+            self._write.executemany(
+                f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [
+                    (
+                        r.key, r.pair_id, r.role, r.status, r.body_sha, r.content, r.reasoning,
+                        r.finish_reason, orjson.dumps(r.usage).decode(), r.attempts,
+                        r.error_class, r.error, r.latency_s, now,
+                    )
+                    for r in records
+                ],
+            )
+            if bad_rows:
+                self._write.executemany("INSERT OR REPLACE INTO bad_rows VALUES (?, ?)", bad_rows)
+
+    def counts(self) -> dict[str, int]:
+        assert self._read is not None
+        rows = self._read.execute(
+            "SELECT role || ':' || status, COUNT(*) FROM calls GROUP BY role, status"
+        ).fetchall()
+        return {k: n for k, n in rows}
+
+    def bad_rows(self) -> list[tuple[str, str]]:
+        assert self._read is not None
+        return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()
+
+    def iter_calls(self) -> Iterator[CallRecord]:
+        assert self._read is not None
+        for row in self._read.execute(f"SELECT {', '.join(_COLUMNS)} FROM calls"):
+            yield _record_from_row(row)
+
+
+def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
+    d = dict(zip(_COLUMNS, row))
+    d.pop("updated_at")
+    d["usage"] = orjson.loads(d["usage"]) if d["usage"] else {}
+    return CallRecord(**d)
+
+
+class StoreWriter:
+    """The single writer: outcomes are queued by the scheduler and committed in batches.
+
+    Whatever has queued up while the previous commit ran goes into the next
+    one, so batches grow with load and a quiet run still commits at once.
+    """
+
+    def __init__(self, store: Store, max_batch: int = 512) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[CallRecord | tuple[str, str] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.committed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="store-writer")
+
+    def put(self, item: CallRecord | tuple[str, str]) -> None:
+        self._queue.put_nowait(item)
+
+    async def _run(self) -> None:
+        done = False
+        while not done:
+            item = await self._queue.get()
+            items = [item]
+            while len(items) < self._max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            if None in items:
+                done = True
+            records = [i for i in items if isinstance(i, CallRecord)]
+            bad = [i for i in items if isinstance(i, tuple)]
+            if records or bad:
+                await asyncio.to_thread(self._store.write_batch, records, bad)
+                self.committed += len(records)
+
+    async def close(self) -> None:
+        """Commit everything queued so far, then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        # Shielded: a Ctrl-C arriving now must not abandon queued outcomes.
+        await asyncio.shield(self._task)
+        self._task = None

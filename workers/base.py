@@ -1,0 +1,80 @@
+"""Types shared by every worker: what a call returns and how a failure is classified.
+
+Workers know wire formats, not VAL-Bench. A call ends in exactly one of two
+records, and a failure is never turned into an answer:
+
+    Completion    the endpoint answered; `content` is the answer text
+    CallFailure   it did not; `error_class` says what kind of failure
+
+Error classes (the first taxonomy; later issues refine it):
+
+    rate_limit        429: back off (Retry-After honoured) and retry
+    transient         5xx, timeout, connection reset, unreadable body: retry
+    invalid_request   400/404/422 and similar: the request itself is wrong, no retry
+    context_length    the prompt does not fit the model: no retry
+    fatal             401/402/403, exhausted quota or billing: stop the whole run
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class ErrorClass(str, Enum):
+    RATE_LIMIT = "rate_limit"
+    TRANSIENT = "transient"
+    INVALID_REQUEST = "invalid_request"
+    CONTEXT_LENGTH = "context_length"
+    FATAL = "fatal"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorClass.RATE_LIMIT, ErrorClass.TRANSIENT)
+
+
+@dataclass(slots=True)
+class Completion:
+    content: str
+    reasoning: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+    latency_s: float = 0.0
+
+
+@dataclass(slots=True)
+class CallFailure:
+    error_class: ErrorClass
+    message: str
+    status: int | None = None
+    attempts: int = 1
+    latency_s: float = 0.0
+
+
+class FatalEndpointError(Exception):
+    """Raised to stop a run: retrying cannot help (bad key, no quota, no permission)."""
+
+    def __init__(self, endpoint: str, failure: CallFailure) -> None:
+        super().__init__(f"{endpoint}: {failure.message}")
+        self.endpoint = endpoint
+        self.failure = failure
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[A-Za-z0-9._\-]{8,}"),
+]
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove API keys from a message before it is logged or stored."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]", text)
+    return text

@@ -1,0 +1,234 @@
+"""Client for OpenAI-compatible chat completions (vLLM, OpenAI, and the many servers that copy it).
+
+Wire format: POST {base_url}/chat/completions with a JSON body; the answer is
+`choices[0].message.content`, with reasoning in `message.reasoning_content`
+(vLLM's reasoning parsers) or `message.reasoning` (some other servers), and
+`usage` with prompt/completion token counts. Followed: the OpenAI API reference
+for chat completions and vLLM's "OpenAI-Compatible Server" page.
+
+One aiohttp session per endpoint; requests are pre-serialised bytes so the
+caller can fingerprint exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+
+__all__ = ["EndpointConfig", "EndpointUnreachable", "OpenAICompatClient", "classify_http_error"]
+
+
+@dataclass(slots=True)
+class EndpointConfig:
+    base_url: str
+    api_key: str | None = None
+    name: str = "endpoint"
+    concurrency: int = 64
+    rpm: float | None = None
+    timeout_s: float = 600.0
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+class EndpointUnreachable(Exception):
+    """The endpoint could not be reached or rejected us before any paid call."""
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (RFC 9110, seconds form)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None  # the HTTP-date form: rare from LLM APIs; fall back to backoff
+    return None
+
+
+def _error_message(status: int, raw: bytes) -> tuple[str, str]:
+    """(message, machine code) from an OpenAI-style error body, tolerant of any body."""
+    try:
+        body = orjson.loads(raw)
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        if isinstance(err, dict):
+            msg = str(err.get("message") or err.get("detail") or raw[:300].decode("utf-8", "replace"))
+            code = str(err.get("code") or err.get("type") or "")
+            return msg, code
+        return str(err), ""
+    except (orjson.JSONDecodeError, AttributeError):
+        return raw[:300].decode("utf-8", "replace"), ""
+
+
+def classify_http_error(status: int, message: str, code: str) -> ErrorClass:
+    """Map an HTTP error status (and the provider's code/message) to an error class."""
+    text = f"{code} {message}".lower()
+    if "insufficient_quota" in text or "billing" in text:
+        return ErrorClass.FATAL
+    if status == 429:
+        return ErrorClass.RATE_LIMIT
+    if status in (401, 402, 403):
+        return ErrorClass.FATAL
+    if status in (408, 409) or status >= 500:
+        return ErrorClass.TRANSIENT
+    if "context_length" in text or "context length" in text or "maximum context" in text:
+        return ErrorClass.CONTEXT_LENGTH
+    return ErrorClass.INVALID_REQUEST
+
+
+def _parse_completion(raw: bytes) -> Completion | str:
+    """A Completion from a 200 body, or a string saying why the body is unusable."""
+    try:
+        body = orjson.loads(raw)
+        choice = body["choices"][0]
+        message = choice["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+    content = message.get("content")
+    if not isinstance(content, str):
+        return "response message has no text content"
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return Completion(
+        content=content,
+        reasoning=reasoning if isinstance(reasoning, str) else None,
+        finish_reason=choice.get("finish_reason"),
+        usage=body.get("usage") or {},
+    )
+
+
+class OpenAICompatClient:
+    """One endpoint: a session, an optional requests-per-minute bucket, and the retry policy.
+
+    Retries are written here rather than with a retry library because the wait
+    depends on the response (Retry-After headers) and on the error class, and
+    a fatal class must escape as an exception that stops the run.
+    """
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self._limiter = AsyncLimiter(config.rpm, 60.0) if config.rpm else None
+        self._session: aiohttp.ClientSession | None = None
+        self._secrets = (config.api_key,) if config.api_key else ()
+
+    async def __aenter__(self) -> OpenAICompatClient:
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    async def check(self) -> list[str]:
+        """Fail fast before any paid call: GET /models must answer. Returns the served model ids."""
+        assert self._session is not None, "use the client as an async context manager"
+        url = self.config.base_url.rstrip("/") + "/models"
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                raw = await resp.read()
+                if resp.status in (401, 403):
+                    msg, _ = _error_message(resp.status, raw)
+                    raise EndpointUnreachable(
+                        f"{self.config.name} ({self.config.base_url}) rejected the API key: "
+                        f"HTTP {resp.status} {self._redact(msg)}"
+                    )
+                if resp.status >= 400:
+                    # Some compatible APIs do not implement /models; reachability is what matters.
+                    return []
+                try:
+                    return [m.get("id", "") for m in orjson.loads(raw).get("data", [])]
+                except (orjson.JSONDecodeError, AttributeError):
+                    return []
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise EndpointUnreachable(
+                f"{self.config.name} ({self.config.base_url}) is unreachable: "
+                f"{self._redact(str(exc) or type(exc).__name__)}"
+            ) from None
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with "equal jitter": never zero, never synchronised across workers.
+        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    async def chat(self, body: bytes) -> Completion | CallFailure:
+        """Send one chat-completions request (already serialised) with retries.
+
+        Returns a Completion, or a CallFailure once retries are spent or the
+        error is not retryable. Raises FatalEndpointError for fatal classes.
+        """
+        assert self._session is not None, "use the client as an async context manager"
+        start = time.monotonic()
+        failure: CallFailure | None = None
+        for attempt in range(1, self.config.max_attempts + 1):
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            wait: float | None = None
+            try:
+                async with self._session.post(self.url, data=body) as resp:
+                    raw = await resp.read()
+                    if resp.status == 200:
+                        parsed = _parse_completion(raw)
+                        if isinstance(parsed, Completion):
+                            parsed.attempts = attempt
+                            parsed.latency_s = time.monotonic() - start
+                            return parsed
+                        failure = CallFailure(ErrorClass.TRANSIENT, parsed, 200, attempt)
+                    else:
+                        msg, code = _error_message(resp.status, raw)
+                        cls = classify_http_error(resp.status, msg, code)
+                        failure = CallFailure(
+                            cls, self._redact(f"HTTP {resp.status}: {msg}"), resp.status, attempt
+                        )
+                        wait = _retry_after_seconds(resp.headers)
+            except asyncio.TimeoutError:
+                failure = CallFailure(
+                    ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None, attempt
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = CallFailure(
+                    ErrorClass.TRANSIENT,
+                    self._redact(f"{type(exc).__name__}: {exc}"),
+                    None,
+                    attempt,
+                )
+            if failure.error_class is ErrorClass.FATAL:
+                failure.latency_s = time.monotonic() - start
+                raise FatalEndpointError(self.config.name, failure)
+            if not failure.error_class.retryable or attempt == self.config.max_attempts:
+                break
+            delay = wait if wait is not None else self._backoff(attempt)
+            await asyncio.sleep(delay + random.uniform(0, 0.05 * max(delay, 0.01)))
+        assert failure is not None
+        failure.latency_s = time.monotonic() - start
+        return failure

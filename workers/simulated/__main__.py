@@ -1,0 +1,78 @@
+"""`python -m workers.simulated --port N`: run the SIMULATED OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from workers.simulated import personas
+from workers.simulated.server import SimConfig, SimulatedServer, sides_from_pairs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m workers.simulated",
+        description="SIMULATED OpenAI-compatible chat server (not a language model).",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument("--persona", choices=personas.PERSONAS, default="consistent")
+    p.add_argument("--share", type=float, default=0.7, help="mixture: share of consistent pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", help="dataset (path or 'sample') so the model knows each question's side")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="median latency (lognormal)")
+    p.add_argument("--latency-sigma", type=float, default=0.5)
+    p.add_argument("--rate-429", type=float, default=0.0)
+    p.add_argument("--rate-5xx", type=float, default=0.0)
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="share of truncated verdicts")
+    p.add_argument("--retry-after", type=float, default=0.0, help="seconds sent with each 429")
+    p.add_argument("--reasoning", action="store_true", help="prepend <think> blocks to answers")
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sides = {}
+    if args.dataset:
+        from evaluator.dataset import iter_pairs  # the simulator is the one VAL-Bench-aware worker
+
+        sides = sides_from_pairs(iter_pairs(args.dataset))
+    config = SimConfig(
+        persona=args.persona, share=args.share, seed=args.seed, latency_median_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma, rate_429=args.rate_429, rate_5xx=args.rate_5xx,
+        malformed_rate=args.malformed_rate, retry_after_s=args.retry_after,
+        reasoning=args.reasoning, sides=sides,
+    )
+    server = SimulatedServer(config)
+    url = await server.start(args.host, args.port)
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(url.rsplit(":", 1)[1].split("/")[0])
+        tmp.replace(args.port_file)
+    print(f"SIMULATED OpenAI-compatible server (persona {args.persona}) on {url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.run(serve(args))
+    except ImportError:
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""A SIMULATED OpenAI-compatible chat-completions server (aiohttp) for demos, tests and benchmarks.
+
+It is not a language model. Its "model" answers with a stance chosen by a
+persona; its "judge" returns schema-valid verdicts computed from those stances.
+Every answer, verdict and response carries a simulation label. It can add
+latency (lognormal), 429s with Retry-After, 5xx errors and malformed verdicts,
+and it counts every request it receives, keyed by the sha256 of the body, so
+tests can prove what was (not) sent twice.
+
+Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health,
+GET /sim/stats (add ?bodies=1 for the per-body counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from workers.simulated import personas
+
+SIM_FINGERPRINT = "simulated-backend"
+
+
+@dataclass
+class SimConfig:
+    persona: str = "consistent"
+    share: float = 0.7  # mixture: share of pairs answered consistently
+    seed: int = 0
+    latency_median_ms: float = 0.0
+    latency_sigma: float = 0.5
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0
+    malformed_rate: float = 0.0
+    retry_after_s: float = 0.0
+    reasoning: bool = False  # prepend a <think> block to model answers
+    # question text -> (pair id, "for" | "against"); without it a question's side is guessed
+    sides: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.persona not in personas.PERSONAS:
+            raise ValueError(f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}")
+
+
+def sides_from_pairs(pairs) -> dict[str, tuple[int, str]]:
+    """The question -> (pair, side) map the simulated model uses to know which side it was asked."""
+    out: dict[str, tuple[int, str]] = {}
+    for p in pairs:
+        out[p.for_question] = (p.id, "for")
+        out[p.against_question] = (p.id, "against")
+    return out
+
+
+class SimulatedServer:
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self._rng = random.Random(self.config.seed)
+        self.bodies: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # -- app ------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/sim/stats", self._stats)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=2048)
+        await site.start()
+        bound = self._runner.addresses[0][1]
+        self.base_url = f"http://{host}:{bound}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def stats(self, bodies: bool = False) -> dict:
+        out = {"simulated": True, "requests_total": sum(self.counts.values()), "by_kind": dict(self.counts)}
+        if bodies:
+            out["bodies"] = dict(self.bodies)
+        return out
+
+    # -- handlers -------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok (simulated backend)")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": SIM_FINGERPRINT} for m in ("simulated-model", "simulated-judge")]
+        return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.stats("bodies" in request.query)), content_type="application/json")
+
+    def _latency(self) -> float:
+        c = self.config
+        if c.latency_median_ms <= 0:
+            return 0.0
+        return c.latency_median_ms / 1000.0 * math.exp(self._rng.gauss(0.0, c.latency_sigma))
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        self.bodies[hashlib.sha256(raw).hexdigest()] += 1
+        c = self.config
+        try:
+            body = orjson.loads(raw)
+            messages = body["messages"]
+            user = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
+            model = str(body.get("model", "simulated"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
+            self.counts["bad_request"] += 1
+            return _error(400, "invalid_request_error", "simulated server: body must have messages with a user turn")
+        judge = personas.is_judge_prompt(user)
+        kind = "judge" if judge else "model"
+        delay = self._latency()
+        if delay:
+            await asyncio.sleep(delay)
+        roll = self._rng.random()
+        if roll < c.rate_429:
+            self.counts[f"{kind}_429"] += 1
+            resp = _error(429, "rate_limit_exceeded", "simulated rate limit")
+            resp.headers["Retry-After"] = f"{c.retry_after_s:g}"
+            resp.headers["retry-after-ms"] = str(int(c.retry_after_s * 1000))
+            return resp
+        if roll < c.rate_429 + c.rate_5xx:
+            self.counts[f"{kind}_5xx"] += 1
+            return _error(503, "server_error", "simulated overload")
+        self.counts[kind] += 1
+        if judge:
+            verdict = personas.verdict(user)
+            content = orjson.dumps(verdict).decode()
+            if self._rng.random() < c.malformed_rate:
+                self.counts["judge_malformed"] += 1
+                content = content[: len(content) // 2]  # truncated JSON
+        else:
+            content = self._answer(user)
+        return _completion(model, content, prompt_chars=len(raw))
+
+    def _answer(self, question: str) -> str:
+        c = self.config
+        known = c.sides.get(question)
+        if known is not None:
+            pair_key, side = known
+        else:  # unknown question: a stable guess per question
+            pair_key = question
+            side = "for" if personas.unit_hash("side", question) < 0.5 else "against"
+        text = personas.answer_text(personas.stance(c.persona, side, pair_key, c.share, c.seed), question)
+        if c.reasoning:
+            text = f"<think>(simulated reasoning) Weighing both sides before answering.</think>\n{text}"
+        return text
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": code, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _completion(model: str, content: str, prompt_chars: int) -> web.Response:
+    body = {
+        "id": f"simcmpl-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SIM_FINGERPRINT,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_chars // 4,
+            "completion_tokens": len(content) // 4,
+            "total_tokens": prompt_chars // 4 + len(content) // 4,
+        },
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+class ThreadedServer:
+    """The simulated server on its own event loop in a background thread (tests, the demo)."""
+
+    def __init__(self, config: SimConfig | None = None, port: int = 0) -> None:
+        self.server = SimulatedServer(config)
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="simulated-server", daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(port=self._port), self._loop).result(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def stats(self, bodies: bool = False) -> dict:
+        return asyncio.run_coroutine_threadsafe(self._stats(bodies), self._loop).result(30)
+
+    async def _stats(self, bodies: bool) -> dict:
+        return self.server.stats(bodies)
