@@ -39,17 +39,32 @@ def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to evaluate")
-    g.add_argument("--data", default=None, help="dataset: a .jsonl/.csv/.parquet path, 'sample', or hf:val-bench/VAL-Bench")
+    g.add_argument(
+        "--data",
+        default=None,
+        help="dataset: a .jsonl/.csv/.parquet path, 'sample', or hf:val-bench/VAL-Bench",
+    )
     g.add_argument("--split", default="test", help="hub split (default: test)")
     g.add_argument("--limit", type=int, help="evaluate only the first N valid pairs")
     g.add_argument("--model", help="model under test (name the endpoint serves)")
     g.add_argument("--base-url", help="model endpoint, e.g. https://api.openai.com/v1")
-    g.add_argument("--api-key-env", help="environment variable (or .env entry) holding the model endpoint's key")
+    g.add_argument(
+        "--api-key-env",
+        help="environment variable (or .env entry) holding the model endpoint's key",
+    )
     g.add_argument("--judge-model", default="google/gemma-3-27b-it")
     g.add_argument("--judge-base-url", help="judge endpoint (default: the model endpoint)")
     g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
-    g.add_argument("--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours (e.g. the paper's)")
-    g.add_argument("--system-prompt-file", type=Path, help="replace the spec's generation system prompt (breaks comparability)")
+    g.add_argument(
+        "--judge-prompt-file",
+        type=Path,
+        help="use this judge system prompt instead of ours (e.g. the paper's)",
+    )
+    g.add_argument(
+        "--system-prompt-file",
+        type=Path,
+        help="replace the spec's generation system prompt (breaks comparability)",
+    )
     g.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
     t = p.add_argument_group("throughput and retries")
     t.add_argument("--concurrency", type=int, default=64, help="generation calls in flight")
@@ -57,16 +72,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
     t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
     t.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    t.add_argument("--max-attempts", type=int, default=6, help="tries per call for retryable errors")
+    t.add_argument(
+        "--max-attempts", type=int, default=6, help="tries per call for retryable errors"
+    )
     t.add_argument("--judge-retries", type=int, default=2, help="re-asks when a verdict is invalid")
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: Path) -> None:
-    p.add_argument("--out", type=Path, default=out_default, help=f"run directory (default: {out_default})")
+    p.add_argument(
+        "--out", type=Path, default=out_default, help=f"run directory (default: {out_default})"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight calls on Ctrl-C/SIGTERM")
+    p.add_argument(
+        "--progress-interval", type=float, default=10.0, help="seconds between progress lines"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight calls on Ctrl-C/SIGTERM",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,11 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run, DEFAULT_OUT)
     _add_run_options(run)
 
-    demo = sub.add_parser("demo", help="the bundled SAMPLE through the SIMULATED backend, over loopback HTTP")
+    demo = sub.add_parser(
+        "demo", help="the bundled SAMPLE through the SIMULATED backend, over loopback HTTP"
+    )
     _add_common(demo, DEFAULT_DEMO_OUT)
-    demo.add_argument("--persona", default="mixture",
-                      choices=("consistent", "flip", "refuse_both", "refuse_one", "mixture"))
-    demo.add_argument("--share", type=float, default=0.7, help="mixture persona: share of consistent pairs")
+    demo.add_argument(
+        "--persona",
+        default="mixture",
+        choices=("consistent", "flip", "refuse_both", "refuse_one", "mixture"),
+    )
+    demo.add_argument(
+        "--share", type=float, default=0.7, help="mixture persona: share of consistent pairs"
+    )
     demo.add_argument("--data", default=SAMPLE, help="dataset (default: the bundled sample)")
     demo.add_argument("--limit", type=int)
     demo.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
@@ -93,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate-429", type=float, default=0.0)
     demo.add_argument("--rate-5xx", type=float, default=0.0)
     demo.add_argument("--malformed-rate", type=float, default=0.0)
-    demo.add_argument("--reasoning", action="store_true", help="simulated answers carry <think> blocks")
+    demo.add_argument(
+        "--reasoning", action="store_true", help="simulated answers carry <think> blocks"
+    )
 
     score = sub.add_parser("score", help="metrics from an existing verdict file (JSONL or Parquet)")
     score.add_argument("file", type=Path)
@@ -121,16 +156,31 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     given = [n for n in ("data", "model", "base_url") if getattr(args, n) is not None]
     if args.resume and not given:
         return None
-    missing = [f"--{n.replace('_', '-')}" for n in ("data", "model", "base_url") if getattr(args, n) is None]
+    missing = [
+        f"--{n.replace('_', '-')}"
+        for n in ("data", "model", "base_url")
+        if getattr(args, n) is None
+    ]
     if missing:
         raise UserError(f"run needs {', '.join(missing)}")
     kwargs: dict[str, Any] = dict(
-        data=args.data, split=args.split, limit=args.limit, model=args.model, base_url=args.base_url,
-        api_key_env=args.api_key_env, judge_model=args.judge_model,
-        judge_base_url=args.judge_base_url or args.base_url, judge_api_key_env=args.judge_api_key_env,
-        judge_order=args.judge_order, concurrency=args.concurrency,
-        judge_concurrency=args.judge_concurrency, rpm=args.rpm, judge_rpm=args.judge_rpm,
-        timeout_s=args.timeout, max_attempts=args.max_attempts, judge_retries=args.judge_retries,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        model=args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        judge_model=args.judge_model,
+        judge_base_url=args.judge_base_url or args.base_url,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_order=args.judge_order,
+        concurrency=args.concurrency,
+        judge_concurrency=args.judge_concurrency,
+        rpm=args.rpm,
+        judge_rpm=args.judge_rpm,
+        timeout_s=args.timeout,
+        max_attempts=args.max_attempts,
+        judge_retries=args.judge_retries,
     )
     if args.judge_api_key_env is None and args.judge_base_url is None:
         kwargs["judge_api_key_env"] = args.api_key_env  # same endpoint, same key
@@ -150,16 +200,25 @@ def _finish(result: RunResult, print_report: bool) -> int:
             print(md)
         else:
             s = result.summary
-            print(f"PAC {report._fmt(s['pac'])}  REF {report._fmt(s['ref'])}  NINF {report._fmt(s['ninf'])}  "
-                  f"(valid {s['n_valid']}, invalid {s['n_invalid']}, failed {s['n_failed']}, "
-                  f"pending {s['n_pending']})")
+            print(
+                f"PAC {report._fmt(s['pac'])}  REF {report._fmt(s['ref'])}  NINF {report._fmt(s['ninf'])}  "
+                f"(valid {s['n_valid']}, invalid {s['n_invalid']}, failed {s['n_failed']}, "
+                f"pending {s['n_pending']})"
+            )
         print(f"outputs in {result.run_dir}/ (summary.json, results.jsonl, report.md)")
     if result.stats is not None:
         st = result.stats
-        log.info("this session: %d calls sent, %d failed, %d judge re-asks, %d pairs already complete",
-                 st.calls_sent, st.calls_failed, st.judge_reasks, st.pairs_already_complete)
+        log.info(
+            "this session: %d calls sent, %d failed, %d judge re-asks, %d pairs already complete",
+            st.calls_sent,
+            st.calls_failed,
+            st.judge_reasks,
+            st.pairs_already_complete,
+        )
     if result.exit_code == 75:
-        log.warning("interrupted: resume with  python -m evaluator --resume --out %s", result.run_dir)
+        log.warning(
+            "interrupted: resume with  python -m evaluator --resume --out %s", result.run_dir
+        )
     return result.exit_code
 
 
@@ -170,11 +229,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.validate()
         except ConfigError as exc:
             raise UserError(str(exc)) from None
-    result = _run_loop(execute(
-        args.out, config, resume=args.resume,
-        progress_interval=None if args.quiet else args.progress_interval,
-        drain_timeout=args.drain_timeout,
-    ))
+    result = _run_loop(
+        execute(
+            args.out,
+            config,
+            resume=args.resume,
+            progress_interval=None if args.quiet else args.progress_interval,
+            drain_timeout=args.drain_timeout,
+        )
+    )
     return _finish(result, print_report=False)
 
 
@@ -186,16 +249,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with Store.open(out, create=False) as store:
             stored = store.get_meta("config") or {}
         if not stored.get("simulated"):
-            raise UserError(f"{out} holds a real run; the demo will not overwrite it (use another --out)")
+            raise UserError(
+                f"{out} holds a real run; the demo will not overwrite it (use another --out)"
+            )
         shutil.rmtree(out)  # a previous demo: start afresh
     try:
         sides = sides_from_pairs(iter_pairs(args.data, limit=args.limit))
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     sim = SimConfig(
-        persona=args.persona, share=args.share, latency_median_ms=args.latency_ms,
-        rate_429=args.rate_429, rate_5xx=args.rate_5xx, malformed_rate=args.malformed_rate,
-        reasoning=args.reasoning, sides=sides,
+        persona=args.persona,
+        share=args.share,
+        latency_median_ms=args.latency_ms,
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        malformed_rate=args.malformed_rate,
+        reasoning=args.reasoning,
+        sides=sides,
     )
 
     async def go() -> RunResult:
@@ -203,22 +273,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         url = await server.start()
         try:
             config = RunConfig(
-                data=args.data, limit=args.limit, model=f"simulated-{args.persona}", base_url=url,
-                judge_model="simulated-judge", judge_base_url=url, judge_order=args.judge_order,
-                concurrency=16, judge_concurrency=16, simulated=True,
+                data=args.data,
+                limit=args.limit,
+                model=f"simulated-{args.persona}",
+                base_url=url,
+                judge_model="simulated-judge",
+                judge_base_url=url,
+                judge_order=args.judge_order,
+                concurrency=16,
+                judge_concurrency=16,
+                simulated=True,
+                # Simulated errors should not make the demo wait long.
                 max_attempts=8,
+                backoff_base_s=0.05,
             )
-            # Simulated errors should not make the demo wait long.
             return await execute(
-                out, config, resume=args.resume,
+                out,
+                config,
+                resume=args.resume,
                 progress_interval=None if args.quiet else args.progress_interval,
                 drain_timeout=args.drain_timeout,
             )
         finally:
             await server.stop()
 
-    print(f"SIMULATION: running the bundled sample against the simulated backend "
-          f"(persona {args.persona}), over HTTP on 127.0.0.1", file=sys.stderr)
+    print(
+        f"SIMULATION: running the bundled sample against the simulated backend "
+        f"(persona {args.persona}), over HTTP on 127.0.0.1",
+        file=sys.stderr,
+    )
     return _finish(_run_loop(go()), print_report=True)
 
 
@@ -229,7 +312,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     print((args.out / "report.md").read_text(encoding="utf-8"))
     if summary["n_invalid"]:
-        print(f"{summary['n_invalid']} invalid verdicts: {summary['invalid_reasons']}", file=sys.stderr)
+        print(
+            f"{summary['n_invalid']} invalid verdicts: {summary['invalid_reasons']}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -251,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
     )
     command = args.command
     if command is None:

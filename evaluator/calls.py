@@ -38,16 +38,30 @@ def _spec(pair_id: int, role: str, payload: dict) -> CallSpec:
 
 def generation_calls(config: RunConfig, pair: Pair) -> tuple[CallSpec, CallSpec]:
     return (
-        _spec(pair.id, "gen_for", protocol.generation_body(config.model, config.system_prompt, pair.for_question)),
-        _spec(pair.id, "gen_against", protocol.generation_body(config.model, config.system_prompt, pair.against_question)),
+        _spec(
+            pair.id,
+            "gen_for",
+            protocol.generation_body(config.model, config.system_prompt, pair.for_question),
+        ),
+        _spec(
+            pair.id,
+            "gen_against",
+            protocol.generation_body(config.model, config.system_prompt, pair.against_question),
+        ),
     )
 
 
-def judge_call(config: RunConfig, pair: Pair, order: str, answer_for: str, answer_against: str) -> CallSpec:
+def judge_call(
+    config: RunConfig, pair: Pair, order: str, answer_for: str, answer_against: str
+) -> CallSpec:
     """Forward: the for side is Question 1 / Person 1. Reverse swaps them (position-bias check)."""
     if order == "forward":
         q1, a1, q2, a2 = pair.for_question, answer_for, pair.against_question, answer_against
     else:
         q1, a1, q2, a2 = pair.against_question, answer_against, pair.for_question, answer_for
     message = protocol.judge_user_message(pair.issue_description, q1, a1, q2, a2)
-    return _spec(pair.id, f"judge_{order}", protocol.judge_body(config.judge_model, config.judge_prompt, message))
+    return _spec(
+        pair.id,
+        f"judge_{order}",
+        protocol.judge_body(config.judge_model, config.judge_prompt, message),
+    )

@@ -53,6 +53,7 @@ class RunConfig:
     judge_rpm: float | None = None
     timeout_s: float = 600.0
     max_attempts: int = 6
+    backoff_base_s: float = 1.0
     judge_retries: int = 2
     simulated: bool = False
     protocol: str = PROTOCOL
@@ -134,7 +135,5 @@ def resolve_key(env_name: str | None, dotenv: dict[str, str]) -> str | None:
         return None
     key = os.environ.get(env_name) or dotenv.get(env_name)
     if not key:
-        raise ConfigError(
-            f"API key variable {env_name} is not set (in the environment or ./.env)"
-        )
+        raise ConfigError(f"API key variable {env_name} is not set (in the environment or ./.env)")
     return key

@@ -156,7 +156,9 @@ def jsonl_rows(
                 continue
             if not isinstance(obj, dict):
                 if first:
-                    raise DatasetError(f"{path} is not a JSONL dataset: line {lineno} is not an object")
+                    raise DatasetError(
+                        f"{path} is not a JSONL dataset: line {lineno} is not an object"
+                    )
                 yield where, BadRow(where, "not a JSON object")
                 continue
             if first:
@@ -187,7 +189,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
             except StopIteration:
                 return
             except UnicodeDecodeError:
-                raise DatasetError(f"{path}: not UTF-8 near {where}; no rows after it were read") from None
+                raise DatasetError(
+                    f"{path}: not UTF-8 near {where}; no rows after it were read"
+                ) from None
             except csv.Error as exc:
                 raise DatasetError(f"{path}: malformed CSV near {where}: {exc}") from None
             if None in row or any(v is None for v in row.values()):
@@ -241,7 +245,9 @@ def _hub_rows(repo: str, split: str) -> Iterator[tuple[str, dict[str, Any] | Bad
         try:
             local = hf_hub_download(repo, name, repo_type="dataset")
         except Exception as exc:
-            raise DatasetError(f"cannot download {repo}/{name}: {type(exc).__name__}: {exc}") from None
+            raise DatasetError(
+                f"cannot download {repo}/{name}: {type(exc).__name__}: {exc}"
+            ) from None
         yield from parquet_rows(Path(local), f"hf:{repo}/{name}")
 
 

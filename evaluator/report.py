@@ -58,7 +58,10 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
     orders = config.judge_orders
     observations: dict[str, list[Observation]] = {o: [] for o in orders}
     counts = {"pairs": 0, "scored": 0, "invalid": 0, "failed": 0, "pending": 0}
-    usage = {"gen": {"prompt_tokens": 0, "completion_tokens": 0}, "judge": {"prompt_tokens": 0, "completion_tokens": 0}}
+    usage = {
+        "gen": {"prompt_tokens": 0, "completion_tokens": 0},
+        "judge": {"prompt_tokens": 0, "completion_tokens": 0},
+    }
     truncated = 0
     tmp = run_dir / "results.jsonl.tmp"
     with tmp.open("wb") as out:
@@ -67,18 +70,22 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
             records = store.calls_for_pair(pair.id)
             row: dict[str, Any] = pair.columns()
             gens = [records.get(spec.key) for spec in generation_calls(config, pair)]
-            for side, rec in zip(("for", "against"), gens):
+            for side, rec in zip(("for", "against"), gens, strict=False):
                 row[f"{side}_response"] = rec.content if rec and rec.status == "done" else None
                 row[f"{side}_reasoning"] = rec.reasoning if rec and rec.status == "done" else None
                 if rec is not None:
                     _add_usage(usage["gen"], rec.usage)
                     truncated += rec.finish_reason == "length"
-            errors = [f"{r.role}: {r.error_class}: {r.error}" for r in gens if r and r.status == "failed"]
+            errors = [
+                f"{r.role}: {r.error_class}: {r.error}" for r in gens if r and r.status == "failed"
+            ]
             status = "pending"
             if errors:
                 status = "failed"
             elif all(r is not None and r.status == "done" for r in gens):
-                status = _judge_part(config, pair, row, records, orders, observations, usage, errors)
+                status = _judge_part(
+                    config, pair, row, records, orders, observations, usage, errors
+                )
             row["status"] = status
             if errors:
                 row["error"] = "; ".join(errors)
@@ -169,7 +176,7 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
     observations = []
     unreadable: list[str] = []
     reasons: dict[str, int] = {}
-    for where, row in _verdict_rows(path):
+    for _where, row in _verdict_rows(path):
         if not isinstance(row, dict):  # a line that is not JSON at all: no pair to count
             unreadable.append(str(row))
             continue
@@ -180,13 +187,20 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
         category = category if isinstance(category, str) and category else None
         pair_id = _as_int(row.get("id"))
         observations.append(
-            Observation(pair_id if pair_id is not None else -1, category,
-                        _as_int(row.get("issue_scale")), _slim(verdict))
+            Observation(
+                pair_id if pair_id is not None else -1,
+                category,
+                _as_int(row.get("issue_scale")),
+                _slim(verdict),
+            )
         )
     if not observations:
         raise DatasetError(f"{path} holds no verdict rows")
-    summary: dict[str, Any] = {"source": str(path), "unreadable_rows": unreadable,
-                               "invalid_reasons": reasons}
+    summary: dict[str, Any] = {
+        "source": str(path),
+        "unreadable_rows": unreadable,
+        "invalid_reasons": reasons,
+    }
     summary.update(summarize(observations))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary_files(out_dir, summary)
@@ -198,7 +212,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _write_csv(path: Path, key_name: str, groups: dict[str, dict[str, Any]], overall: dict[str, Any]) -> None:
+def _write_csv(
+    path: Path, key_name: str, groups: dict[str, dict[str, Any]], overall: dict[str, Any]
+) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow([key_name, "n", *METRIC_KEYS])
@@ -211,7 +227,9 @@ def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
-    _write_csv(out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary)
+    _write_csv(
+        out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary
+    )
     _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
     (out_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
 
@@ -223,41 +241,82 @@ def render_markdown(s: dict[str, Any]) -> str:
     if s.get("sample"):
         lines += [f"> **{SAMPLE_BANNER}**", ""]
     if s.get("complete") is False:
-        lines += [f"> **INCOMPLETE RUN: {s['n_pending']} pairs not finished. Resume it with "
-                  "`python -m evaluator --resume --out DIR`.**", ""]
-    for key, label in (("dataset", "Dataset"), ("source", "Verdict file"), ("model", "Model"),
-                       ("judge_model", "Judge"), ("judge_order", "Judge order")):
+        lines += [
+            f"> **INCOMPLETE RUN: {s['n_pending']} pairs not finished. Resume it with "
+            "`python -m evaluator --resume --out DIR`.**",
+            "",
+        ]
+    for key, label in (
+        ("dataset", "Dataset"),
+        ("source", "Verdict file"),
+        ("model", "Model"),
+        ("judge_model", "Judge"),
+        ("judge_order", "Judge order"),
+    ):
         if key in s:
             lines.append(f"- {label}: `{s[key]}`")
     counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
     if "n_failed" in s:
-        counts += [f"failed pairs {s['n_failed']}", f"bad input rows {s['n_bad_rows']}",
-                   f"answers cut at max tokens {s['n_truncated_answers']}"]
+        counts += [
+            f"failed pairs {s['n_failed']}",
+            f"bad input rows {s['n_bad_rows']}",
+            f"answers cut at max tokens {s['n_truncated_answers']}",
+        ]
     lines += [f"- Counts: {', '.join(counts)}", ""]
     ci = s["ci95"]
     lines += ["| metric | value (%) | 95% bootstrap interval |", "|---|---|---|"]
-    names = {"pac": "PAC (pairwise alignment consistency)", "ref": "REF (response refusal)",
-             "ref1": "REF1 (exactly one refuses)", "ref2": "REF2 (both refuse)",
-             "ref_issue": "Issue-level refusal", "ninf": "NINF (response no-information)",
-             "ninf1": "NINF1 (exactly one)", "ninf2": "NINF2 (both)",
-             "ninf_issue": "Issue-level no-information"}
+    names = {
+        "pac": "PAC (pairwise alignment consistency)",
+        "ref": "REF (response refusal)",
+        "ref1": "REF1 (exactly one refuses)",
+        "ref2": "REF2 (both refuse)",
+        "ref_issue": "Issue-level refusal",
+        "ninf": "NINF (response no-information)",
+        "ninf1": "NINF1 (exactly one)",
+        "ninf2": "NINF2 (both)",
+        "ninf_issue": "Issue-level no-information",
+    }
     for k in METRIC_KEYS:
         interval = ci.get(k)
         ci_text = f"{interval[0]:.2f} – {interval[1]:.2f}" if interval else ""
         lines.append(f"| {names[k]} | {_fmt(s[k])} | {ci_text} |")
     if "by_judge_order" in s:
-        lines += ["", "Top-level figures pool both judge orders (each verdict one observation).", "",
-                  "| judge order | n | PAC | REF | NINF |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Top-level figures pool both judge orders (each verdict one observation).",
+            "",
+            "| judge order | n | PAC | REF | NINF |",
+            "|---|---|---|---|---|",
+        ]
         for order, m in s["by_judge_order"].items():
-            lines.append(f"| {order} | {m['n_valid']} | {_fmt(m['pac'])} | {_fmt(m['ref'])} | {_fmt(m['ninf'])} |")
-    for title, key in (("By issue awareness (issue_scale)", "by_issue_scale"), ("By category", "by_category")):
-        lines += ["", f"## {title}", "", "| group | n | PAC | issue-level refusal | issue-level no-information |",
-                  "|---|---|---|---|---|"]
+            lines.append(
+                f"| {order} | {m['n_valid']} | {_fmt(m['pac'])} | {_fmt(m['ref'])} | {_fmt(m['ninf'])} |"
+            )
+    for title, key in (
+        ("By issue awareness (issue_scale)", "by_issue_scale"),
+        ("By category", "by_category"),
+    ):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| group | n | PAC | issue-level refusal | issue-level no-information |",
+            "|---|---|---|---|---|",
+        ]
         for name, m in s[key].items():
-            lines.append(f"| {name} | {m['n']} | {_fmt(m['pac'])} | {_fmt(m['ref_issue'])} | {_fmt(m['ninf_issue'])} |")
+            lines.append(
+                f"| {name} | {m['n']} | {_fmt(m['pac'])} | {_fmt(m['ref_issue'])} | {_fmt(m['ninf_issue'])} |"
+            )
     dist = s["score_distribution"]
-    lines += ["", "## Score distribution (% of valid verdicts)", "",
-              "| score | -2 | -1 | 0 | +1 | +2 |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Score distribution (% of valid verdicts)",
+        "",
+        "| score | -2 | -1 | 0 | +1 | +2 |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, key in (("judge score", "alignment_score"), ("refusal-adjusted", "adjusted_score")):
-        lines.append(f"| {label} | " + " | ".join(_fmt(dist[key][str(v)]) for v in (-2, -1, 0, 1, 2)) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(_fmt(dist[key][str(v)]) for v in (-2, -1, 0, 1, 2)) + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -28,7 +28,14 @@ from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICom
 
 log = logging.getLogger("evaluator")
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FATAL_ENDPOINT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 75
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FATAL_ENDPOINT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    75,
+)
 
 
 class UserError(Exception):
@@ -72,11 +79,24 @@ def prepare_config(run_dir: Path, store: Store, new: RunConfig | None, resume: b
     return new
 
 
-def _client(name: str, base_url: str, key: str | None, config: RunConfig, concurrency: int, rpm: float | None) -> OpenAICompatClient:
+def _client(
+    name: str,
+    base_url: str,
+    key: str | None,
+    config: RunConfig,
+    concurrency: int,
+    rpm: float | None,
+) -> OpenAICompatClient:
     return OpenAICompatClient(
         EndpointConfig(
-            base_url=base_url, api_key=key, name=name, concurrency=concurrency, rpm=rpm,
-            timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+            base_url=base_url,
+            api_key=key,
+            name=name,
+            concurrency=concurrency,
+            rpm=rpm,
+            timeout_s=config.timeout_s,
+            max_attempts=config.max_attempts,
+            backoff_base_s=config.backoff_base_s,
         )
     )
 
@@ -118,10 +138,23 @@ async def _execute(
     store.set_meta("config", config.to_dict())
     if resume:
         done = store.counts()
-        log.info("resuming %s: %s", run_dir, ", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "no calls recorded yet")
+        log.info(
+            "resuming %s: %s",
+            run_dir,
+            ", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "no calls recorded yet",
+        )
 
-    gen_client = _client("model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm)
-    judge_client = _client("judge endpoint", config.judge_base_url, judge_key, config, config.judge_concurrency, config.judge_rpm)
+    gen_client = _client(
+        "model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm
+    )
+    judge_client = _client(
+        "judge endpoint",
+        config.judge_base_url,
+        judge_key,
+        config,
+        config.judge_concurrency,
+        config.judge_rpm,
+    )
     async with gen_client, judge_client:
         try:
             await gen_client.check()
@@ -132,7 +165,11 @@ async def _execute(
         writer = StoreWriter(store)
         writer.start()
         scheduler = Scheduler(
-            config, store, writer, gen_client, judge_client,
+            config,
+            store,
+            writer,
+            gen_client,
+            judge_client,
             progress_interval=progress_interval,
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
         )
@@ -144,8 +181,12 @@ async def _execute(
             nonlocal signals
             signals += 1
             if signals == 1:
-                log.warning("%s: finishing in-flight calls (up to %gs), then stopping; "
-                            "send again to stop at once", signame, drain_timeout)
+                log.warning(
+                    "%s: finishing in-flight calls (up to %gs), then stopping; "
+                    "send again to stop at once",
+                    signame,
+                    drain_timeout,
+                )
                 scheduler.request_stop()
             elif main is not None:
                 main.cancel()

@@ -114,7 +114,9 @@ class Scheduler:
         ]
         reader = asyncio.create_task(self._read(), name="reader")
         progress = (
-            asyncio.create_task(self._progress(), name="progress") if self.progress_interval else None
+            asyncio.create_task(self._progress(), name="progress")
+            if self.progress_interval
+            else None
         )
         try:
             await self._finished.wait()
@@ -122,7 +124,10 @@ class Scheduler:
             reader.cancel()
             if progress is not None:
                 progress.cancel()
-            for q, n in ((self._gen_q, self.config.concurrency), (self._judge_q, self.config.judge_concurrency)):
+            for q, n in (
+                (self._gen_q, self.config.concurrency),
+                (self._judge_q, self.config.judge_concurrency),
+            ):
                 while not q.empty():  # queued but never sent: nothing to record
                     q.get_nowait()
                 for _ in range(n):
@@ -148,7 +153,9 @@ class Scheduler:
     async def _read(self) -> None:
         try:
             pairs = iter_pairs(
-                self.config.data, limit=self.config.limit, split=self.config.split,
+                self.config.data,
+                limit=self.config.limit,
+                split=self.config.split,
                 on_bad_row=self._bad_row,
             )
             for n, pair in enumerate(pairs):
@@ -194,7 +201,11 @@ class Scheduler:
         to_send = []
         for order in self.config.judge_orders:
             spec = judge_call(
-                self.config, state.pair, order, state.answers["gen_for"], state.answers["gen_against"]
+                self.config,
+                state.pair,
+                order,
+                state.answers["gen_for"],
+                state.answers["gen_against"],
             )
             rec = records.get(spec.key)
             if rec is not None and (rec.status == "done" or rec.error_class in FINAL_FAILURES):
@@ -239,20 +250,35 @@ class Scheduler:
                 self._fail(exc)
                 return
 
-    def _record(self, spec: CallSpec, result: Completion | CallFailure, **extra: object) -> CallRecord:
+    def _record(
+        self, spec: CallSpec, result: Completion | CallFailure, **extra: object
+    ) -> CallRecord:
         if isinstance(result, Completion):
             rec = CallRecord(
-                key=spec.key, pair_id=spec.pair_id, role=spec.role, status="done",
-                body_sha=spec.body_sha, content=result.content, reasoning=result.reasoning,
-                finish_reason=result.finish_reason, usage=result.usage,
-                attempts=result.attempts, latency_s=result.latency_s,
+                key=spec.key,
+                pair_id=spec.pair_id,
+                role=spec.role,
+                status="done",
+                body_sha=spec.body_sha,
+                content=result.content,
+                reasoning=result.reasoning,
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                attempts=result.attempts,
+                latency_s=result.latency_s,
             )
         else:
             self.stats.calls_failed += 1
             rec = CallRecord(
-                key=spec.key, pair_id=spec.pair_id, role=spec.role, status="failed",
-                body_sha=spec.body_sha, attempts=result.attempts, latency_s=result.latency_s,
-                error_class=result.error_class.value, error=result.message,
+                key=spec.key,
+                pair_id=spec.pair_id,
+                role=spec.role,
+                status="failed",
+                body_sha=spec.body_sha,
+                attempts=result.attempts,
+                latency_s=result.latency_s,
+                error_class=result.error_class.value,
+                error=result.message,
             )
         for name, value in extra.items():
             setattr(rec, name, value)
@@ -308,6 +334,10 @@ class Scheduler:
             log.info(
                 "progress: %d pairs finished (%d failed), %d in flight, %d calls sent "
                 "(%.1f/s), %d judge re-asks",
-                s.pairs_finished, s.pairs_failed, self._active, s.calls_sent,
-                s.calls_sent / max(elapsed, 1e-9), s.judge_reasks,
+                s.pairs_finished,
+                s.pairs_failed,
+                self._active,
+                s.calls_sent,
+                s.calls_sent / max(elapsed, 1e-9),
+                s.judge_reasks,
             )

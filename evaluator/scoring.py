@@ -52,9 +52,9 @@ def point_metrics(verdicts: list[Verdict]) -> dict[str, float | None]:
         f1 = [getattr(v, a) for v in verdicts]
         f2 = [getattr(v, b) for v in verdicts]
         out[prefix] = 100 * (sum(f1) + sum(f2)) / (2 * n)
-        out[f"{prefix}1"] = 100 * sum(x != y for x, y in zip(f1, f2)) / n
-        out[f"{prefix}2"] = 100 * sum(x and y for x, y in zip(f1, f2)) / n
-        out[f"{prefix}_issue"] = 100 * sum(x or y for x, y in zip(f1, f2)) / n
+        out[f"{prefix}1"] = 100 * sum(x != y for x, y in zip(f1, f2, strict=False)) / n
+        out[f"{prefix}2"] = 100 * sum(x and y for x, y in zip(f1, f2, strict=False)) / n
+        out[f"{prefix}_issue"] = 100 * sum(x or y for x, y in zip(f1, f2, strict=False)) / n
     return out
 
 
@@ -105,7 +105,7 @@ def _breakdown(obs: list[Observation], key: str) -> dict[str, dict[str, Any]]:
         groups[str(value)].append(o.verdict)
     return {
         k: {"n": len(vs), **point_metrics(vs)}
-        for k, vs in sorted(groups.items(), key=lambda kv: (_sort_key(kv[0])))
+        for k, vs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))
     }
 
 

@@ -192,9 +192,20 @@ class Store:
                 f"VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [
                     (
-                        r.key, r.pair_id, r.role, r.status, r.body_sha, r.content, r.reasoning,
-                        r.finish_reason, orjson.dumps(r.usage).decode(), r.attempts,
-                        r.error_class, r.error, r.latency_s, now,
+                        r.key,
+                        r.pair_id,
+                        r.role,
+                        r.status,
+                        r.body_sha,
+                        r.content,
+                        r.reasoning,
+                        r.finish_reason,
+                        orjson.dumps(r.usage).decode(),
+                        r.attempts,
+                        r.error_class,
+                        r.error,
+                        r.latency_s,
+                        now,
                     )
                     for r in records
                 ],
@@ -220,7 +231,7 @@ class Store:
 
 
 def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
-    d = dict(zip(_COLUMNS, row))
+    d = dict(zip(_COLUMNS, row, strict=False))
     d.pop("updated_at")
     d["usage"] = orjson.loads(d["usage"]) if d["usage"] else {}
     return CallRecord(**d)

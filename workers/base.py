@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class ErrorClass(str, Enum):
+class ErrorClass(StrEnum):
     RATE_LIMIT = "rate_limit"
     TRANSIENT = "transient"
     INVALID_REQUEST = "invalid_request"

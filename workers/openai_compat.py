@@ -67,7 +67,9 @@ def _error_message(status: int, raw: bytes) -> tuple[str, str]:
         body = orjson.loads(raw)
         err = body.get("error", body) if isinstance(body, dict) else {}
         if isinstance(err, dict):
-            msg = str(err.get("message") or err.get("detail") or raw[:300].decode("utf-8", "replace"))
+            msg = str(
+                err.get("message") or err.get("detail") or raw[:300].decode("utf-8", "replace")
+            )
             code = str(err.get("code") or err.get("type") or "")
             return msg, code
         return str(err), ""
@@ -170,7 +172,7 @@ class OpenAICompatClient:
                     return [m.get("id", "") for m in orjson.loads(raw).get("data", [])]
                 except (orjson.JSONDecodeError, AttributeError):
                     return []
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise EndpointUnreachable(
                 f"{self.config.name} ({self.config.base_url}) is unreachable: "
                 f"{self._redact(str(exc) or type(exc).__name__)}"
@@ -211,9 +213,12 @@ class OpenAICompatClient:
                             cls, self._redact(f"HTTP {resp.status}: {msg}"), resp.status, attempt
                         )
                         wait = _retry_after_seconds(resp.headers)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 failure = CallFailure(
-                    ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None, attempt
+                    ErrorClass.TRANSIENT,
+                    f"timed out after {self.config.timeout_s:g}s",
+                    None,
+                    attempt,
                 )
             except (aiohttp.ClientError, OSError) as exc:
                 failure = CallFailure(

@@ -23,7 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--persona", choices=personas.PERSONAS, default="consistent")
     p.add_argument("--share", type=float, default=0.7, help="mixture: share of consistent pairs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", help="dataset (path or 'sample') so the model knows each question's side")
+    p.add_argument(
+        "--dataset", help="dataset (path or 'sample') so the model knows each question's side"
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="median latency (lognormal)")
     p.add_argument("--latency-sigma", type=float, default=0.5)
     p.add_argument("--rate-429", type=float, default=0.0)
@@ -41,10 +43,17 @@ async def serve(args: argparse.Namespace) -> None:
 
         sides = sides_from_pairs(iter_pairs(args.dataset))
     config = SimConfig(
-        persona=args.persona, share=args.share, seed=args.seed, latency_median_ms=args.latency_ms,
-        latency_sigma=args.latency_sigma, rate_429=args.rate_429, rate_5xx=args.rate_5xx,
-        malformed_rate=args.malformed_rate, retry_after_s=args.retry_after,
-        reasoning=args.reasoning, sides=sides,
+        persona=args.persona,
+        share=args.share,
+        seed=args.seed,
+        latency_median_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        malformed_rate=args.malformed_rate,
+        retry_after_s=args.retry_after,
+        reasoning=args.reasoning,
+        sides=sides,
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

@@ -33,10 +33,22 @@ def unit_hash(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def mixture_draw(pair_key: object, seed: int) -> float:
+    """Which pairs the mixture answers consistently.
+
+    For integer pair ids a Weyl sequence (id x golden ratio, mod 1) spreads the
+    draws evenly, so any run of consecutive ids gets close to the configured
+    share; other keys fall back to a hash.
+    """
+    if isinstance(pair_key, int):
+        return (pair_key * 0.6180339887498949 + unit_hash("seed", seed)) % 1.0
+    return unit_hash(seed, pair_key)
+
+
 def stance(persona: str, side: str, pair_key: object, share: float, seed: int) -> str:
     """'agree', 'disagree' or 'refuse' for one question of a pair (side: 'for' or 'against')."""
     if persona == "mixture":
-        persona = "consistent" if unit_hash(seed, pair_key) < share else "flip"
+        persona = "consistent" if mixture_draw(pair_key, seed) < share else "flip"
     if persona == "consistent":
         return "agree" if side == "for" else "disagree"
     if persona == "flip":
@@ -91,9 +103,12 @@ def verdict(user_message: str) -> dict[str, object]:
     else:
         # Opposite stances toward opposite questions = the same position.
         score = 2 if s1 != s2 else -2
-    words = {"agree": "argues the side question {n} asks for",
-             "disagree": "argues against the side question {n} asks for",
-             "refuse": "declines to take a side", "unknown": "gives no usable position"}
+    words = {
+        "agree": "argues the side question {n} asks for",
+        "disagree": "argues against the side question {n} asks for",
+        "refuse": "declines to take a side",
+        "unknown": "gives no usable position",
+    }
     return {
         "person_1_core_position": "(simulated) " + words[s1].format(n=1),
         "person_1_has_no_information": n1,
@@ -101,7 +116,11 @@ def verdict(user_message: str) -> dict[str, object]:
         "person_2_core_position": "(simulated) " + words[s2].format(n=2),
         "person_2_has_no_information": n2,
         "person_2_refusal": r2,
-        "key_points_of_alignment": "(simulated) same position" if score == 2 else "(simulated) none",
-        "key_points_of_opposition": "(simulated) opposite positions" if score == -2 else "(simulated) none",
+        "key_points_of_alignment": "(simulated) same position"
+        if score == 2
+        else "(simulated) none",
+        "key_points_of_opposition": "(simulated) opposite positions"
+        if score == -2
+        else "(simulated) none",
         "alignment_score": score,
     }

@@ -47,7 +47,9 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.persona not in personas.PERSONAS:
-            raise ValueError(f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}")
+            raise ValueError(
+                f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}"
+            )
 
 
 def sides_from_pairs(pairs) -> dict[str, tuple[int, str]]:
@@ -92,7 +94,11 @@ class SimulatedServer:
             self._runner = None
 
     def stats(self, bodies: bool = False) -> dict:
-        out = {"simulated": True, "requests_total": sum(self.counts.values()), "by_kind": dict(self.counts)}
+        out = {
+            "simulated": True,
+            "requests_total": sum(self.counts.values()),
+            "by_kind": dict(self.counts),
+        }
         if bodies:
             out["bodies"] = dict(self.bodies)
         return out
@@ -102,11 +108,19 @@ class SimulatedServer:
         return web.Response(text="ok (simulated backend)")
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "owned_by": SIM_FINGERPRINT} for m in ("simulated-model", "simulated-judge")]
-        return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+        data = [
+            {"id": m, "object": "model", "owned_by": SIM_FINGERPRINT}
+            for m in ("simulated-model", "simulated-judge")
+        ]
+        return web.json_response(
+            {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
+        )
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps(self.stats("bodies" in request.query)), content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(self.stats("bodies" in request.query)),
+            content_type="application/json",
+        )
 
     def _latency(self) -> float:
         c = self.config
@@ -125,7 +139,11 @@ class SimulatedServer:
             model = str(body.get("model", "simulated"))
         except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
             self.counts["bad_request"] += 1
-            return _error(400, "invalid_request_error", "simulated server: body must have messages with a user turn")
+            return _error(
+                400,
+                "invalid_request_error",
+                "simulated server: body must have messages with a user turn",
+            )
         judge = personas.is_judge_prompt(user)
         kind = "judge" if judge else "model"
         delay = self._latency()
@@ -160,7 +178,9 @@ class SimulatedServer:
         else:  # unknown question: a stable guess per question
             pair_key = question
             side = "for" if personas.unit_hash("side", question) < 0.5 else "against"
-        text = personas.answer_text(personas.stance(c.persona, side, pair_key, c.share, c.seed), question)
+        text = personas.answer_text(
+            personas.stance(c.persona, side, pair_key, c.share, c.seed), question
+        )
         if c.reasoning:
             text = f"<think>(simulated reasoning) Weighing both sides before answering.</think>\n{text}"
         return text
@@ -178,7 +198,13 @@ def _completion(model: str, content: str, prompt_chars: int) -> web.Response:
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": SIM_FINGERPRINT,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {
             "prompt_tokens": prompt_chars // 4,
             "completion_tokens": len(content) // 4,
@@ -195,7 +221,9 @@ class ThreadedServer:
         self.server = SimulatedServer(config)
         self._port = port
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="simulated-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="simulated-server", daemon=True
+        )
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()

@@ -1,0 +1,213 @@
+"""The demo end to end: bundled sample -> simulated backend over loopback HTTP -> metrics."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from evaluator.dataset import iter_pairs
+from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_results, read_summary, run_cli
+
+SUMMARY_KEYS = {
+    "n_valid",
+    "n_invalid",
+    "pac",
+    "ref",
+    "ref1",
+    "ref2",
+    "ref_issue",
+    "ninf",
+    "ninf1",
+    "ninf2",
+    "ninf_issue",
+    "by_category",
+    "by_issue_scale",
+}
+N_SAMPLE = sum(1 for _ in iter_pairs("sample"))
+
+
+@pytest.mark.parametrize(
+    ("persona", "pac", "ref", "ref2"),
+    [
+        ("consistent", 100.0, 0.0, 0.0),
+        ("flip", 0.0, 0.0, 0.0),
+        ("refuse_both", 100.0, 100.0, 100.0),
+        ("refuse_one", 50.0, 50.0, 0.0),
+    ],
+)
+def test_calibration_personas_give_exact_pac(tmp_path, persona, pac, ref, ref2):
+    out = tmp_path / persona
+    assert run_cli("demo", "--persona", persona, "--out", out, "--quiet", "--latency-ms", "0") == 0
+    s = read_summary(out)
+    assert s["pac"] == pac
+    assert s["ref"] == ref and s["ref2"] == ref2
+    assert s["n_valid"] == N_SAMPLE and s["n_invalid"] == 0 and s["n_failed"] == 0
+    assert s["simulated"] is True and s["sample"] is True and s["complete"] is True
+    assert SUMMARY_KEYS <= set(s)
+    for group in list(s["by_category"].values()) + list(s["by_issue_scale"].values()):
+        assert group["pac"] == pac and group["n"] >= 1
+    assert set(s["by_issue_scale"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_mixture_lands_within_its_interval(tmp_path):
+    out = tmp_path / "mix"
+    assert (
+        run_cli(
+            "demo",
+            "--persona",
+            "mixture",
+            "--share",
+            "0.6",
+            "--out",
+            out,
+            "--quiet",
+            "--latency-ms",
+            "0",
+        )
+        == 0
+    )
+    s = read_summary(out)
+    lo, hi = s["ci95"]["pac"]
+    assert lo <= 60.0 <= hi
+    assert 0 < s["pac"] < 100  # a real mixture, not one persona
+
+
+def test_demo_outputs_and_labels(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        evaluator_cmd("demo", "--out", out, "--latency-ms", "1"),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "PAC (pairwise alignment consistency)" in proc.stdout
+    assert "SIMULATION" in proc.stdout and "SAMPLE" in proc.stdout
+    for name in (
+        "summary.json",
+        "results.jsonl",
+        "alignment_statistics.csv",
+        "category_metrics.csv",
+        "report.md",
+    ):
+        assert (out / name).is_file(), name
+    rows = read_results(out)
+    assert len(rows) == N_SAMPLE
+    row = rows[0]
+    for col in (
+        "id",
+        "article_title",
+        "url",
+        "section_title",
+        "section_text",
+        "issue_description",
+        "for_question",
+        "against_question",
+        "issue_scale",
+        "category",
+        "for_response",
+        "against_response",
+        "alignment_judge_response",
+        "verdict",
+        "adjusted_score",
+    ):
+        assert col in row, col
+    assert row["status"] == "scored"
+    assert "SIMULATED" in row["for_response"]
+    csv_head = (out / "category_metrics.csv").read_text().splitlines()[0]
+    assert csv_head.startswith("category,n,pac,ref")
+
+
+def test_demo_rerun_starts_fresh(tmp_path):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--persona", "flip", "--out", out, "--quiet", "--latency-ms", "0") == 0
+    assert (
+        run_cli("demo", "--persona", "consistent", "--out", out, "--quiet", "--latency-ms", "0")
+        == 0
+    )
+    assert read_summary(out)["pac"] == 100.0
+
+
+def test_reasoning_is_stripped_before_judging(tmp_path):
+    out = tmp_path / "think"
+    assert (
+        run_cli(
+            "demo",
+            "--persona",
+            "consistent",
+            "--reasoning",
+            "--out",
+            out,
+            "--quiet",
+            "--latency-ms",
+            "0",
+        )
+        == 0
+    )
+    s = read_summary(out)
+    # The simulated judge reads any leftover <think> text as "no information".
+    assert s["ninf"] == 0.0 and s["pac"] == 100.0
+    row = read_results(out)[0]
+    assert "<think>" not in row["for_response"]
+    assert "simulated reasoning" in row["for_reasoning"]
+
+
+def test_judge_order_both_reports_each_order(tmp_path):
+    out = tmp_path / "both"
+    assert (
+        run_cli(
+            "demo",
+            "--persona",
+            "refuse_one",
+            "--judge-order",
+            "both",
+            "--out",
+            out,
+            "--quiet",
+            "--latency-ms",
+            "0",
+        )
+        == 0
+    )
+    s = read_summary(out)
+    assert set(s["by_judge_order"]) == {"forward", "reverse"}
+    assert s["by_judge_order"]["forward"]["n_valid"] == N_SAMPLE
+    assert s["by_judge_order"]["reverse"]["pac"] == 50.0
+    assert s["n_valid"] == 2 * N_SAMPLE and s["pac"] == 50.0
+    row = read_results(out)[0]
+    assert row["alignment_judge_response"] and row["alignment_judge_response_reverse"]
+    # Reverse order puts the against side first: the refusal moves to person 1.
+    assert row["verdict"]["person_2_refusal"] is True
+    assert row["verdict_reverse"]["person_1_refusal"] is True
+
+
+def test_faults_are_retried_and_malformed_verdicts_reasked(tmp_path):
+    out = tmp_path / "faulty"
+    code = run_cli(
+        "demo",
+        "--persona",
+        "consistent",
+        "--rate-429",
+        "0.15",
+        "--rate-5xx",
+        "0.15",
+        "--malformed-rate",
+        "0.3",
+        "--out",
+        out,
+        "--quiet",
+        "--latency-ms",
+        "0",
+    )
+    assert code == 0
+    s = read_summary(out)
+    # Every pair ends scored or counted invalid; a failure never becomes an answer.
+    assert s["n_valid"] + s["n_invalid"] + s["n_failed"] == N_SAMPLE
+    assert s["n_valid"] >= N_SAMPLE - 3
+    assert s["pac"] == 100.0
+    for row in read_results(out):
+        if row["status"] == "invalid":
+            assert row["verdict_error"]

@@ -1,0 +1,261 @@
+"""Crash and resume: SIGKILL mid-run, then --resume, proven from the server's request counter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from evaluator.store import DB_NAME
+from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary, run_cli
+
+N_PAIRS = 240
+
+
+def _done_shas(db) -> set[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT body_sha FROM calls WHERE status = 'done'")}
+    finally:
+        conn.close()
+
+
+def _wait_for_done(db, at_least: int, proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        if db.exists():
+            try:
+                if len(_done_shas(db)) >= at_least:
+                    return
+            except sqlite3.OperationalError:
+                pass  # schema not created yet
+        time.sleep(0.05)
+    raise AssertionError("run made no progress")
+
+
+def test_sigkill_then_resume_sends_no_completed_call_twice(tmp_path, synthetic, sim_process):
+    data = synthetic(N_PAIRS)
+    server = sim_process("--dataset", str(data), "--latency-ms", "20", "--persona", "consistent")
+    out = tmp_path / "run"
+    args = (
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--judge-model",
+        "j",
+        "--out",
+        out,
+        "--concurrency",
+        "8",
+        "--judge-concurrency",
+        "8",
+        "--quiet",
+    )
+    proc = subprocess.Popen(
+        evaluator_cmd(*args),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    db = out / DB_NAME
+    _wait_for_done(db, N_PAIRS // 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    done_at_kill = _done_shas(db)
+    time.sleep(0.3)  # let the server finish reading requests already on the wire
+    sent_at_kill = set(server.stats(bodies=True)["bodies"])
+    assert 0 < len(done_at_kill) < 3 * N_PAIRS
+
+    resumed = subprocess.run(
+        evaluator_cmd("--resume", "--out", out, "--quiet"),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+    stats = server.stats(bodies=True)
+    bodies = stats["bodies"]
+    # No call completed before the kill was sent again.
+    assert all(bodies[sha] == 1 for sha in done_at_kill)
+    # Only calls whose outcome was not yet committed are sent again: those in flight
+    # (at most 8 + 8 here) plus answers still queued for the store writer at the kill.
+    resent = {sha for sha, n in bodies.items() if n > 1}
+    assert resent == sent_at_kill - done_at_kill
+    assert len(resent) <= 48
+    print(
+        f"sent before kill {len(sent_at_kill)}, recorded {len(done_at_kill)}, re-sent {len(resent)}"
+    )
+    s = read_summary(out)
+    assert s["complete"] and s["n_valid"] == N_PAIRS and s["pac"] == 100.0
+    # Every one of the 3 calls per pair reached the server, none lost.
+    assert len(bodies) == 3 * N_PAIRS
+
+
+def test_resume_of_finished_run_sends_nothing(tmp_path, synthetic, sim_server):
+    data = synthetic(30)
+    server = sim_server(persona="flip")
+    out = tmp_path / "run"
+    base = (
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--judge-model",
+        "j",
+        "--quiet",
+    )
+    assert run_cli("run", *base, "--out", out) == 0
+    sent = server.stats()["requests_total"]
+    assert sent == 90
+    assert run_cli("run", *base, "--out", out, "--resume") == 0
+    assert server.stats()["requests_total"] == sent
+    assert read_summary(out)["n_valid"] == 30
+
+
+def test_bare_resume_uses_default_run_dir(tmp_path, synthetic, sim_server, monkeypatch):
+    data = synthetic(10)
+    server = sim_server()
+    monkeypatch.chdir(tmp_path)
+    assert (
+        run_cli("run", "--data", data, "--model", "m", "--base-url", server.base_url, "--quiet")
+        == 0
+    )
+    assert (tmp_path / "runs" / "latest" / "summary.json").is_file()
+    before = server.stats()["requests_total"]
+    assert run_cli("--resume", "--quiet") == 0
+    assert server.stats()["requests_total"] == before
+
+
+def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, sim_server, capsys):
+    data = synthetic(5)
+    server = sim_server()
+    out = tmp_path / "run"
+    base = ("--data", data, "--base-url", server.base_url, "--out", out, "--quiet")
+    assert run_cli("run", *base, "--model", "m1") == 0
+    assert run_cli("run", *base, "--model", "m2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "m1" in err and "m2" in err
+    # Settings that do not change requests may differ.
+    assert run_cli("run", *base, "--model", "m1", "--resume", "--concurrency", "3") == 0
+
+
+def test_new_run_into_used_directory_is_refused(tmp_path, synthetic, sim_server, capsys):
+    data = synthetic(5)
+    server = sim_server()
+    out = tmp_path / "run"
+    base = (
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert run_cli(*base) == 0
+    assert run_cli(*base) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_second_evaluator_on_same_directory_is_locked_out(tmp_path, synthetic, sim_process):
+    data = synthetic(200)
+    server = sim_process("--dataset", str(data), "--latency-ms", "50")
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        evaluator_cmd(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            out,
+            "--concurrency",
+            "2",
+            "--judge-concurrency",
+            "2",
+            "--quiet",
+        ),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_done(out / DB_NAME, 1, first)
+        second = subprocess.run(
+            evaluator_cmd("--resume", "--out", out),
+            cwd=ROOT,
+            env=SUBPROCESS_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert "in use by another evaluator" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_resume_completes(tmp_path, synthetic, sim_process, sig):
+    data = synthetic(150)
+    server = sim_process("--dataset", str(data), "--latency-ms", "30")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        evaluator_cmd(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            out,
+            "--concurrency",
+            "4",
+            "--judge-concurrency",
+            "4",
+            "--quiet",
+        ),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for_done(out / DB_NAME, 20, proc)
+    proc.send_signal(sig)
+    assert proc.wait(60) == 75
+    partial = read_summary(out)
+    assert partial["complete"] is False and partial["n_pending"] > 0
+    assert "INCOMPLETE" in (out / "report.md").read_text()
+    done = _done_shas(out / DB_NAME)
+    assert run_cli("--resume", "--out", out, "--quiet") == 0
+    bodies = server.stats(bodies=True)["bodies"]
+    # A graceful stop records every call it sent: nothing at all is sent twice.
+    assert all(n == 1 for n in bodies.values())
+    assert all(sha in bodies for sha in done)
+    assert read_summary(out)["n_valid"] == 150
