@@ -20,7 +20,7 @@ from typing import Any
 
 from evaluator import report
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
-from evaluator.dataset import DatasetError
+from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError
@@ -63,11 +63,13 @@ def prepare_config(run_dir: Path, store: Store, new: RunConfig | None, resume: b
         stored = RunConfig.from_dict(stored_raw)
     except (ConfigError, TypeError) as exc:
         raise UserError(f"{run_dir} holds a run config this version cannot read: {exc}") from None
-    if not resume:
+    if not resume and store.counts():
         raise UserError(
             f"{run_dir} already holds a run (model {stored.model!r}); "
             "add --resume to continue it, or choose another --out"
         )
+    if not resume:
+        return new  # the earlier start recorded no call: nothing to protect
     if new is None:
         return stored
     diffs = request_differences(stored, new)
@@ -134,6 +136,10 @@ async def _execute(
         gen_key = resolve_key(config.api_key_env, dotenv)
         judge_key = resolve_key(config.judge_api_key_env, dotenv)
     except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    try:  # a source that is not a dataset fails here, before any endpoint is contacted
+        next(iter_pairs(config.data, split=config.split, limit=1), None)
+    except DatasetError as exc:
         raise UserError(str(exc)) from None
     store.set_meta("config", config.to_dict())
     if resume:
