@@ -166,8 +166,11 @@ async def _execute(
             await gen_client.check()
             await judge_client.check()
         except EndpointUnreachable as exc:
-            log.error("%s", exc)
+            log.error("%s; nothing was sent", exc)
             return RunResult(EXIT_UNREACHABLE, None, None, run_dir)
+        except FatalEndpointError as exc:
+            log.error("%s; nothing was sent", exc)
+            return RunResult(EXIT_FATAL_ENDPOINT, None, None, run_dir)
         writer = StoreWriter(store)
         writer.start()
         scheduler = Scheduler(

@@ -153,7 +153,10 @@ class OpenAICompatClient:
         return redact(text, self._secrets)
 
     async def check(self) -> list[str]:
-        """Fail fast before any paid call: GET /models must answer. Returns the served model ids."""
+        """Fail fast before any paid call: GET /models must answer. Returns the served model ids.
+
+        Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
+        """
         assert self._session is not None, "use the client as an async context manager"
         url = self.config.base_url.rstrip("/") + "/models"
         try:
@@ -161,10 +164,13 @@ class OpenAICompatClient:
                 raw = await resp.read()
                 if resp.status in (401, 403):
                     msg, _ = _error_message(resp.status, raw)
-                    raise EndpointUnreachable(
-                        f"{self.config.name} ({self.config.base_url}) rejected the API key: "
-                        f"HTTP {resp.status} {self._redact(msg)}"
+                    failure = CallFailure(
+                        ErrorClass.FATAL,
+                        f"rejected the API key ({self.config.base_url}): "
+                        f"HTTP {resp.status} {self._redact(msg)}",
+                        resp.status,
                     )
+                    raise FatalEndpointError(self.config.name, failure)
                 if resp.status >= 400:
                     # Some compatible APIs do not implement /models; reachability is what matters.
                     return []

@@ -42,6 +42,8 @@ class SimConfig:
     malformed_rate: float = 0.0
     retry_after_s: float = 0.0
     reasoning: bool = False  # prepend a <think> block to model answers
+    api_key: str | None = None  # when set, requests without this bearer key get 401
+    fail_auth_after: int | None = None  # answer 401 to every chat request after this many
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -67,6 +69,7 @@ class SimulatedServer:
         self._rng = random.Random(self.config.seed)
         self.bodies: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.received = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -107,7 +110,16 @@ class SimulatedServer:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok (simulated backend)")
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        key = self.config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            self.counts["unauthorized"] += 1
+            return _error(401, "invalid_api_key", "simulated server: incorrect API key provided")
+        return None
+
     async def _models(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         data = [
             {"id": m, "object": "model", "owned_by": SIM_FINGERPRINT}
             for m in ("simulated-model", "simulated-judge")
@@ -130,8 +142,14 @@ class SimulatedServer:
 
     async def _chat(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        self.bodies[hashlib.sha256(raw).hexdigest()] += 1
         c = self.config
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        if c.fail_auth_after is not None and self.received >= c.fail_auth_after:
+            self.counts["unauthorized"] += 1
+            return _error(401, "invalid_api_key", "simulated server: key revoked")
+        self.received += 1
+        self.bodies[hashlib.sha256(raw).hexdigest()] += 1
         try:
             body = orjson.loads(raw)
             messages = body["messages"]

@@ -1,0 +1,177 @@
+"""The `run` command against real loopback servers: keys, fatal errors, unreachable endpoints."""
+
+from __future__ import annotations
+
+import logging
+
+from evaluator.store import DB_NAME, Store
+from tests.conftest import read_summary, run_cli
+
+KEY = "sk-sim-SECRET-0123456789abcdef"
+
+
+def _all_text(out) -> str:
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace") for p in out.rglob("*") if p.is_file()
+    )
+
+
+def test_key_from_environment_is_used_and_never_written(
+    tmp_path, synthetic, sim_server, monkeypatch, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    data = synthetic(12)
+    server = sim_server(api_key=KEY)
+    monkeypatch.setenv("SIM_KEY", KEY)
+    out = tmp_path / "run"
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "SIM_KEY",
+            "--out",
+            out,
+            "--quiet",
+        )
+        == 0
+    )
+    assert read_summary(out)["n_valid"] == 12
+    assert KEY not in _all_text(out)
+    assert KEY not in caplog.text
+    with Store.open(out, create=False, lock=False) as store:
+        assert store.get_meta("config")["api_key_env"] == "SIM_KEY"
+
+
+def test_key_from_dotenv(tmp_path, synthetic, sim_server, monkeypatch):
+    data = synthetic(5)
+    server = sim_server(api_key=KEY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIM_KEY", raising=False)
+    (tmp_path / ".env").write_text(f'# keys\nexport SIM_KEY="{KEY}"\n')
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "SIM_KEY",
+            "--quiet",
+        )
+        == 0
+    )
+    assert KEY not in _all_text(tmp_path / "runs")
+
+
+def test_missing_key_variable_is_named(tmp_path, synthetic, capsys, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    code = run_cli(
+        "run",
+        "--data",
+        synthetic(3),
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key-env",
+        "NO_SUCH_KEY_VAR",
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+    )
+    assert code == 2 and "NO_SUCH_KEY_VAR" in capsys.readouterr().err
+
+
+def test_wrong_key_stops_before_any_call(tmp_path, synthetic, sim_server, monkeypatch):
+    server = sim_server(api_key=KEY)
+    monkeypatch.setenv("SIM_KEY", "sk-wrong-000000000000")
+    code = run_cli(
+        "run",
+        "--data",
+        synthetic(5),
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--api-key-env",
+        "SIM_KEY",
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+    )
+    assert code == 3
+    assert server.stats()["requests_total"] == 1  # only the start-up check, answered 401
+
+
+def test_unreachable_endpoint_exits_4_and_sends_nothing(tmp_path, synthetic, sim_server, caplog):
+    server = sim_server()
+    out = tmp_path / "o"
+    code = run_cli(
+        "run",
+        "--data",
+        synthetic(5),
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--judge-base-url",
+        "http://127.0.0.1:9/v1",
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert code == 4
+    assert "judge endpoint" in caplog.text and "unreachable" in caplog.text
+    assert server.stats()["requests_total"] == 0
+    with Store.open(out, create=False, lock=False) as store:
+        assert store.counts() == {}
+
+
+def test_key_revoked_mid_run_stops_cleanly_and_resumes(tmp_path, synthetic, sim_server):
+    data = synthetic(60)
+    first = sim_server(fail_auth_after=40)
+    out = tmp_path / "run"
+    args = (
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--judge-model",
+        "j",
+        "--out",
+        out,
+        "--quiet",
+        "--concurrency",
+        "4",
+        "--judge-concurrency",
+        "4",
+    )
+    assert run_cli("run", *args, "--base-url", first.base_url) == 3
+    s = read_summary(out)
+    assert s["complete"] is False and s["n_failed"] == 0  # an auth stop is not a pair failure
+    with Store.open(out, create=False, lock=False) as store:
+        recorded = sum(store.counts().values())
+    assert 0 < recorded <= 40
+    second = sim_server()  # "the key was fixed": a healthy endpoint, same model
+    assert run_cli("run", *args, "--base-url", second.base_url, "--resume") == 0
+    s = read_summary(out)
+    assert s["complete"] and s["n_valid"] == 60
+    assert second.stats()["requests_total"] == 180 - recorded
+
+
+def test_run_dir_with_a_broken_store_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / DB_NAME).write_bytes(b"this is not sqlite" * 100)
+    assert run_cli("--resume", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "not a usable checkpoint" in err and "Traceback" not in err
