@@ -25,6 +25,7 @@ from evaluator.runner import (
 from evaluator.store import DB_NAME, Store, StoreError
 
 DEFAULT_OUT = Path("runs/latest")
+LAST_RUN = Path("runs/.last-run")  # which run a bare `--resume` continues
 DEFAULT_DEMO_OUT = Path("runs/demo")
 log = logging.getLogger("evaluator")
 
@@ -78,10 +79,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--judge-retries", type=int, default=2, help="re-asks when a verdict is invalid")
 
 
-def _add_common(p: argparse.ArgumentParser, out_default: Path) -> None:
-    p.add_argument(
-        "--out", type=Path, default=out_default, help=f"run directory (default: {out_default})"
+def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
+    text = (
+        f"run directory (default: {out_default})"
+        if out_default
+        else f"run directory (default: {DEFAULT_OUT}; with --resume, the last run started here)"
     )
+    p.add_argument("--out", type=Path, default=out_default, help=text)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument(
@@ -100,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluator",
         description="Run the VAL-Bench benchmark: generations, judge, metrics. Resumable.",
     )
-    _add_common(parser, DEFAULT_OUT)
+    _add_common(parser, None)
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="evaluate a model on OpenAI-compatible endpoints")
-    _add_common(run, DEFAULT_OUT)
+    _add_common(run, None)
     _add_run_options(run)
 
     demo = sub.add_parser(
@@ -151,9 +155,31 @@ def _read_text(path: Path | None, what: str) -> str | None:
     return text
 
 
+# `run --resume --out DIR --concurrency 256`: settings that may change on resume.
+TUNABLE = {
+    "concurrency": 64,
+    "judge_concurrency": 64,
+    "rpm": None,
+    "judge_rpm": None,
+    "timeout": 600.0,
+    "max_attempts": 6,
+    "judge_retries": 2,
+}
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Throughput settings given explicitly on a resume (they do not change requests)."""
+    out = {}
+    for name, default in TUNABLE.items():
+        value = getattr(args, name, default)
+        if value != default:
+            out["timeout_s" if name == "timeout" else name] = value
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     """A RunConfig from `run` flags; None when only --resume was asked for."""
-    given = [n for n in ("data", "model", "base_url") if getattr(args, n) is not None]
+    given = [n for n in ("data", "model", "base_url") if getattr(args, n, None) is not None]
     if args.resume and not given:
         return None
     missing = [
@@ -222,18 +248,37 @@ def _finish(result: RunResult, print_report: bool) -> int:
     return result.exit_code
 
 
+def _resolve_out(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    if args.resume and LAST_RUN.is_file():
+        return Path(LAST_RUN.read_text(encoding="utf-8").strip())
+    return DEFAULT_OUT
+
+
+def _remember(out: Path) -> None:
+    try:
+        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
+        LAST_RUN.write_text(str(out.resolve()) + "\n", encoding="utf-8")
+    except OSError as exc:  # a convenience only: never fail a run for it
+        log.warning("could not record %s: %s", LAST_RUN, exc)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    args.out = _resolve_out(args)
     config = config_from_args(args)
     if config is not None:
         try:
             config.validate()
         except ConfigError as exc:
             raise UserError(str(exc)) from None
+    _remember(args.out)
     result = _run_loop(
         execute(
             args.out,
             config,
             resume=args.resume,
+            overrides=overrides_from_args(args) if config is None else None,
             progress_interval=None if args.quiet else args.progress_interval,
             drain_timeout=args.drain_timeout,
         )
@@ -346,8 +391,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USER
         command = "run"
-        for name in ("data", "model", "base_url"):
-            setattr(args, name, None)
     handlers = {"run": cmd_run, "demo": cmd_demo, "score": cmd_score, "report": cmd_report}
     try:
         return handlers[command](args)

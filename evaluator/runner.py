@@ -12,6 +12,7 @@ Exit codes (documented in the README for batch schedulers):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass
@@ -108,15 +109,19 @@ async def execute(
     new_config: RunConfig | None,
     *,
     resume: bool = False,
+    overrides: dict[str, Any] | None = None,
     progress_interval: float | None = 10.0,
     drain_timeout: float = 30.0,
 ) -> RunResult:
+    """Run (or resume) the evaluation in `run_dir`; `overrides` adjust a stored config's throughput settings."""
     try:
         store = Store.open(run_dir)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:
-        return await _execute(run_dir, store, new_config, resume, progress_interval, drain_timeout)
+        return await _execute(
+            run_dir, store, new_config, resume, overrides or {}, progress_interval, drain_timeout
+        )
     finally:
         store.close()
 
@@ -126,10 +131,11 @@ async def _execute(
     store: Store,
     new_config: RunConfig | None,
     resume: bool,
+    overrides: dict[str, Any],
     progress_interval: float | None,
     drain_timeout: float,
 ) -> RunResult:
-    config = prepare_config(run_dir, store, new_config, resume)
+    config = dataclasses.replace(prepare_config(run_dir, store, new_config, resume), **overrides)
     try:
         config.validate()
         dotenv = load_dotenv()

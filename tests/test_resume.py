@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from evaluator.store import DB_NAME
+from evaluator.store import DB_NAME, Store
 from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary, run_cli
 
 N_PAIRS = 240
@@ -139,6 +139,27 @@ def test_bare_resume_uses_default_run_dir(tmp_path, synthetic, sim_server, monke
     before = server.stats()["requests_total"]
     assert run_cli("--resume", "--quiet") == 0
     assert server.stats()["requests_total"] == before
+    # The last run started here wins, wherever its --out was.
+    other = tmp_path / "elsewhere"
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m2",
+            "--base-url",
+            server.base_url,
+            "--out",
+            other,
+            "--quiet",
+        )
+        == 0
+    )
+    (other / "summary.json").unlink()
+    assert run_cli("--resume", "--quiet") == 0
+    assert (other / "summary.json").is_file()
+    assert server.stats()["requests_total"] == 2 * before
 
 
 def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, sim_server, capsys):
@@ -152,6 +173,10 @@ def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, si
     assert "model" in err and "m1" in err and "m2" in err
     # Settings that do not change requests may differ.
     assert run_cli("run", *base, "--model", "m1", "--resume", "--concurrency", "3") == 0
+    assert run_cli("run", "--out", out, "--resume", "--judge-concurrency", "5", "--quiet") == 0
+    with Store.open(out, create=False, lock=False) as store:
+        stored = store.get_meta("config")
+    assert (stored["concurrency"], stored["judge_concurrency"], stored["model"]) == (3, 5, "m1")
 
 
 def test_new_run_into_used_directory_is_refused(tmp_path, synthetic, sim_server, capsys):
