@@ -314,6 +314,17 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)  # the checkpoint is not needed: save disk
         return m
 
+    def startup(self, who: str, server: subprocess.Popen) -> dict:
+        """Interpreter start-up plus imports only: the fixed cost inside every wall time."""
+        if who == "evaluator":
+            cmd = [sys.executable, "-m", "evaluator", "run", "--help"]
+        else:
+            cmd = [sys.executable, "-c", "import aiohttp, orjson, uvloop, evaluator.protocol"]
+        tag = self._next(f"startup-{who}")
+        return measure(
+            self.children, cmd, self.tmp, self.tmp / f"{tag}.log", server.pid, self.timeout
+        )
+
     def baseline(
         self, server: subprocess.Popen, url: str, data: Path, n: int, c: int, check: bool = True
     ) -> dict:
@@ -349,7 +360,7 @@ def fmt_row(cells: list[object]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def render(meta: dict, rows: list[dict], memory: list[dict]) -> str:
+def render(meta: dict, rows: list[dict], memory: list[dict], startup: dict) -> str:
     lines = [
         f"Run {meta['date']} on {meta['host']}; python {meta['python']}; "
         f"{meta['n']} pairs ({3 * meta['n']} calls) per run; median of {meta['repeats']} "
@@ -400,6 +411,30 @@ def render(meta: dict, rows: list[dict], memory: list[dict]) -> str:
         )
         cpu = med(e, "cpu_s") / med(b, "cpu_s")
         lines.append(fmt_row([r["scenario"], f"{tput:.2f}", f"{cpu:.2f}"]))
+    lines += [
+        "",
+        fmt_row(
+            [
+                "fixed start-up (interpreter + imports, in every wall time)",
+                "wall s",
+                "CPU s",
+                "RSS MiB",
+            ]
+        ),
+        fmt_row(["---", "---:", "---:", "---:"]),
+    ]
+    for who, runs in startup.items():
+        if runs:
+            lines.append(
+                fmt_row(
+                    [
+                        who,
+                        f"{med(runs, 'wall_s'):.2f}",
+                        f"{med(runs, 'cpu_s'):.2f}",
+                        f"{med(runs, 'rss_mib'):.1f}",
+                    ]
+                )
+            )
     lines += [
         "",
         fmt_row(["memory (evaluator, zero latency)", "pairs", "calls", "wall s", "peak RSS MiB"]),
@@ -453,6 +488,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
         data_big = write_synthetic_dataset(tmp / "pairs-4x.jsonl", big)
         bench = Bench(children, tmp, timeout=args.run_timeout)
         rows: list[dict] = []
+        startup: dict[str, list[dict]] = {"evaluator": [], "baseline": []}
         memory = [
             {"label": "n pairs", "n": n, "runs": []},
             {"label": "4n pairs", "n": big, "runs": []},
@@ -483,6 +519,9 @@ def run_benchmark(args: argparse.Namespace) -> str:
                         )
                 if latency_ms == 0:
                     memory[0]["runs"] = row["evaluator"]
+                    for _ in range(args.repeats):
+                        for who in ("evaluator", "baseline"):
+                            startup[who].append(bench.startup(who, server))
                 rows.append(row)
             finally:
                 children.stop(server)
@@ -495,7 +534,7 @@ def run_benchmark(args: argparse.Namespace) -> str:
             "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
             "total_s": time.perf_counter() - started,
         }
-        return render(meta, rows, memory)
+        return render(meta, rows, memory, startup)
     finally:
         children.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -241,14 +241,18 @@ def _hub_rows(repo: str, split: str) -> Iterator[tuple[str, dict[str, Any] | Bad
     )
     if not wanted:
         raise DatasetError(f"hub dataset {repo} has no Parquet files for split {split!r}")
+    # Download every file before the first row is read, so a run never stalls
+    # on the network mid-way (the start-up check reads the first row).
+    local = []
     for name in wanted:
         try:
-            local = hf_hub_download(repo, name, repo_type="dataset")
+            local.append((name, hf_hub_download(repo, name, repo_type="dataset")))
         except Exception as exc:
             raise DatasetError(
                 f"cannot download {repo}/{name}: {type(exc).__name__}: {exc}"
             ) from None
-        yield from parquet_rows(Path(local), f"hf:{repo}/{name}")
+    for name, path in local:
+        yield from parquet_rows(Path(path), f"hf:{repo}/{name}")
 
 
 def raw_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str, Any] | BadRow]]:

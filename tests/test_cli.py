@@ -175,3 +175,32 @@ def test_run_dir_with_a_broken_store_is_a_clear_error(tmp_path, capsys):
     assert run_cli("--resume", "--out", out) == 2
     err = capsys.readouterr().err
     assert "not a usable checkpoint" in err and "Traceback" not in err
+
+
+def test_rpm_cap_spreads_requests(tmp_path, synthetic, sim_server):
+    import time
+
+    server = sim_server()
+    start = time.monotonic()
+    # 30 pairs = 60 generation calls at 1,200/min (20/s, bucket of 20): at least 2 s.
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            synthetic(30),
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--judge-base-url",
+            server.base_url,
+            "--rpm",
+            "1200",
+            "--out",
+            tmp_path / "o",
+            "--quiet",
+        )
+        == 0
+    )
+    assert time.monotonic() - start >= 1.9
+    assert read_summary(tmp_path / "o")["n_valid"] == 30

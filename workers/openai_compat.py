@@ -113,6 +113,17 @@ def _parse_completion(raw: bytes) -> Completion | str:
     )
 
 
+def _rpm_limiter(rpm: float) -> AsyncLimiter:
+    """A requests-per-minute bucket that refills every second rather than every minute.
+
+    AsyncLimiter(rpm, 60) would allow a whole minute's requests in the first
+    instant; a one-second bucket spreads them out. Below 60 rpm the bucket
+    holds one request and refills every 60/rpm seconds.
+    """
+    per_bucket = max(1.0, rpm / 60.0)
+    return AsyncLimiter(per_bucket, per_bucket * 60.0 / rpm)
+
+
 class OpenAICompatClient:
     """One endpoint: a session, an optional requests-per-minute bucket, and the retry policy.
 
@@ -124,7 +135,7 @@ class OpenAICompatClient:
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self._limiter = AsyncLimiter(config.rpm, 60.0) if config.rpm else None
+        self._limiter = _rpm_limiter(config.rpm) if config.rpm else None
         self._session: aiohttp.ClientSession | None = None
         self._secrets = (config.api_key,) if config.api_key else ()
 
