@@ -107,6 +107,7 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
         "n_pending": counts["pending"],
         "n_bad_rows": len(store.bad_rows()),
         "n_truncated_answers": truncated,
+        "possibly_duplicated_calls": store.possibly_duplicated(),
         "usage": usage,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -6,6 +6,7 @@ Exit codes (documented in the README for batch schedulers):
     2   user error: bad flags, config, dataset or run directory; nothing was sent
     3   an endpoint refused us for good (auth, quota, billing): fix it, then --resume
     4   an endpoint was unreachable at start-up: nothing was sent
+    5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
     75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
 """
 
@@ -29,14 +30,13 @@ from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICom
 
 log = logging.getLogger("evaluator")
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_FATAL_ENDPOINT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    75,
-)
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER = 2
+EXIT_FATAL_ENDPOINT = 3
+EXIT_UNREACHABLE = 4
+EXIT_STORE = 5
+EXIT_INTERRUPTED = 75
 
 
 class UserError(Exception):
@@ -148,6 +148,13 @@ async def _execute(
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     store.set_meta("config", config.to_dict())
+    interrupted = store.settle_interrupted()
+    if interrupted:
+        log.warning(
+            "%d calls were in flight when this run last stopped: they are sent again and "
+            "counted as possibly paid twice (possibly_duplicated_calls)",
+            interrupted,
+        )
     if resume:
         done = store.counts()
         log.info(
@@ -177,7 +184,13 @@ async def _execute(
         except FatalEndpointError as exc:
             log.error("%s; nothing was sent", exc)
             return RunResult(EXIT_FATAL_ENDPOINT, None, None, run_dir)
-        writer = StoreWriter(store)
+        scheduler: Scheduler | None = None
+
+        def on_store_error(exc: BaseException) -> None:
+            if scheduler is not None:
+                scheduler.fail(exc)
+
+        writer = StoreWriter(store, on_error=on_store_error)
         writer.start()
         scheduler = Scheduler(
             config,
@@ -228,6 +241,13 @@ async def _execute(
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     fatal = stats.fatal
+    if isinstance(fatal, StoreError):
+        log.error(
+            "%s — the checkpoint holds everything committed before this; "
+            "free space or fix the disk, then run with --resume",
+            fatal,
+        )
+        return RunResult(EXIT_STORE, None, stats, run_dir)
     if isinstance(fatal, FatalEndpointError):
         log.error("stopping: %s — fix this, then run with --resume (nothing is lost)", fatal)
         code = EXIT_FATAL_ENDPOINT

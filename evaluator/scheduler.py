@@ -27,7 +27,7 @@ from evaluator.calls import CallSpec, generation_calls, judge_call
 from evaluator.config import RunConfig
 from evaluator.dataset import BadRow, Pair, iter_pairs
 from evaluator.protocol import VerdictError, parse_verdict, split_reasoning
-from evaluator.store import CallRecord, Store, StoreWriter
+from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 
 log = logging.getLogger("evaluator")
@@ -168,7 +168,7 @@ class Scheduler:
                 if n % 256 == 255:
                     await asyncio.sleep(0)  # let workers run between long stretches of reading
         except Exception as exc:
-            self._fail(exc)
+            self.fail(exc)
             return
         self._reader_done = True
         if self._active == 0:
@@ -229,7 +229,8 @@ class Scheduler:
         if self._reader_done and self._active == 0:
             self._finished.set()
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Stop the run because of `exc` (the first cause is kept)."""
         if self.stats.fatal is None:
             self.stats.fatal = exc
         self.request_stop()
@@ -242,12 +243,12 @@ class Scheduler:
                 return
             try:
                 await handle(*job)
-            except FatalEndpointError as exc:
-                self._fail(exc)  # the call is left unrecorded: it is retried on resume
+            except (FatalEndpointError, StoreError) as exc:
+                self.fail(exc)  # the call stays "started": counted and re-sent on resume
                 return
             except Exception as exc:  # a bug must stop the run, not hang it
                 log.exception("worker crashed")
-                self._fail(exc)
+                self.fail(exc)
                 return
 
     def _record(
@@ -285,7 +286,11 @@ class Scheduler:
         self.writer.put(rec)
         return rec
 
+    async def _send_intent(self, spec: CallSpec) -> None:
+        await self.writer.intent(Intent(spec.key, spec.pair_id, spec.role, spec.body_sha))
+
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
+        await self._send_intent(spec)
         self.stats.calls_sent += 1
         result = await self.gen_client.chat(spec.body)
         if isinstance(result, Completion):
@@ -305,6 +310,7 @@ class Scheduler:
     async def _do_judge(self, state: _PairState, spec: CallSpec) -> None:
         attempts = 0
         result: Completion | CallFailure
+        await self._send_intent(spec)
         for ask in range(self.config.judge_retries + 1):
             self.stats.calls_sent += 1
             result = await self.judge_client.chat(spec.body)

@@ -18,7 +18,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,
     pair_id INTEGER NOT NULL,
     role TEXT NOT NULL,
-    status TEXT NOT NULL,          -- done | failed
+    status TEXT NOT NULL,          -- started | done | failed | interrupted
     body_sha TEXT NOT NULL,        -- sha256 of the exact bytes sent
     content TEXT,
     reasoning TEXT,
@@ -61,7 +61,7 @@ class CallRecord:
     key: str
     pair_id: int
     role: str  # gen_for | gen_against | judge_forward | judge_reverse
-    status: str  # done | failed
+    status: str  # started | done | failed | interrupted
     body_sha: str
     content: str | None = None
     reasoning: str | None = None
@@ -71,6 +71,14 @@ class CallRecord:
     error_class: str | None = None
     error: str | None = None
     latency_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    key: str
+    pair_id: int
+    role: str
+    body_sha: str
 
 
 _COLUMNS = (
@@ -182,36 +190,72 @@ class Store:
             out[rec.key] = rec
         return out
 
-    def write_batch(self, records: list[CallRecord], bad_rows: list[tuple[str, str]]) -> None:
-        """One transaction for a batch of outcomes (called from the writer thread only)."""
+    def write_batch(
+        self,
+        records: list[CallRecord],
+        bad_rows: list[tuple[str, str]] = (),
+        intents: list[Intent] = (),
+    ) -> None:
+        """One transaction for a batch (called from the writer thread only)."""
         assert self._write is not None
         now = time.time()
         with self._write:
-            self._write.executemany(
-                f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-                [
-                    (
-                        r.key,
-                        r.pair_id,
-                        r.role,
-                        r.status,
-                        r.body_sha,
-                        r.content,
-                        r.reasoning,
-                        r.finish_reason,
-                        orjson.dumps(r.usage).decode(),
-                        r.attempts,
-                        r.error_class,
-                        r.error,
-                        r.latency_s,
-                        now,
-                    )
-                    for r in records
-                ],
-            )
+            if intents:
+                # Intent before send: the call is marked started; its outcome replaces the row.
+                self._write.executemany(
+                    "INSERT INTO calls (key, pair_id, role, status, body_sha, attempts, updated_at) "
+                    "VALUES (?, ?, ?, 'started', ?, 0, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "status = 'started', updated_at = excluded.updated_at",
+                    [(i.key, i.pair_id, i.role, i.body_sha, now) for i in intents],
+                )
+            if records:
+                self._write.executemany(
+                    f"INSERT OR REPLACE INTO calls ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    [
+                        (
+                            r.key,
+                            r.pair_id,
+                            r.role,
+                            r.status,
+                            r.body_sha,
+                            r.content,
+                            r.reasoning,
+                            r.finish_reason,
+                            orjson.dumps(r.usage).decode(),
+                            r.attempts,
+                            r.error_class,
+                            r.error,
+                            r.latency_s,
+                            now,
+                        )
+                        for r in records
+                    ],
+                )
             if bad_rows:
                 self._write.executemany("INSERT OR REPLACE INTO bad_rows VALUES (?, ?)", bad_rows)
+
+    def settle_interrupted(self) -> int:
+        """At start-up: calls started but never finished may have been paid. Count them once.
+
+        They become `interrupted` (re-sent like any missing call) and are added
+        to the run's `possibly_duplicated_calls`; the number is returned.
+        """
+        assert self._write is not None
+        with self._write:
+            n = self._write.execute(
+                "UPDATE calls SET status = 'interrupted' WHERE status = 'started'"
+            ).rowcount
+            if n:
+                self._write.execute(
+                    "INSERT INTO meta VALUES ('possibly_duplicated_calls', ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+                    (str(n), n),
+                )
+        return n
+
+    def possibly_duplicated(self) -> int:
+        return int(self.get_meta("possibly_duplicated_calls") or 0)
 
     def counts(self) -> dict[str, int]:
         assert self._read is not None
@@ -238,45 +282,91 @@ def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
 
 
 class StoreWriter:
-    """The single writer: outcomes are queued by the scheduler and committed in batches.
+    """The single writer: intents and outcomes are queued and committed in batches.
 
     Whatever has queued up while the previous commit ran goes into the next
-    one, so batches grow with load and a quiet run still commits at once.
+    one (group commit), so batches grow with load and a quiet run still commits
+    at once. `intent()` returns only after its batch is committed: a request
+    never leaves before the store knows it was started.
+
+    If a commit fails (disk full, I/O error) the writer stops, fails every
+    waiting intent and calls `on_error`; the store keeps its last good commit.
     """
 
-    def __init__(self, store: Store, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch: int = 1024,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[CallRecord | tuple[str, str] | None] = asyncio.Queue()
+        self._on_error = on_error
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.committed = 0
+        self.error: BaseException | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
 
     def put(self, item: CallRecord | tuple[str, str]) -> None:
-        self._queue.put_nowait(item)
+        """Queue an outcome (or a bad input row) for the next commit."""
+        if self.error is None:
+            self._queue.put_nowait(item)
+
+    async def intent(self, intent: Intent) -> None:
+        """Record that a call is about to be sent; returns once that is committed."""
+        if self.error is not None:
+            raise StoreError(f"the checkpoint cannot be written: {self.error}")
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((intent, done))
+        await done
 
     async def _run(self) -> None:
-        done = False
-        while not done:
-            item = await self._queue.get()
-            items = [item]
+        stop = False
+        while not stop:
+            items = [await self._queue.get()]
             while len(items) < self._max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            if None in items:
-                done = True
+            stop = any(i is None for i in items)
             records = [i for i in items if isinstance(i, CallRecord)]
-            bad = [i for i in items if isinstance(i, tuple)]
-            if records or bad:
-                await asyncio.to_thread(self._store.write_batch, records, bad)
-                self.committed += len(records)
+            bad = [
+                i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)
+            ]
+            intents = [i for i in items if isinstance(i, tuple) and isinstance(i[0], Intent)]
+            if not (records or bad or intents):
+                continue
+            try:
+                await asyncio.to_thread(
+                    self._store.write_batch, records, bad, [i for i, _ in intents]
+                )
+            except (sqlite3.Error, OSError) as exc:
+                self._fail(exc, intents)
+                return
+            self.committed += len(records)
+            for _, fut in intents:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _fail(self, exc: BaseException, intents: list[tuple[Intent, asyncio.Future]]) -> None:
+        self.error = StoreError(f"cannot write the checkpoint {self._store.path}: {exc}")
+        while not self._queue.empty():  # nothing more can be saved; wake every waiter
+            item = self._queue.get_nowait()
+            if isinstance(item, tuple) and isinstance(item[0], Intent):
+                intents.append(item)
+        for _, fut in intents:
+            if not fut.done():
+                fut.set_exception(self.error)
+        if self._on_error is not None:
+            self._on_error(self.error)
 
     async def close(self) -> None:
         """Commit everything queued so far, then stop."""
         if self._task is None:
             return
-        self._queue.put_nowait(None)
+        if self.error is None:
+            self._queue.put_nowait(None)
         # Shielded: a Ctrl-C arriving now must not abandon queued outcomes.
         await asyncio.shield(self._task)
         self._task = None

@@ -159,13 +159,16 @@ def test_key_revoked_mid_run_stops_cleanly_and_resumes(tmp_path, synthetic, sim_
     s = read_summary(out)
     assert s["complete"] is False and s["n_failed"] == 0  # an auth stop is not a pair failure
     with Store.open(out, create=False, lock=False) as store:
-        recorded = sum(store.counts().values())
+        recorded = sum(n for k, n in store.counts().items() if k.endswith(":done"))
+        started = sum(n for k, n in store.counts().items() if k.endswith(":started"))
     assert 0 < recorded <= 40
+    assert started <= 8  # the calls in flight when the key was refused
     second = sim_server()  # "the key was fixed": a healthy endpoint, same model
     assert run_cli("run", *args, "--base-url", second.base_url, "--resume") == 0
     s = read_summary(out)
     assert s["complete"] and s["n_valid"] == 60
     assert second.stats()["requests_total"] == 180 - recorded
+    assert s["possibly_duplicated_calls"] == started
 
 
 def test_run_dir_with_a_broken_store_is_a_clear_error(tmp_path, capsys):

@@ -16,12 +16,17 @@ from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary, ru
 N_PAIRS = 240
 
 
-def _done_shas(db) -> set[str]:
+def _shas(db, status: str = "done") -> set[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {r[0] for r in conn.execute("SELECT body_sha FROM calls WHERE status = 'done'")}
+        return {
+            r[0] for r in conn.execute("SELECT body_sha FROM calls WHERE status = ?", (status,))
+        }
     finally:
         conn.close()
+
+
+_done_shas = _shas
 
 
 def _wait_for_done(db, at_least: int, proc, timeout: float = 60) -> None:
@@ -72,6 +77,7 @@ def test_sigkill_then_resume_sends_no_completed_call_twice(tmp_path, synthetic, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     done_at_kill = _done_shas(db)
+    started_at_kill = _shas(db, "started")
     time.sleep(0.3)  # let the server finish reading requests already on the wire
     sent_at_kill = set(server.stats(bodies=True)["bodies"])
     assert 0 < len(done_at_kill) < 3 * N_PAIRS
@@ -90,13 +96,15 @@ def test_sigkill_then_resume_sends_no_completed_call_twice(tmp_path, synthetic, 
     bodies = stats["bodies"]
     # No call completed before the kill was sent again.
     assert all(bodies[sha] == 1 for sha in done_at_kill)
-    # Only calls whose outcome was not yet committed are sent again: those in flight
-    # (at most 8 + 8 here) plus answers still queued for the store writer at the kill.
+    # Only calls whose outcome was not committed are sent again, and intent-before-send
+    # recorded each of them as started: the report counts them as possibly paid twice.
     resent = {sha for sha, n in bodies.items() if n > 1}
     assert resent == sent_at_kill - done_at_kill
-    assert len(resent) <= 48
+    assert resent <= started_at_kill
+    assert read_summary(out)["possibly_duplicated_calls"] == len(started_at_kill)
     print(
-        f"sent before kill {len(sent_at_kill)}, recorded {len(done_at_kill)}, re-sent {len(resent)}"
+        f"sent before kill {len(sent_at_kill)}, recorded {len(done_at_kill)}, "
+        f"started {len(started_at_kill)}, re-sent {len(resent)}"
     )
     s = read_summary(out)
     assert s["complete"] and s["n_valid"] == N_PAIRS and s["pac"] == 100.0
