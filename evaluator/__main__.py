@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 import sys
+import tomllib
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,14 @@ def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    # Defaults live in RunConfig; a flag left out is None here, so the precedence
+    # is: flag, then --config file, then RunConfig's default.
+    p.add_argument("--config", type=Path, help="run config file (TOML); flags override it")
     g = p.add_argument_group("what to evaluate")
     g.add_argument(
-        "--data",
-        default=None,
-        help="dataset: a .jsonl/.csv/.parquet path, 'sample', or hf:val-bench/VAL-Bench",
+        "--data", help="dataset: a .jsonl/.csv/.parquet path, 'sample', or hf:val-bench/VAL-Bench"
     )
-    g.add_argument("--split", default="test", help="hub split (default: test)")
+    g.add_argument("--split", help="hub split (default: test)")
     g.add_argument("--limit", type=int, help="evaluate only the first N valid pairs")
     g.add_argument("--model", help="model under test (name the endpoint serves)")
     g.add_argument("--base-url", help="model endpoint, e.g. https://api.openai.com/v1")
@@ -53,30 +55,39 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--api-key-env",
         help="environment variable (or .env entry) holding the model endpoint's key",
     )
-    g.add_argument("--judge-model", default="google/gemma-3-27b-it")
+    g.add_argument("--judge-model", help="judge model (default: google/gemma-3-27b-it)")
     g.add_argument("--judge-base-url", help="judge endpoint (default: the model endpoint)")
     g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
     g.add_argument(
-        "--judge-prompt-file",
-        type=Path,
-        help="use this judge system prompt instead of ours (e.g. the paper's)",
+        "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
     )
     g.add_argument(
         "--system-prompt-file",
         type=Path,
         help="replace the spec's generation system prompt (breaks comparability)",
     )
-    g.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
+    g.add_argument("--judge-order", choices=JUDGE_ORDERS, help="forward (default), reverse, both")
+    g.add_argument(
+        "--reuse",
+        nargs="+",
+        metavar="DIR",
+        help="earlier run directories: completed calls with the same request are copied, not sent",
+    )
     t = p.add_argument_group("throughput and retries")
-    t.add_argument("--concurrency", type=int, default=64, help="generation calls in flight")
-    t.add_argument("--judge-concurrency", type=int, default=64, help="judge calls in flight")
+    t.add_argument("--concurrency", type=int, help="generation calls in flight (64)")
+    t.add_argument("--judge-concurrency", type=int, help="judge calls in flight (64)")
     t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
     t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
-    t.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
+    t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
+    t.add_argument("--retry-budget", type=int, help="retries allowed for the whole run (unlimited)")
     t.add_argument(
-        "--max-attempts", type=int, default=6, help="tries per call for retryable errors"
+        "--backoff-base",
+        type=float,
+        dest="backoff_base_s",
+        help="first retry wait in seconds, doubled each time (1)",
     )
-    t.add_argument("--judge-retries", type=int, default=2, help="re-asks when a verdict is invalid")
+    t.add_argument("--judge-retries", type=int, help="re-asks when a verdict is invalid (2)")
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
@@ -155,68 +166,105 @@ def _read_text(path: Path | None, what: str) -> str | None:
     return text
 
 
-# `run --resume --out DIR --concurrency 256`: settings that may change on resume.
-TUNABLE = {
-    "concurrency": 64,
-    "judge_concurrency": 64,
-    "rpm": None,
-    "judge_rpm": None,
-    "timeout": 600.0,
-    "max_attempts": 6,
-    "judge_retries": 2,
-}
+# Flags that map one to one onto RunConfig fields.
+RUN_FIELDS = (
+    "data",
+    "split",
+    "limit",
+    "model",
+    "base_url",
+    "api_key_env",
+    "judge_model",
+    "judge_base_url",
+    "judge_api_key_env",
+    "judge_order",
+    "concurrency",
+    "judge_concurrency",
+    "rpm",
+    "judge_rpm",
+    "timeout_s",
+    "max_attempts",
+    "retry_budget",
+    "judge_retries",
+    "reuse",
+    "backoff_base_s",
+)
+FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        n: getattr(args, n) for n in (*RUN_FIELDS, *FILE_ONLY) if getattr(args, n, None) is not None
+    }
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Throughput settings given explicitly on a resume (they do not change requests)."""
-    out = {}
-    for name, default in TUNABLE.items():
-        value = getattr(args, name, default)
-        if value != default:
-            out["timeout_s" if name == "timeout" else name] = value
-    return out
+    """Settings given on a bare resume; resuming refuses any that would change requests."""
+    return {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    known = set(RUN_FIELDS) | set(FILE_ONLY)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    for name, value in values.items():
+        expected = _FIELD_TYPES.get(name, str)
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+        if not ok:
+            raise UserError(
+                f"config file {path}: {name} must be {expected.__name__ if isinstance(expected, type) else 'a number'}, "
+                f"got {type(value).__name__}"
+            )
+    for name in FILE_ONLY:
+        if name in values:
+            values[name] = path.parent / values[name]
+    return values
+
+
+_FIELD_TYPES: dict[str, Any] = {
+    "limit": int,
+    "concurrency": int,
+    "judge_concurrency": int,
+    "max_attempts": int,
+    "retry_budget": int,
+    "judge_retries": int,
+    "rpm": (int, float),
+    "judge_rpm": (int, float),
+    "timeout_s": (int, float),
+    "reuse": list,
+    "backoff_base_s": (int, float),
+}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig | None:
-    """A RunConfig from `run` flags; None when only --resume was asked for."""
-    given = [n for n in ("data", "model", "base_url") if getattr(args, n, None) is not None]
-    if args.resume and not given:
+    """A RunConfig from `run` flags and --config; None when only --resume was asked for."""
+    values = _load_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update(_given(args))
+    if args.resume and not any(n in values for n in ("data", "model", "base_url")):
         return None
-    missing = [
-        f"--{n.replace('_', '-')}"
-        for n in ("data", "model", "base_url")
-        if getattr(args, n) is None
-    ]
+    missing = [f"--{n.replace('_', '-')}" for n in ("data", "model", "base_url") if n not in values]
     if missing:
-        raise UserError(f"run needs {', '.join(missing)}")
-    kwargs: dict[str, Any] = dict(
-        data=args.data,
-        split=args.split,
-        limit=args.limit,
-        model=args.model,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        judge_model=args.judge_model,
-        judge_base_url=args.judge_base_url or args.base_url,
-        judge_api_key_env=args.judge_api_key_env,
-        judge_order=args.judge_order,
-        concurrency=args.concurrency,
-        judge_concurrency=args.judge_concurrency,
-        rpm=args.rpm,
-        judge_rpm=args.judge_rpm,
-        timeout_s=args.timeout,
-        max_attempts=args.max_attempts,
-        judge_retries=args.judge_retries,
-    )
-    if args.judge_api_key_env is None and args.judge_base_url is None:
-        kwargs["judge_api_key_env"] = args.api_key_env  # same endpoint, same key
-    judge_prompt = _read_text(args.judge_prompt_file, "judge prompt file")
+        raise UserError(f"run needs {', '.join(missing)} (as flags or in --config)")
+    if "judge_base_url" not in values:
+        values["judge_base_url"] = values["base_url"]
+        values.setdefault("judge_api_key_env", values.get("api_key_env"))  # same endpoint, same key
+    judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
     if judge_prompt is not None:
-        kwargs["judge_prompt"] = judge_prompt
-    system_prompt = _read_text(args.system_prompt_file, "system prompt file")
+        values["judge_prompt"] = judge_prompt
+    system_prompt = _read_text(values.pop("system_prompt_file", None), "system prompt file")
     if system_prompt is not None:
-        kwargs["system_prompt"] = system_prompt.strip()
-    return RunConfig(**kwargs)
+        values["system_prompt"] = system_prompt.strip()
+    return RunConfig(**values)
 
 
 def _finish(result: RunResult, print_report: bool) -> int:

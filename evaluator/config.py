@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ class RunConfig:
     data: str
     model: str
     base_url: str
-    judge_model: str
     judge_base_url: str
+    judge_model: str = "google/gemma-3-27b-it"  # spec §3's default judge
     split: str = "test"
     limit: int | None = None
     api_key_env: str | None = None
@@ -54,7 +54,9 @@ class RunConfig:
     timeout_s: float = 600.0
     max_attempts: int = 6
     backoff_base_s: float = 1.0
+    retry_budget: int | None = None  # retries for the whole run; None: unlimited
     judge_retries: int = 2
+    reuse: list[str] = field(default_factory=list)  # earlier run directories to take answers from
     simulated: bool = False
     protocol: str = PROTOCOL
 

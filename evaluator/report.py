@@ -21,6 +21,7 @@ from evaluator.config import RunConfig
 from evaluator.dataset import (
     SAMPLE,
     DatasetError,
+    Pair,
     _as_int,
     describe_source,
     iter_pairs,
@@ -29,7 +30,7 @@ from evaluator.dataset import (
 )
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.scoring import METRIC_KEYS, Observation, adjusted_score, summarize
-from evaluator.store import Store
+from evaluator.store import CallRecord, Store
 
 SIMULATION_BANNER = (
     "SIMULATION: answers and verdicts come from the project's simulated backend, "
@@ -53,47 +54,101 @@ def _slim(obs_verdict: Any) -> Any:
     return None if obs_verdict is None else dataclasses.replace(obs_verdict, fields={})
 
 
+class _Tally:
+    """What the summary needs besides the verdicts: token usage, truncations, failures."""
+
+    def __init__(self, orders: tuple[str, ...]) -> None:
+        self.orders = orders
+        self.observations: dict[str, list[Observation]] = {o: [] for o in orders}
+        self.statuses = dict.fromkeys(("scored", "invalid", "failed", "pending"), 0)
+        self.usage = {
+            stage: {"prompt_tokens": 0, "completion_tokens": 0} for stage in ("gen", "judge")
+        }
+        self.truncated = 0
+        self.failures: dict[str, int] = {}
+
+    def seen(self, stage: str, rec: CallRecord | None) -> CallRecord | None:
+        """Account for one call's record; returns it if it has a final outcome."""
+        if rec is None or rec.status not in ("done", "failed"):
+            return None
+        for k, total in self.usage[stage].items():
+            value = rec.usage.get(k)
+            if isinstance(value, int):
+                self.usage[stage][k] = total + value
+        if rec.status == "failed":
+            self.failures[rec.error_class] = self.failures.get(rec.error_class, 0) + 1
+        elif stage == "gen" and rec.finish_reason == "length":
+            self.truncated += 1
+        return rec
+
+    def pair_row(
+        self, config: RunConfig, pair: Pair, records: dict[str, CallRecord]
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = pair.columns()
+        gens = [self.seen("gen", records.get(s.key)) for s in generation_calls(config, pair)]
+        errors = []
+        for side, rec in zip(("for", "against"), gens, strict=True):
+            ok = rec is not None and rec.status == "done"
+            row[f"{side}_response"] = rec.content if ok else None
+            row[f"{side}_reasoning"] = rec.reasoning if ok else None
+            if rec is not None and rec.status == "failed":
+                errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+        if errors:
+            status = "failed"
+        elif any(rec is None for rec in gens):
+            status = "pending"
+        else:
+            status = self._judged(config, pair, row, records, errors)
+        row["status"] = status
+        if errors:
+            row["error"] = "; ".join(errors)
+        self.statuses[status] += 1
+        return row
+
+    def _judged(self, config, pair, row, records, errors) -> str:
+        answers = (row["for_response"], row["against_response"])
+        status = "scored"
+        for order in self.orders:
+            key = judge_call(config, pair, order, *answers).key
+            rec = self.seen("judge", records.get(key))
+            suffix = "" if order == self.orders[0] else f"_{order}"
+            row[f"alignment_judge_response{suffix}"] = rec.content if rec else None
+            if rec is None:
+                status = "pending" if status == "scored" else status
+                continue
+            if rec.status == "failed":
+                errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+                status = "failed"
+                continue
+            verdict, err = _verdict_or_error(rec.content)
+            row[f"verdict{suffix}"] = verdict.fields if verdict else None
+            row[f"adjusted_score{suffix}"] = adjusted_score(verdict) if verdict else None
+            if err:
+                row[f"verdict_error{suffix}"] = err
+                if status == "scored":
+                    status = "invalid"
+            self.observations[order].append(
+                Observation(pair.id, pair.category, pair.issue_scale, _slim(verdict))
+            )
+        if len(self.orders) > 1:
+            row["judge_orders"] = list(self.orders)
+        return status
+
+
 def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[str, Any]:
     """Write every output file of a run from its store; return summary.json's content."""
-    orders = config.judge_orders
-    observations: dict[str, list[Observation]] = {o: [] for o in orders}
-    counts = {"pairs": 0, "scored": 0, "invalid": 0, "failed": 0, "pending": 0}
-    usage = {
-        "gen": {"prompt_tokens": 0, "completion_tokens": 0},
-        "judge": {"prompt_tokens": 0, "completion_tokens": 0},
-    }
-    truncated = 0
+    tally = _Tally(config.judge_orders)
+    n_pairs = 0
     tmp = run_dir / "results.jsonl.tmp"
     with tmp.open("wb") as out:
         for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
-            counts["pairs"] += 1
-            records = store.calls_for_pair(pair.id)
-            row: dict[str, Any] = pair.columns()
-            gens = [records.get(spec.key) for spec in generation_calls(config, pair)]
-            for side, rec in zip(("for", "against"), gens, strict=False):
-                row[f"{side}_response"] = rec.content if rec and rec.status == "done" else None
-                row[f"{side}_reasoning"] = rec.reasoning if rec and rec.status == "done" else None
-                if rec is not None:
-                    _add_usage(usage["gen"], rec.usage)
-                    truncated += rec.finish_reason == "length"
-            errors = [
-                f"{r.role}: {r.error_class}: {r.error}" for r in gens if r and r.status == "failed"
-            ]
-            status = "pending"
-            if errors:
-                status = "failed"
-            elif all(r is not None and r.status == "done" for r in gens):
-                status = _judge_part(
-                    config, pair, row, records, orders, observations, usage, errors
-                )
-            row["status"] = status
-            if errors:
-                row["error"] = "; ".join(errors)
-            counts[status] += 1
-            out.write(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+            n_pairs += 1
+            row = tally.pair_row(config, pair, store.calls_for_pair(pair.id))
+            out.write(orjson.dumps(row) + b"\n")
     tmp.replace(run_dir / "results.jsonl")
 
-    pooled = [o for order in orders for o in observations[order]]
+    orders = config.judge_orders
+    pooled = [o for order in orders for o in tally.observations[order]]
     summary: dict[str, Any] = {
         "simulated": config.simulated,
         "dataset": describe_source(config.data),
@@ -101,60 +156,22 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
         "model": config.model,
         "judge_model": config.judge_model,
         "judge_order": config.judge_order,
-        "complete": counts["pending"] == 0,
-        "n_pairs": counts["pairs"],
-        "n_failed": counts["failed"],
-        "n_pending": counts["pending"],
+        "complete": tally.statuses["pending"] == 0,
+        "n_pairs": n_pairs,
+        "n_failed": tally.statuses["failed"],
+        "n_pending": tally.statuses["pending"],
         "n_bad_rows": len(store.bad_rows()),
-        "n_truncated_answers": truncated,
+        "n_truncated_answers": tally.truncated,
         "possibly_duplicated_calls": store.possibly_duplicated(),
-        "usage": usage,
+        "failures_by_class": tally.failures,
+        "usage": tally.usage,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     summary.update(summarize(pooled))
     if len(orders) > 1:
-        summary["by_judge_order"] = {o: summarize(observations[o]) for o in orders}
+        summary["by_judge_order"] = {o: summarize(tally.observations[o]) for o in orders}
     write_summary_files(run_dir, summary)
     return summary
-
-
-def _add_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
-    for k in total:
-        v = usage.get(k)
-        if isinstance(v, int):
-            total[k] += v
-
-
-def _judge_part(config, pair, row, records, orders, observations, usage, errors) -> str:
-    answers = (row["for_response"], row["against_response"])
-    status = "scored"
-    for order in orders:
-        rec = records.get(judge_call(config, pair, order, *answers).key)
-        suffix = "" if order == orders[0] else f"_{order}"
-        if rec is None:
-            row[f"alignment_judge_response{suffix}"] = None
-            status = "pending" if status == "scored" else status
-            continue
-        _add_usage(usage["judge"], rec.usage)
-        if rec.status == "failed":
-            errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
-            row[f"alignment_judge_response{suffix}"] = None
-            status = "failed"
-            continue
-        verdict, err = _verdict_or_error(rec.content)
-        row[f"alignment_judge_response{suffix}"] = rec.content
-        row[f"verdict{suffix}"] = verdict.fields if verdict else None
-        row[f"adjusted_score{suffix}"] = adjusted_score(verdict) if verdict else None
-        if err:
-            row[f"verdict_error{suffix}"] = err
-            if status == "scored":
-                status = "invalid"
-        observations[order].append(
-            Observation(pair.id, pair.category, pair.issue_scale, _slim(verdict))
-        )
-    if len(orders) > 1:
-        row["judge_orders"] = list(orders)
-    return status
 
 
 # -- `score FILE`: metrics from an existing verdict file ---------------------

@@ -25,7 +25,7 @@ from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differ
 from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
-from workers.base import FatalEndpointError
+from workers.base import FatalEndpointError, RetryBudget
 from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICompatClient
 
 log = logging.getLogger("evaluator")
@@ -51,8 +51,17 @@ class RunResult:
     run_dir: Path
 
 
-def prepare_config(run_dir: Path, store: Store, new: RunConfig | None, resume: bool) -> RunConfig:
-    """The config this run uses, checked against what the run directory already holds."""
+def prepare_config(
+    run_dir: Path,
+    store: Store,
+    new: RunConfig | None,
+    resume: bool,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The config this run uses, checked against what the run directory already holds.
+
+    `overrides` are settings given on a bare `--resume`, applied to the stored config.
+    """
     stored_raw = store.get_meta("config")
     if stored_raw is None:
         if resume and new is None:
@@ -72,7 +81,9 @@ def prepare_config(run_dir: Path, store: Store, new: RunConfig | None, resume: b
     if not resume:
         return new  # the earlier start recorded no call: nothing to protect
     if new is None:
-        return stored
+        if not overrides:
+            return stored
+        new = dataclasses.replace(stored, **overrides)
     diffs = request_differences(stored, new)
     if diffs:
         raise UserError(
@@ -89,6 +100,7 @@ def _client(
     config: RunConfig,
     concurrency: int,
     rpm: float | None,
+    budget: RetryBudget,
 ) -> OpenAICompatClient:
     return OpenAICompatClient(
         EndpointConfig(
@@ -100,8 +112,25 @@ def _client(
             timeout_s=config.timeout_s,
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
+            retry_budget=budget,
         )
     )
+
+
+def _open_reuse(dirs: list[str], run_dir: Path) -> list[Store]:
+    """Earlier runs' checkpoints, read-only (no lock: they may be in use elsewhere)."""
+    stores = []
+    for d in dirs:
+        path = Path(d)
+        if path.resolve() == run_dir.resolve():
+            continue
+        try:
+            stores.append(Store.open(path, create=False, lock=False))
+        except StoreError as exc:
+            for st in stores:
+                st.close()
+            raise UserError(f"--reuse {d}: {exc}") from None
+    return stores
 
 
 async def execute(
@@ -135,7 +164,7 @@ async def _execute(
     progress_interval: float | None,
     drain_timeout: float,
 ) -> RunResult:
-    config = dataclasses.replace(prepare_config(run_dir, store, new_config, resume), **overrides)
+    config = prepare_config(run_dir, store, new_config, resume, overrides)
     try:
         config.validate()
         dotenv = load_dotenv()
@@ -163,8 +192,9 @@ async def _execute(
             ", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "no calls recorded yet",
         )
 
+    budget = RetryBudget(config.retry_budget)
     gen_client = _client(
-        "model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm
+        "model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm, budget
     )
     judge_client = _client(
         "judge endpoint",
@@ -173,6 +203,7 @@ async def _execute(
         config,
         config.judge_concurrency,
         config.judge_rpm,
+        budget,
     )
     async with gen_client, judge_client:
         try:
@@ -190,6 +221,7 @@ async def _execute(
             if scheduler is not None:
                 scheduler.fail(exc)
 
+        reuse = _open_reuse(config.reuse, run_dir)
         writer = StoreWriter(store, on_error=on_store_error)
         writer.start()
         scheduler = Scheduler(
@@ -200,6 +232,7 @@ async def _execute(
             judge_client,
             progress_interval=progress_interval,
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
+            reuse=reuse,
         )
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
@@ -235,17 +268,28 @@ async def _execute(
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await writer.close()  # every outcome received is committed, on every path
+            for other in reuse:
+                other.close()
 
-    try:
-        summary = report.build_run_outputs(run_dir, config, store)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
     fatal = stats.fatal
     if isinstance(fatal, StoreError):
         log.error(
             "%s — the checkpoint holds everything committed before this; "
             "free space or fix the disk, then run with --resume",
             fatal,
+        )
+        return RunResult(EXIT_STORE, None, stats, run_dir)
+    try:
+        summary = report.build_run_outputs(run_dir, config, store)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        log.error(
+            "cannot write the outputs in %s: %s — the checkpoint is intact; free space, "
+            "then run `python -m evaluator report %s`",
+            run_dir,
+            exc,
+            run_dir,
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
     if isinstance(fatal, FatalEndpointError):

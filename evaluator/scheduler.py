@@ -33,7 +33,13 @@ from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 log = logging.getLogger("evaluator")
 
 # A failure of these classes will fail again with the same request: keep it on resume.
-FINAL_FAILURES = frozenset({ErrorClass.INVALID_REQUEST.value, ErrorClass.CONTEXT_LENGTH.value})
+FINAL_FAILURES = frozenset(
+    {
+        ErrorClass.INVALID_REQUEST.value,
+        ErrorClass.CONTEXT_LENGTH.value,
+        ErrorClass.CONTENT_FILTER.value,
+    }
+)
 
 
 class ChatClient(Protocol):
@@ -46,6 +52,7 @@ class RunStats:
     pairs_already_complete: int = 0
     pairs_finished: int = 0
     pairs_failed: int = 0
+    calls_reused: int = 0
     calls_sent: int = 0
     calls_failed: int = 0
     judge_reasks: int = 0
@@ -77,6 +84,7 @@ class Scheduler:
         *,
         progress_interval: float | None = 10.0,
         on_bad_row: Callable[[BadRow], None] | None = None,
+        reuse: list[Store] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -86,6 +94,7 @@ class Scheduler:
         self.stats = RunStats()
         self.progress_interval = progress_interval
         self._on_bad_row = on_bad_row
+        self._reuse = reuse or []
         # Enough pairs in flight to keep both stages busy while some pairs wait for their judge.
         self.max_pairs = max(16, config.concurrency + 2 * config.judge_concurrency)
         self._gen_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
@@ -178,7 +187,7 @@ class Scheduler:
         state = _PairState(pair, self.store.calls_for_pair(pair.id))
         to_send = []
         for spec in generation_calls(self.config, pair):
-            rec = state.records.get(spec.key)
+            rec = self._known(state, spec.key)
             if rec is not None and rec.status == "done":
                 state.answers[spec.role] = rec.content or ""
             elif rec is not None and rec.error_class in FINAL_FAILURES:
@@ -195,6 +204,20 @@ class Scheduler:
         for spec in to_send:
             self._gen_q.put_nowait((state, spec))
 
+    def _known(self, state: _PairState, key: str) -> CallRecord | None:
+        assert state.records is not None
+        return state.records.get(key) or self._from_earlier_run(key)
+
+    def _from_earlier_run(self, key: str) -> CallRecord | None:
+        """A completed call with the same key in a --reuse run: copied here, never re-sent."""
+        for other in self._reuse:
+            rec = other.get_call(key)
+            if rec is not None and rec.status == "done":
+                self.stats.calls_reused += 1
+                self.writer.put(rec)
+                return rec
+        return None
+
     def _plan_judges(self, state: _PairState, from_store: bool = False) -> None:
         records = state.records or {}
         state.records = None  # no longer needed: keep in-flight state small
@@ -207,7 +230,7 @@ class Scheduler:
                 state.answers["gen_for"],
                 state.answers["gen_against"],
             )
-            rec = records.get(spec.key)
+            rec = records.get(spec.key) or self._from_earlier_run(spec.key)
             if rec is not None and (rec.status == "done" or rec.error_class in FINAL_FAILURES):
                 continue
             to_send.append(spec)

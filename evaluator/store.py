@@ -257,6 +257,13 @@ class Store:
     def possibly_duplicated(self) -> int:
         return int(self.get_meta("possibly_duplicated_calls") or 0)
 
+    def get_call(self, key: str) -> CallRecord | None:
+        assert self._read is not None
+        row = self._read.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE key = ?", (key,)
+        ).fetchone()
+        return _record_from_row(row) if row else None
+
     def counts(self) -> dict[str, int]:
         assert self._read is not None
         rows = self._read.execute(

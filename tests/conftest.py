@@ -60,15 +60,18 @@ def read_results(out: Path) -> list[dict]:
 class SimProcess:
     """The simulated server as a separate process (survives the evaluator being killed)."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        port_file = tmp_path / "sim.port"
+    _count = 0
+
+    def __init__(self, tmp_path: Path, *args: str, port: int = 0) -> None:
+        SimProcess._count += 1
+        port_file = tmp_path / f"sim-{SimProcess._count}.port"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "workers.simulated",
                 "--port",
-                "0",
+                str(port),
                 "--port-file",
                 str(port_file),
                 *args,
@@ -106,8 +109,8 @@ class SimProcess:
 def sim_process(tmp_path: Path):
     procs: list[SimProcess] = []
 
-    def start(*args: str) -> SimProcess:
-        p = SimProcess(tmp_path, *args)
+    def start(*args: str, port: int = 0) -> SimProcess:
+        p = SimProcess(tmp_path, *args, port=port)
         procs.append(p)
         return p
 

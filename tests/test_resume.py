@@ -185,6 +185,9 @@ def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, si
     with Store.open(out, create=False, lock=False) as store:
         stored = store.get_meta("config")
     assert (stored["concurrency"], stored["judge_concurrency"], stored["model"]) == (3, 5, "m1")
+    # A request setting given on a bare resume is checked like any other.
+    assert run_cli("run", "--out", out, "--resume", "--judge-model", "other", "--quiet") == 2
+    assert "judge_model" in capsys.readouterr().err
 
 
 def test_new_run_into_used_directory_is_refused(tmp_path, synthetic, sim_server, capsys):

@@ -6,13 +6,17 @@ records, and a failure is never turned into an answer:
     Completion    the endpoint answered; `content` is the answer text
     CallFailure   it did not; `error_class` says what kind of failure
 
-Error classes (the first taxonomy; later issues refine it):
+Error classes:
 
     rate_limit        429: back off (Retry-After honoured) and retry
     transient         5xx, timeout, connection reset, unreadable body: retry
     invalid_request   400/404/422 and similar: the request itself is wrong, no retry
     context_length    the prompt does not fit the model: no retry
+    content_filter    the provider filtered or refused the content: an outcome, no retry
     fatal             401/402/403, exhausted quota or billing: stop the whole run
+
+A truncated answer (finish_reason "length") is a Completion, kept and flagged
+by the caller, not a failure.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class ErrorClass(StrEnum):
     TRANSIENT = "transient"
     INVALID_REQUEST = "invalid_request"
     CONTEXT_LENGTH = "context_length"
+    CONTENT_FILTER = "content_filter"
     FATAL = "fatal"
 
     @property
@@ -52,6 +57,22 @@ class CallFailure:
     status: int | None = None
     attempts: int = 1
     latency_s: float = 0.0
+
+
+class RetryBudget:
+    """Retries left for the whole run, shared by every endpoint (None: unlimited)."""
+
+    def __init__(self, total: int | None) -> None:
+        self.left = total
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.left is not None:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+        self.used += 1
+        return True
 
 
 class FatalEndpointError(Exception):

@@ -22,7 +22,14 @@ import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
 
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.base import (
+    CallFailure,
+    Completion,
+    ErrorClass,
+    FatalEndpointError,
+    RetryBudget,
+    redact,
+)
 
 __all__ = ["EndpointConfig", "EndpointUnreachable", "OpenAICompatClient", "classify_http_error"]
 
@@ -38,6 +45,7 @@ class EndpointConfig:
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    retry_budget: RetryBudget | None = None  # shared with other endpoints of the run
 
 
 class EndpointUnreachable(Exception):
@@ -90,17 +98,24 @@ def classify_http_error(status: int, message: str, code: str) -> ErrorClass:
         return ErrorClass.TRANSIENT
     if "context_length" in text or "context length" in text or "maximum context" in text:
         return ErrorClass.CONTEXT_LENGTH
+    if "content_filter" in text or "content_policy" in text or "content management policy" in text:
+        return ErrorClass.CONTENT_FILTER
     return ErrorClass.INVALID_REQUEST
 
 
-def _parse_completion(raw: bytes) -> Completion | str:
-    """A Completion from a 200 body, or a string saying why the body is unusable."""
+def _parse_completion(raw: bytes) -> Completion | CallFailure | str:
+    """A Completion from a 200 body, a final CallFailure, or a string saying why the body is unusable."""
     try:
         body = orjson.loads(raw)
         choice = body["choices"][0]
         message = choice["message"]
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+    finish = choice.get("finish_reason")
+    if finish == "content_filter":
+        return CallFailure(
+            ErrorClass.CONTENT_FILTER, "the provider's content filter stopped the answer", 200
+        )
     content = message.get("content")
     if not isinstance(content, str):
         return "response message has no text content"
@@ -108,7 +123,7 @@ def _parse_completion(raw: bytes) -> Completion | str:
     return Completion(
         content=content,
         reasoning=reasoning if isinstance(reasoning, str) else None,
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=finish,
         usage=body.get("usage") or {},
     )
 
@@ -218,7 +233,7 @@ class OpenAICompatClient:
                     raw = await resp.read()
                     if resp.status == 200:
                         parsed = _parse_completion(raw)
-                        if isinstance(parsed, Completion):
+                        if not isinstance(parsed, str):
                             parsed.attempts = attempt
                             parsed.latency_s = time.monotonic() - start
                             return parsed
@@ -248,6 +263,10 @@ class OpenAICompatClient:
                 failure.latency_s = time.monotonic() - start
                 raise FatalEndpointError(self.config.name, failure)
             if not failure.error_class.retryable or attempt == self.config.max_attempts:
+                break
+            budget = self.config.retry_budget
+            if budget is not None and not budget.take():
+                failure.message += " (the run's retry budget is spent)"
                 break
             delay = wait if wait is not None else self._backoff(attempt)
             await asyncio.sleep(delay + random.uniform(0, 0.05 * max(delay, 0.01)))

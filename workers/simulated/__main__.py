@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of truncated verdicts")
     p.add_argument("--retry-after", type=float, default=0.0, help="seconds sent with each 429")
     p.add_argument("--reasoning", action="store_true", help="prepend <think> blocks to answers")
+    p.add_argument("--rate-reset", type=float, default=0.0, help="share of responses cut mid-body")
+    p.add_argument("--rate-stall", type=float, default=0.0, help="share of requests that stall")
+    p.add_argument("--stall", type=float, default=5.0, help="seconds a stalled request waits")
+    p.add_argument("--burst", type=int, default=1, help="429/5xx faults repeat this many times")
+    p.add_argument("--api-key", help="require this bearer key (401 otherwise)")
+    p.add_argument("--fail-auth-after", type=int, help="401 to every request after this many")
+    p.add_argument("--quota-after", type=int, help="429 insufficient_quota after this many")
     return p.parse_args(argv)
 
 
@@ -54,6 +61,13 @@ async def serve(args: argparse.Namespace) -> None:
         retry_after_s=args.retry_after,
         reasoning=args.reasoning,
         sides=sides,
+        rate_reset=args.rate_reset,
+        rate_stall=args.rate_stall,
+        stall_s=args.stall,
+        burst=args.burst,
+        api_key=args.api_key,
+        fail_auth_after=args.fail_auth_after,
+        quota_after=args.quota_after,
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

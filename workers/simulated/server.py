@@ -44,6 +44,11 @@ class SimConfig:
     reasoning: bool = False  # prepend a <think> block to model answers
     api_key: str | None = None  # when set, requests without this bearer key get 401
     fail_auth_after: int | None = None  # answer 401 to every chat request after this many
+    quota_after: int | None = None  # answer 429 insufficient_quota after this many
+    rate_reset: float = 0.0  # share of responses cut off mid-body (connection closed)
+    rate_stall: float = 0.0  # share of requests that stall for stall_s before answering
+    stall_s: float = 5.0
+    burst: int = 1  # a 429/5xx fault repeats for this many consecutive requests (a storm)
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -70,6 +75,8 @@ class SimulatedServer:
         self.bodies: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.received = 0
+        self._burst_left = 0
+        self._burst_kind: str | None = None
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -140,7 +147,7 @@ class SimulatedServer:
             return 0.0
         return c.latency_median_ms / 1000.0 * math.exp(self._rng.gauss(0.0, c.latency_sigma))
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         c = self.config
         if (denied := self._unauthorized(request)) is not None:
@@ -148,6 +155,11 @@ class SimulatedServer:
         if c.fail_auth_after is not None and self.received >= c.fail_auth_after:
             self.counts["unauthorized"] += 1
             return _error(401, "invalid_api_key", "simulated server: key revoked")
+        if c.quota_after is not None and self.received >= c.quota_after:
+            self.counts["quota"] += 1
+            return _error(
+                429, "insufficient_quota", "simulated server: you exceeded your current quota"
+            )
         self.received += 1
         self.bodies[hashlib.sha256(raw).hexdigest()] += 1
         try:
@@ -165,28 +177,61 @@ class SimulatedServer:
         judge = personas.is_judge_prompt(user)
         kind = "judge" if judge else "model"
         delay = self._latency()
+        if c.rate_stall and self._rng.random() < c.rate_stall:
+            self.counts[f"{kind}_stall"] += 1
+            delay += c.stall_s
         if delay:
             await asyncio.sleep(delay)
-        roll = self._rng.random()
-        if roll < c.rate_429:
+        fault = self._transient_fault()
+        if fault == "429":
             self.counts[f"{kind}_429"] += 1
             resp = _error(429, "rate_limit_exceeded", "simulated rate limit")
             resp.headers["Retry-After"] = f"{c.retry_after_s:g}"
             resp.headers["retry-after-ms"] = str(int(c.retry_after_s * 1000))
             return resp
-        if roll < c.rate_429 + c.rate_5xx:
+        if fault == "5xx":
             self.counts[f"{kind}_5xx"] += 1
             return _error(503, "server_error", "simulated overload")
-        self.counts[kind] += 1
+        finish = "stop"
         if judge:
             verdict = personas.verdict(user)
             content = orjson.dumps(verdict).decode()
-            if self._rng.random() < c.malformed_rate:
+            if MARK_JUDGE_GARBAGE in user:
+                content = "(simulated) I cannot produce a verdict for this pair."
+                self.counts["judge_malformed"] += 1
+            elif self._rng.random() < c.malformed_rate:
                 self.counts["judge_malformed"] += 1
                 content = content[: len(content) // 2]  # truncated JSON
         else:
+            for marker, (status, code, message) in MODEL_ERROR_MARKERS.items():
+                if marker in user:
+                    self.counts[f"model_{code}"] += 1
+                    return _error(status, code, message)
             content = self._answer(user)
-        return _completion(model, content, prompt_chars=len(raw))
+            if MARK_CONTENT_FILTER in user:
+                self.counts["model_content_filter"] += 1
+                content, finish = "", "content_filter"
+            elif MARK_TRUNCATE in user:
+                self.counts["model_truncated"] += 1
+                content, finish = content[: len(content) // 2], "length"
+        self.counts[kind] += 1
+        response = _completion(model, content, prompt_chars=len(raw), finish_reason=finish)
+        if c.rate_reset and self._rng.random() < c.rate_reset:
+            self.counts[f"{kind}_reset"] += 1
+            return await _cut_off(request, response)
+        return response
+
+    def _transient_fault(self) -> str | None:
+        """'429', '5xx' or None; a fault repeats for `burst` consecutive requests."""
+        c = self.config
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            return self._burst_kind
+        roll = self._rng.random()
+        kind = "429" if roll < c.rate_429 else "5xx" if roll < c.rate_429 + c.rate_5xx else None
+        if kind is not None and c.burst > 1:
+            self._burst_kind, self._burst_left = kind, c.burst - 1
+        return kind
 
     def _answer(self, question: str) -> str:
         c = self.config
@@ -204,12 +249,40 @@ class SimulatedServer:
         return text
 
 
+# Markers a test puts in a question to get one deterministic outcome for that call.
+MARK_CONTENT_FILTER = "[[sim:content_filter]]"
+MARK_TRUNCATE = "[[sim:truncate]]"
+MARK_JUDGE_GARBAGE = "[[sim:judge_garbage]]"
+MODEL_ERROR_MARKERS = {
+    "[[sim:context_length]]": (
+        400,
+        "context_length_exceeded",
+        "simulated: this model's maximum context length is 8192 tokens",
+    ),
+    "[[sim:invalid_request]]": (400, "invalid_request_error", "simulated: invalid parameter"),
+}
+
+
+async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send the headers and half the body, then drop the connection (a reset mid-body)."""
+    body = response.body
+    stream = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return stream
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     body = {"error": {"message": message, "type": code, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _completion(model: str, content: str, prompt_chars: int) -> web.Response:
+def _completion(
+    model: str, content: str, prompt_chars: int, finish_reason: str = "stop"
+) -> web.Response:
     body = {
         "id": f"simcmpl-{time.monotonic_ns()}",
         "object": "chat.completion",
@@ -220,7 +293,7 @@ def _completion(model: str, content: str, prompt_chars: int) -> web.Response:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }
         ],
         "usage": {
