@@ -207,3 +207,78 @@ def test_rpm_cap_spreads_requests(tmp_path, synthetic, sim_server):
     )
     assert time.monotonic() - start >= 1.9
     assert read_summary(tmp_path / "o")["n_valid"] == 30
+
+
+def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_server, capsys):
+    import sqlite3
+
+    data = synthetic(10)
+    server = sim_server()
+    out = tmp_path / "run"
+    base = (
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--base-url",
+        server.base_url,
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert run_cli(*base) == 0
+    before = (out / "results.jsonl").read_bytes()
+    not_data = tmp_path / "notes.csv"
+    not_data.write_text("a,b\n1,2\n")
+    bad_cfg = tmp_path / "bad.toml"
+    bad_cfg.write_text("colour = 'blue'\n")
+    attempts = [
+        (
+            (
+                "run",
+                "--data",
+                not_data,
+                "--model",
+                "m",
+                "--base-url",
+                server.base_url,
+                "--out",
+                out,
+                "--resume",
+            ),
+            "data",
+        ),
+        (("run", "--config", bad_cfg, "--out", out, "--resume"), "colour"),
+        ((*base, "--resume", "--judge-order", "sideways"), "invalid choice"),
+        ((*base,), "already holds a run"),
+        (
+            (
+                "run",
+                "--data",
+                data,
+                "--model",
+                "m",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--out",
+                out,
+                "--resume",
+            ),
+            "",
+        ),
+    ]
+    for args, expected in attempts:
+        try:
+            code = run_cli(*args)
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        captured = capsys.readouterr()
+        assert code != 0, args
+        assert expected in captured.err, (args, captured.err)
+        assert "Traceback" not in captured.err
+    conn = sqlite3.connect(out / DB_NAME)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    assert (out / "results.jsonl").read_bytes() == before
+    assert run_cli("report", out) == 0

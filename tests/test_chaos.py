@@ -1,0 +1,164 @@
+"""Chaos: kill -9 the evaluator at random moments, resume each time, and compare with a clean run.
+
+The simulated backend answers each request deterministically, so an interrupted
+run that loses nothing must end with exactly the clean run's results.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import orjson
+import pytest
+
+from evaluator.store import DB_NAME
+from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary
+
+CONCURRENCY = 16  # per stage: at most 2 x 16 calls in flight
+
+
+def _rows(out) -> list[dict]:
+    rows = [orjson.loads(x) for x in (out / "results.jsonl").read_bytes().splitlines()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _started(db) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'started'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def _run_args(data, url, out):
+    return (
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--base-url",
+        url,
+        "--judge-model",
+        "j",
+        "--out",
+        out,
+        "--concurrency",
+        CONCURRENCY,
+        "--judge-concurrency",
+        CONCURRENCY,
+        "--quiet",
+    )
+
+
+def chaos(tmp_path, synthetic, sim_process, n_pairs: int, kills: int, seed: int) -> dict:
+    data = synthetic(n_pairs)
+    sim_args = ("--dataset", str(data), "--persona", "mixture", "--latency-ms", "2")
+    clean_server = sim_process(*sim_args)
+    clean = tmp_path / "clean"
+    subprocess.run(
+        evaluator_cmd(*_run_args(data, clean_server.base_url, clean)),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        check=True,
+        timeout=300,
+    )
+
+    server = sim_process(*sim_args)
+    out = tmp_path / "chaos"
+    rng = random.Random(seed)
+    started_at_kills = []
+    args = _run_args(data, server.base_url, out)
+    for _ in range(kills):
+        proc = subprocess.Popen(
+            evaluator_cmd(*args),
+            cwd=ROOT,
+            env=SUBPROCESS_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.4, 1.2))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        started_at_kills.append(_started(out / DB_NAME))
+        args = (*_run_args(data, server.base_url, out), "--resume")  # as a requeued job would
+    final = subprocess.run(
+        evaluator_cmd(*args),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert final.returncode == 0, final.stderr
+
+    # Nothing lost, nothing different: the interrupted run ends as the clean one.
+    assert _rows(out) == _rows(clean)
+    s, c = read_summary(out), read_summary(clean)
+    for key in ("n_valid", "n_invalid", "pac", "ref", "ninf", "by_category", "by_issue_scale"):
+        assert s[key] == c[key], key
+    assert s["n_valid"] == n_pairs
+
+    # Re-sent calls: never more than were in flight at the kills, and all reported.
+    bodies = server.stats(bodies=True)["bodies"]
+    resent = sum(n - 1 for n in bodies.values())
+    reported = s["possibly_duplicated_calls"]
+    assert all(n <= 2 * CONCURRENCY for n in started_at_kills), started_at_kills
+    assert reported == sum(started_at_kills)
+    assert resent <= reported
+    assert len(bodies) == 3 * n_pairs
+    return {
+        "kills": kills,
+        "started_at_kills": started_at_kills,
+        "resent": resent,
+        "reported": reported,
+    }
+
+
+def test_five_random_kills_then_resume_equal_a_clean_run(tmp_path, synthetic, sim_process):
+    result = chaos(tmp_path, synthetic, sim_process, n_pairs=1000, kills=5, seed=2026)
+    print(result)
+    assert result["reported"] > 0  # the kills really landed mid-run
+
+
+@pytest.mark.soak
+def test_soak_many_kills(tmp_path, synthetic, sim_process):
+    """Longer variant: `python -m pytest -m soak -s tests/test_chaos.py` (see benchmarks/README.md)."""
+    result = chaos(tmp_path, synthetic, sim_process, n_pairs=5000, kills=25, seed=7)
+    print(result)
+
+
+def test_sigterm_exits_within_the_drain_timeout(tmp_path, synthetic, sim_process):
+    data = synthetic(100)
+    server = sim_process("--dataset", str(data), "--latency-ms", "4000", "--latency-sigma", "0.01")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        evaluator_cmd(*_run_args(data, server.base_url, out), "--drain-timeout", "1"),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while _started(out / DB_NAME) < CONCURRENCY and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 75
+    assert (
+        time.monotonic() - sent < 3.5
+    )  # 1 s drain + flush and exit, well before the 4 s calls end
+    # The calls cut off by the deadline stay "started": counted on resume.
+    assert _started(out / DB_NAME) == CONCURRENCY
+    summary = read_summary(out)
+    assert summary["complete"] is False
