@@ -279,6 +279,8 @@ async def _execute(
             fatal,
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
+    if signals >= 2:  # "stop at once": the outputs can be rebuilt with `report DIR`
+        return RunResult(EXIT_INTERRUPTED, None, stats, run_dir)
     try:
         summary = report.build_run_outputs(run_dir, config, store)
     except DatasetError as exc:

@@ -129,27 +129,32 @@ class Scheduler:
         )
         try:
             await self._finished.wait()
-        finally:
-            reader.cancel()
-            if progress is not None:
-                progress.cancel()
-            for q, n in (
-                (self._gen_q, self.config.concurrency),
-                (self._judge_q, self.config.judge_concurrency),
-            ):
-                while not q.empty():  # queued but never sent: nothing to record
-                    q.get_nowait()
-                for _ in range(n):
-                    q.put_nowait(None)
-            _, late = await asyncio.wait(workers, timeout=drain_timeout)
-            for task in late:
-                task.cancel()
-            results = await asyncio.gather(reader, *workers, return_exceptions=True)
-            if progress is not None:
-                await asyncio.gather(progress, return_exceptions=True)
-            for res in results:
-                if isinstance(res, Exception) and self.stats.fatal is None:
-                    self.stats.fatal = res
+        except asyncio.CancelledError:  # a second signal: stop now, no drain
+            self.request_stop()
+            drain_timeout = 0.0
+        tasks = [reader, *([progress] if progress else [])]
+        for task in tasks:
+            task.cancel()
+        for q, n in (
+            (self._gen_q, self.config.concurrency),
+            (self._judge_q, self.config.judge_concurrency),
+        ):
+            while not q.empty():  # queued but never sent: nothing to record
+                q.get_nowait()
+            for _ in range(n):
+                q.put_nowait(None)
+        late: set[asyncio.Task] | list[asyncio.Task] = workers
+        if drain_timeout > 0:
+            try:
+                _, late = await asyncio.wait(workers, timeout=drain_timeout)
+            except asyncio.CancelledError:  # a second signal during the drain
+                self.stats.interrupted = True
+        for task in late:
+            task.cancel()  # their calls stay "started": counted and re-sent on resume
+        results = await asyncio.gather(*tasks, *workers, return_exceptions=True)
+        for res in results:
+            if isinstance(res, Exception) and self.stats.fatal is None:
+                self.stats.fatal = res
         return self.stats
 
     # -- reader -------------------------------------------------------------

@@ -174,3 +174,29 @@ def test_sigterm_exits_within_the_drain_timeout(tmp_path, synthetic, sim_process
     assert _started(out / DB_NAME) == CONCURRENCY
     summary = read_summary(out)
     assert summary["complete"] is False
+
+
+def test_second_signal_stops_at_once_with_a_consistent_store(tmp_path, synthetic, sim_process):
+    data = synthetic(100)
+    server = sim_process("--dataset", str(data), "--latency-ms", "20000", "--latency-sigma", "0.01")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        evaluator_cmd(*_run_args(data, server.base_url, out), "--drain-timeout", "60"),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while _started(out / DB_NAME) < CONCURRENCY and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 75
+    assert time.monotonic() - sent < 10  # not the 60 s drain, nor the 20 s calls
+    conn = sqlite3.connect(out / DB_NAME)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    assert _started(out / DB_NAME) == CONCURRENCY
