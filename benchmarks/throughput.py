@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 RESULTS_MD = HERE / "results-latest.md"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -159,6 +160,38 @@ def baseline_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- measurement
+def child_env() -> dict[str, str]:
+    """Children import evaluator/ and workers/ from this checkout, whatever pip installed.
+
+    (An editable install can point at another clone; `python -m` run from a temp directory
+    would then silently benchmark that other code.)
+    """
+    env = os.environ.copy()
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
+    return env
+
+
+def check_imports(cwd: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import evaluator, workers; print(evaluator.__file__, workers.__file__)",
+        ],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for f in out:
+        if not Path(f).resolve().is_relative_to(REPO):
+            raise RuntimeError(f"children would import {f}, not the code in {REPO}")
+    if len(out) != 2:
+        raise RuntimeError(f"cannot locate evaluator/workers packages: {out}")
+
+
 def _proc_cpu_s(pid: int) -> float:
     """user+sys CPU seconds of a live process (the server), from /proc."""
     try:
@@ -204,7 +237,9 @@ def measure(
     srv0 = _proc_cpu_s(server_pid)
     t0 = time.perf_counter()
     with log.open("wb") as out:
-        proc = children.add(subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT))
+        proc = children.add(
+            subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        )
     try:
         deadline = t0 + timeout
         while True:
@@ -250,7 +285,9 @@ def start_server(
         f"{latency_ms:g}",
     ]
     with log.open("wb") as out:
-        proc = children.add(subprocess.Popen(cmd, cwd=tmp, stdout=out, stderr=subprocess.STDOUT))
+        proc = children.add(
+            subprocess.Popen(cmd, cwd=tmp, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+        )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None:
@@ -364,7 +401,8 @@ def render(meta: dict, rows: list[dict], memory: list[dict], startup: dict) -> s
     lines = [
         f"Run {meta['date']} on {meta['host']}; python {meta['python']}; "
         f"{meta['n']} pairs ({3 * meta['n']} calls) per run; median of {meta['repeats']} "
-        f"repeats; command `{meta['command']}`; benchmark wall time {meta['total_s']:.0f} s.",
+        f"repeats; command `{meta['command']}`; benchmark wall time {meta['total_s']:.0f} s; "
+        f"evaluator/workers sources {meta['sources']}.",
         "",
         fmt_row(
             [
@@ -463,6 +501,18 @@ def render(meta: dict, rows: list[dict], memory: list[dict], startup: dict) -> s
 
 
 # --------------------------------------------------------------------------- driver
+def source_digest() -> str:
+    """A short hash of the evaluator's and workers' sources: which code the figures belong to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(
+        (*HERE.parent.glob("evaluator/**/*.py"), *HERE.parent.glob("workers/**/*.py"))
+    ):
+        h.update(str(path.relative_to(HERE.parent)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _host() -> str:
     model = ""
     try:
@@ -476,14 +526,17 @@ def _host() -> str:
 
 
 def run_benchmark(args: argparse.Namespace) -> str:
+    sys.path.insert(0, str(REPO))  # this checkout's code, as for the children
     from workers.simulated.data import write_synthetic_dataset
 
     n = args.pairs or (600 if args.quick else 3000)
     big = 4 * n
     started = time.perf_counter()
+    digest = source_digest()
     children = Children()
     tmp = Path(tempfile.mkdtemp(prefix="valbench-throughput-"))
     try:
+        check_imports(tmp)
         data = write_synthetic_dataset(tmp / "pairs.jsonl", n)
         data_big = write_synthetic_dataset(tmp / "pairs-4x.jsonl", big)
         bench = Bench(children, tmp, timeout=args.run_timeout)
@@ -533,7 +586,10 @@ def run_benchmark(args: argparse.Namespace) -> str:
             "repeats": args.repeats,
             "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
             "total_s": time.perf_counter() - started,
+            "sources": f"{digest} (from {REPO})",
         }
+        if source_digest() != digest:
+            meta["sources"] += " (WARNING: evaluator/workers sources changed during the run)"
         return render(meta, rows, memory, startup)
     finally:
         children.stop_all()

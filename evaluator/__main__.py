@@ -279,6 +279,11 @@ def _finish(result: RunResult, print_report: bool) -> int:
                 f"(valid {s['n_valid']}, invalid {s['n_invalid']}, failed {s['n_failed']}, "
                 f"pending {s['n_pending']})"
             )
+        if result.summary.get("possibly_duplicated_calls"):
+            print(
+                f"calls possibly paid twice (in flight when the run was interrupted): "
+                f"{result.summary['possibly_duplicated_calls']}"
+            )
         print(f"outputs in {result.run_dir}/ (summary.json, results.jsonl, report.md)")
     if result.stats is not None:
         st = result.stats

@@ -279,7 +279,11 @@ def render_markdown(s: dict[str, Any]) -> str:
             f"failed pairs {s['n_failed']}",
             f"bad input rows {s['n_bad_rows']}",
             f"answers cut at max tokens {s['n_truncated_answers']}",
+            f"calls possibly paid twice {s['possibly_duplicated_calls']}",
         ]
+        if s.get("failures_by_class"):
+            failed = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_class"].items()))
+            counts.append(f"failed calls by class: {failed}")
     lines += [f"- Counts: {', '.join(counts)}", ""]
     ci = s["ci95"]
     lines += ["| metric | value (%) | 95% bootstrap interval |", "|---|---|---|"]

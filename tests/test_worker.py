@@ -184,3 +184,19 @@ def test_unreachable_endpoint_is_reported_before_any_call():
 def test_redact_removes_known_and_pattern_secrets():
     assert "hunter2hunter2" not in redact("key hunter2hunter2 leaked", ("hunter2hunter2",))
     assert "sk-abcdefghijkl" not in redact("Bearer sk-abcdefghijkl")
+
+
+def test_429_without_retry_after_waits_for_the_rate_limit_reset():
+    headers = {"x-ratelimit-reset-requests": "300ms", "x-ratelimit-reset-tokens": "20ms"}
+    result, s = _call([(429, _err("rate_limit_exceeded"), headers)])
+    assert isinstance(result, Completion)
+    assert 0.3 <= s.hits[1] - s.hits[0] < 5
+
+
+def test_reset_durations_parse():
+    from workers.openai_compat import _duration_seconds
+
+    assert _duration_seconds("6m0s") == 360
+    assert _duration_seconds("1.5s") == 1.5
+    assert _duration_seconds("20ms") == 0.02
+    assert _duration_seconds("soon") is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,8 +53,21 @@ class EndpointUnreachable(Exception):
     """The endpoint could not be reached or rejected us before any paid call."""
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration_seconds(text: str) -> float | None:
+    """OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s"."""
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
 def _retry_after_seconds(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI) or `Retry-After` (RFC 9110, seconds form)."""
+    """Seconds to wait: `retry-after-ms` (OpenAI), `Retry-After` (RFC 9110, seconds form),
+    else the later of the `x-ratelimit-reset-*` durations (OpenAI's rate-limit headers)."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
@@ -65,8 +79,14 @@ def _retry_after_seconds(headers: Any) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            return None  # the HTTP-date form: rare from LLM APIs; fall back to backoff
-    return None
+            pass  # the HTTP-date form: rare from LLM APIs
+    resets = [
+        _duration_seconds(headers.get(name, ""))
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if headers.get(name)
+    ]
+    resets = [r for r in resets if r is not None]
+    return max(resets) if resets else None
 
 
 def _error_message(status: int, raw: bytes) -> tuple[str, str]:
