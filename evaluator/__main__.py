@@ -50,13 +50,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", help="hub split (default: test)")
     g.add_argument("--limit", type=int, help="evaluate only the first N valid pairs")
     g.add_argument("--model", help="model under test (name the endpoint serves)")
-    g.add_argument("--base-url", help="model endpoint, e.g. https://api.openai.com/v1")
+    g.add_argument(
+        "--base-url",
+        action="append",
+        help="model endpoint, e.g. https://api.openai.com/v1; repeat it for a pool of servers",
+    )
     g.add_argument(
         "--api-key-env",
         help="environment variable (or .env entry) holding the model endpoint's key",
     )
     g.add_argument("--judge-model", help="judge model (default: google/gemma-3-27b-it)")
-    g.add_argument("--judge-base-url", help="judge endpoint (default: the model endpoint)")
+    g.add_argument(
+        "--judge-base-url",
+        action="append",
+        help="judge endpoint (default: the model endpoint); repeat it for a pool",
+    )
     g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
     g.add_argument(
         "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
@@ -78,6 +86,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--judge-concurrency", type=int, help="judge calls in flight (64)")
     t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
     t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
+    t.add_argument("--tpm", type=float, help="tokens/minute cap on each model endpoint")
+    t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
     t.add_argument("--retry-budget", type=int, help="retries allowed for the whole run (unlimited)")
@@ -182,6 +192,8 @@ RUN_FIELDS = (
     "judge_concurrency",
     "rpm",
     "judge_rpm",
+    "tpm",
+    "judge_tpm",
     "timeout_s",
     "max_attempts",
     "retry_budget",
@@ -203,6 +215,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
 
 
+def _type_name(expected: Any) -> str:
+    if isinstance(expected, type):
+        return expected.__name__
+    return " or ".join(t.__name__ for t in expected)
+
+
 def _load_config_file(path: Path) -> dict[str, Any]:
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -222,7 +240,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
         if not ok:
             raise UserError(
-                f"config file {path}: {name} must be {expected.__name__ if isinstance(expected, type) else 'a number'}, "
+                f"config file {path}: {name} must be {_type_name(expected)}, "
                 f"got {type(value).__name__}"
             )
     for name in FILE_ONLY:
@@ -240,9 +258,13 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_retries": int,
     "rpm": (int, float),
     "judge_rpm": (int, float),
+    "tpm": (int, float),
+    "judge_tpm": (int, float),
     "timeout_s": (int, float),
-    "reuse": list,
     "backoff_base_s": (int, float),
+    "reuse": list,
+    "base_url": (str, list),
+    "judge_base_url": (str, list),
 }
 
 

@@ -37,8 +37,8 @@ class ConfigError(Exception):
 class RunConfig:
     data: str
     model: str
-    base_url: str
-    judge_base_url: str
+    base_url: list[str]  # one or more endpoints serving `model` (a pool)
+    judge_base_url: list[str]
     judge_model: str = "google/gemma-3-27b-it"  # spec §3's default judge
     split: str = "test"
     limit: int | None = None
@@ -51,6 +51,8 @@ class RunConfig:
     judge_concurrency: int = 64
     rpm: float | None = None
     judge_rpm: float | None = None
+    tpm: float | None = None
+    judge_tpm: float | None = None
     timeout_s: float = 600.0
     max_attempts: int = 6
     backoff_base_s: float = 1.0
@@ -60,6 +62,13 @@ class RunConfig:
     simulated: bool = False
     protocol: str = PROTOCOL
 
+    def __post_init__(self) -> None:
+        # Older configs and single-endpoint callers give one URL as a string.
+        if isinstance(self.base_url, str):
+            self.base_url = [self.base_url]
+        if isinstance(self.judge_base_url, str):
+            self.judge_base_url = [self.judge_base_url]
+
     def validate(self) -> None:
         if self.judge_order not in JUDGE_ORDERS:
             raise ConfigError(f"--judge-order must be one of {', '.join(JUDGE_ORDERS)}")
@@ -68,16 +77,21 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
-        for name in ("rpm", "judge_rpm"):
+        for name in ("rpm", "judge_rpm", "tpm", "judge_tpm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
         for name in ("base_url", "judge_base_url"):
-            url = getattr(self, name)
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"--{name.replace('_', '-')} must be an http(s) URL, got {url!r}")
+            urls = getattr(self, name)
+            if not urls:
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+            for url in urls:
+                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} must be an http(s) URL, got {url!r}"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

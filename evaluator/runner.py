@@ -26,7 +26,8 @@ from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
-from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICompatClient
+from workers.openai_compat import EndpointConfig, EndpointUnreachable
+from workers.pool import EndpointPool, PoolConfig
 
 log = logging.getLogger("evaluator")
 
@@ -93,27 +94,37 @@ def prepare_config(
     return new
 
 
-def _client(
+def _pool(
     name: str,
-    base_url: str,
+    urls: list[str],
     key: str | None,
     config: RunConfig,
     concurrency: int,
     rpm: float | None,
+    tpm: float | None,
     budget: RetryBudget,
-) -> OpenAICompatClient:
-    return OpenAICompatClient(
+) -> EndpointPool:
+    """One stage's endpoints; caps and rate limits apply to each endpoint."""
+    endpoints = [
         EndpointConfig(
-            base_url=base_url,
+            base_url=url,
             api_key=key,
             name=name,
             concurrency=concurrency,
             rpm=rpm,
+            tpm=tpm,
             timeout_s=config.timeout_s,
+        )
+        for url in urls
+    ]
+    return EndpointPool(
+        endpoints,
+        PoolConfig(
+            name=name,
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
             retry_budget=budget,
-        )
+        ),
     )
 
 
@@ -193,16 +204,24 @@ async def _execute(
         )
 
     budget = RetryBudget(config.retry_budget)
-    gen_client = _client(
-        "model endpoint", config.base_url, gen_key, config, config.concurrency, config.rpm, budget
+    gen_client = _pool(
+        "model endpoint",
+        config.base_url,
+        gen_key,
+        config,
+        config.concurrency,
+        config.rpm,
+        config.tpm,
+        budget,
     )
-    judge_client = _client(
+    judge_client = _pool(
         "judge endpoint",
         config.judge_base_url,
         judge_key,
         config,
         config.judge_concurrency,
         config.judge_rpm,
+        config.judge_tpm,
         budget,
     )
     async with gen_client, judge_client:

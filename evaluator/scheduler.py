@@ -26,7 +26,13 @@ from typing import Protocol
 from evaluator.calls import CallSpec, generation_calls, judge_call
 from evaluator.config import RunConfig
 from evaluator.dataset import BadRow, Pair, iter_pairs
-from evaluator.protocol import VerdictError, parse_verdict, split_reasoning
+from evaluator.protocol import (
+    GEN_MAX_TOKENS,
+    JUDGE_MAX_TOKENS,
+    VerdictError,
+    parse_verdict,
+    split_reasoning,
+)
 from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 
@@ -43,7 +49,12 @@ FINAL_FAILURES = frozenset(
 
 
 class ChatClient(Protocol):
-    async def chat(self, body: bytes) -> Completion | CallFailure: ...
+    """What the scheduler needs of a stage's endpoints (workers.pool.EndpointPool)."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    async def chat(self, body: bytes, max_tokens: int = 0) -> Completion | CallFailure: ...
 
 
 @dataclass
@@ -96,7 +107,9 @@ class Scheduler:
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
         # Enough pairs in flight to keep both stages busy while some pairs wait for their judge.
-        self.max_pairs = max(16, config.concurrency + 2 * config.judge_concurrency)
+        self.gen_workers = gen_client.capacity
+        self.judge_workers = judge_client.capacity
+        self.max_pairs = max(16, self.gen_workers + 2 * self.judge_workers)
         self._gen_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
         self._judge_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.max_pairs)
@@ -116,10 +129,10 @@ class Scheduler:
     async def run(self, drain_timeout: float = 30.0) -> RunStats:
         workers = [
             asyncio.create_task(self._worker(self._gen_q, self._do_gen), name=f"gen-{i}")
-            for i in range(self.config.concurrency)
+            for i in range(self.gen_workers)
         ] + [
             asyncio.create_task(self._worker(self._judge_q, self._do_judge), name=f"judge-{i}")
-            for i in range(self.config.judge_concurrency)
+            for i in range(self.judge_workers)
         ]
         reader = asyncio.create_task(self._read(), name="reader")
         progress = (
@@ -136,8 +149,8 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         for q, n in (
-            (self._gen_q, self.config.concurrency),
-            (self._judge_q, self.config.judge_concurrency),
+            (self._gen_q, self.gen_workers),
+            (self._judge_q, self.judge_workers),
         ):
             while not q.empty():  # queued but never sent: nothing to record
                 q.get_nowait()
@@ -320,7 +333,7 @@ class Scheduler:
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
         await self._send_intent(spec)
         self.stats.calls_sent += 1
-        result = await self.gen_client.chat(spec.body)
+        result = await self.gen_client.chat(spec.body, GEN_MAX_TOKENS)
         if isinstance(result, Completion):
             answer, reasoning = split_reasoning(result.content, result.reasoning)
             result.content, result.reasoning = answer, reasoning
@@ -341,7 +354,7 @@ class Scheduler:
         await self._send_intent(spec)
         for ask in range(self.config.judge_retries + 1):
             self.stats.calls_sent += 1
-            result = await self.judge_client.chat(spec.body)
+            result = await self.judge_client.chat(spec.body, JUDGE_MAX_TOKENS)
             attempts += result.attempts
             if not isinstance(result, Completion):
                 break

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
 from workers.openai_compat import EndpointConfig, EndpointUnreachable, OpenAICompatClient
+from workers.pool import EndpointPool, PoolConfig
 
 OK_BODY = {
     "choices": [
@@ -64,15 +65,24 @@ async def _serve(scripted: Scripted):
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
 
 
+POOL_FIELDS = {"max_attempts"}
+
+
 def _call(script, **cfg):
+    """One call through a pool of one endpoint, against a scripted real server."""
     scripted = Scripted(script)
+    pool_cfg = {k: v for k, v in cfg.items() if k in POOL_FIELDS}
+    ep_cfg = {k: v for k, v in cfg.items() if k not in POOL_FIELDS}
 
     async def go():
         runner, url = await _serve(scripted)
         try:
-            config = EndpointConfig(base_url=url, backoff_base_s=0.01, backoff_max_s=0.05, **cfg)
-            async with OpenAICompatClient(config) as client:
-                return await client.chat(b'{"model": "m", "messages": []}')
+            pool = EndpointPool(
+                [EndpointConfig(base_url=url, **ep_cfg)],
+                PoolConfig(backoff_base_s=0.01, backoff_max_s=0.05, **pool_cfg),
+            )
+            async with pool:
+                return await pool.chat(b'{"model": "m", "messages": []}')
         finally:
             await runner.cleanup()
 

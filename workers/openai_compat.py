@@ -12,8 +12,6 @@ caller can fingerprint exactly what was sent.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -21,18 +19,17 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
-from workers.base import (
-    CallFailure,
-    Completion,
-    ErrorClass,
-    FatalEndpointError,
-    RetryBudget,
-    redact,
-)
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.limits import RateLimitHeaders
 
-__all__ = ["EndpointConfig", "EndpointUnreachable", "OpenAICompatClient", "classify_http_error"]
+__all__ = [
+    "Attempt",
+    "EndpointConfig",
+    "EndpointUnreachable",
+    "OpenAICompatClient",
+    "classify_http_error",
+]
 
 
 @dataclass(slots=True)
@@ -40,13 +37,20 @@ class EndpointConfig:
     base_url: str
     api_key: str | None = None
     name: str = "endpoint"
-    concurrency: int = 64
+    concurrency: int = 64  # the most calls in flight (AIMD may hold fewer)
     rpm: float | None = None
+    tpm: float | None = None
     timeout_s: float = 600.0
-    max_attempts: int = 6
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    retry_budget: RetryBudget | None = None  # shared with other endpoints of the run
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP exchange: its result and what the response said about limits."""
+
+    result: Completion | CallFailure
+    retry_after_s: float | None = None
+    limits: RateLimitHeaders | None = None
+    connection_failed: bool = False  # no HTTP answer at all (refused, reset, timeout)
 
 
 class EndpointUnreachable(Exception):
@@ -148,43 +152,26 @@ def _parse_completion(raw: bytes) -> Completion | CallFailure | str:
     )
 
 
-def _rpm_limiter(rpm: float) -> AsyncLimiter:
-    """A requests-per-minute bucket that refills every second rather than every minute.
-
-    AsyncLimiter(rpm, 60) would allow a whole minute's requests in the first
-    instant; a one-second bucket spreads them out. Below 60 rpm the bucket
-    holds one request and refills every 60/rpm seconds.
-    """
-    per_bucket = max(1.0, rpm / 60.0)
-    return AsyncLimiter(per_bucket, per_bucket * 60.0 / rpm)
-
-
 class OpenAICompatClient:
-    """One endpoint: a session, an optional requests-per-minute bucket, and the retry policy.
+    """One endpoint's wire protocol: a session, a start-up check, and single attempts.
 
-    Retries are written here rather than with a retry library because the wait
-    depends on the response (Retry-After headers) and on the error class, and
-    a fatal class must escape as an exception that stops the run.
+    Retries, routing and pacing live in workers.pool, which may spread one
+    call's attempts over several endpoints.
     """
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self._limiter = _rpm_limiter(config.rpm) if config.rpm else None
         self._session: aiohttp.ClientSession | None = None
         self._secrets = (config.api_key,) if config.api_key else ()
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
     async def __aenter__(self) -> OpenAICompatClient:
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-        )
+        self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -195,10 +182,10 @@ class OpenAICompatClient:
             await self._session.close()
             self._session = None
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    async def check(self) -> list[str]:
+    async def check(self, timeout_s: float = 15.0) -> list[str]:
         """Fail fast before any paid call: GET /models must answer. Returns the served model ids.
 
         Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
@@ -206,14 +193,16 @@ class OpenAICompatClient:
         assert self._session is not None, "use the client as an async context manager"
         url = self.config.base_url.rstrip("/") + "/models"
         try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
                 raw = await resp.read()
                 if resp.status in (401, 403):
                     msg, _ = _error_message(resp.status, raw)
                     failure = CallFailure(
                         ErrorClass.FATAL,
                         f"rejected the API key ({self.config.base_url}): "
-                        f"HTTP {resp.status} {self._redact(msg)}",
+                        f"HTTP {resp.status} {self.redact(msg)}",
                         resp.status,
                     )
                     raise FatalEndpointError(self.config.name, failure)
@@ -227,69 +216,38 @@ class OpenAICompatClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise EndpointUnreachable(
                 f"{self.config.name} ({self.config.base_url}) is unreachable: "
-                f"{self._redact(str(exc) or type(exc).__name__)}"
+                f"{self.redact(str(exc) or type(exc).__name__)}"
             ) from None
 
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with "equal jitter": never zero, never synchronised across workers.
-        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
-        return cap / 2 + random.uniform(0, cap / 2)
-
-    async def chat(self, body: bytes) -> Completion | CallFailure:
-        """Send one chat-completions request (already serialised) with retries.
-
-        Returns a Completion, or a CallFailure once retries are spent or the
-        error is not retryable. Raises FatalEndpointError for fatal classes.
-        """
+    async def attempt(self, body: bytes) -> Attempt:
+        """Send one request (already serialised) once; never raises for HTTP or network errors."""
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
-        failure: CallFailure | None = None
-        for attempt in range(1, self.config.max_attempts + 1):
-            if self._limiter is not None:
-                await self._limiter.acquire()
-            wait: float | None = None
-            try:
-                async with self._session.post(self.url, data=body) as resp:
-                    raw = await resp.read()
-                    if resp.status == 200:
-                        parsed = _parse_completion(raw)
-                        if not isinstance(parsed, str):
-                            parsed.attempts = attempt
-                            parsed.latency_s = time.monotonic() - start
-                            return parsed
-                        failure = CallFailure(ErrorClass.TRANSIENT, parsed, 200, attempt)
-                    else:
-                        msg, code = _error_message(resp.status, raw)
-                        cls = classify_http_error(resp.status, msg, code)
-                        failure = CallFailure(
-                            cls, self._redact(f"HTTP {resp.status}: {msg}"), resp.status, attempt
-                        )
-                        wait = _retry_after_seconds(resp.headers)
-            except TimeoutError:
+        try:
+            async with self._session.post(self.url, data=body, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                limits = RateLimitHeaders.parse(resp.headers, _duration_seconds)
+                if resp.status == 200:
+                    parsed = _parse_completion(raw)
+                    if isinstance(parsed, str):
+                        parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+                    parsed.latency_s = time.monotonic() - start
+                    return Attempt(parsed, None, limits)
+                msg, code = _error_message(resp.status, raw)
                 failure = CallFailure(
-                    ErrorClass.TRANSIENT,
-                    f"timed out after {self.config.timeout_s:g}s",
-                    None,
-                    attempt,
+                    classify_http_error(resp.status, msg, code),
+                    self.redact(f"HTTP {resp.status}: {msg}"),
+                    resp.status,
                 )
-            except (aiohttp.ClientError, OSError) as exc:
-                failure = CallFailure(
-                    ErrorClass.TRANSIENT,
-                    self._redact(f"{type(exc).__name__}: {exc}"),
-                    None,
-                    attempt,
-                )
-            if failure.error_class is ErrorClass.FATAL:
                 failure.latency_s = time.monotonic() - start
-                raise FatalEndpointError(self.config.name, failure)
-            if not failure.error_class.retryable or attempt == self.config.max_attempts:
-                break
-            budget = self.config.retry_budget
-            if budget is not None and not budget.take():
-                failure.message += " (the run's retry budget is spent)"
-                break
-            delay = wait if wait is not None else self._backoff(attempt)
-            await asyncio.sleep(delay + random.uniform(0, 0.05 * max(delay, 0.01)))
-        assert failure is not None
+                return Attempt(failure, _retry_after_seconds(resp.headers), limits)
+        except TimeoutError:
+            failure = CallFailure(
+                ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = CallFailure(
+                ErrorClass.TRANSIENT, self.redact(f"{type(exc).__name__}: {exc}"), None
+            )
         failure.latency_s = time.monotonic() - start
-        return failure
+        return Attempt(failure, None, None, connection_failed=True)

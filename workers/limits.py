@@ -1,0 +1,210 @@
+"""Per-endpoint limits: requests/min and tokens/min buckets, adaptive concurrency, pauses.
+
+The buckets are aiolimiter's. What aiolimiter does not do is done here, on top
+of it: correcting the token bucket with the tokens a call really used (a
+credit spent by later calls), re-tuning a bucket to the limit the provider
+announces in its `x-ratelimit-*` headers, and pausing the whole endpoint
+when it says to wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+# Requests whose estimate exceeds a bucket's capacity still pass, one at a time.
+_MIN_WINDOW_S = 1.0
+_MAX_WINDOW_S = 60.0
+
+
+def per_minute_bucket(per_minute: float, largest: float = 1.0) -> AsyncLimiter:
+    """A bucket for `per_minute` units that refills smoothly rather than once a minute.
+
+    The window is the shortest (>= 1 s) whose capacity still holds the largest
+    single acquisition, so a whole minute's budget is never spent in one burst.
+    """
+    window = min(_MAX_WINDOW_S, max(_MIN_WINDOW_S, 60.0 * largest / per_minute))
+    return AsyncLimiter(per_minute * window / 60.0, window)
+
+
+class TokenBudget:
+    """Tokens/min bucket charged with an estimate before a call, corrected after it.
+
+    Providers count a request's prompt plus its `max_tokens` against the limit
+    when it arrives, so that is what we charge; the unused part comes back as a
+    credit that the next calls spend first.
+    """
+
+    def __init__(self, tpm: float, largest: float) -> None:
+        self.tpm = tpm
+        self._largest = largest
+        self._bucket = per_minute_bucket(tpm, largest)
+        self.credit = 0.0
+
+    async def charge(self, tokens: float) -> None:
+        use = min(self.credit, tokens)
+        self.credit -= use
+        amount = min(tokens - use, self._bucket.max_rate)
+        if amount > 0:
+            await self._bucket.acquire(amount)
+
+    def settle(self, charged: float, used: float) -> None:
+        if used < charged:
+            self.credit = min(self.credit + charged - used, self._bucket.max_rate)
+
+    def retune(self, tpm: float) -> None:
+        if abs(tpm - self.tpm) / self.tpm > 0.01:
+            self.tpm = tpm
+            self._bucket = per_minute_bucket(tpm, self._largest)
+
+
+class AdaptiveConcurrency:
+    """AIMD limit on one endpoint's calls in flight.
+
+    A rate-limit episode cuts the limit by `decrease` (at most once per
+    `cooldown_s`, so one burst of 429s is one cut); a success while the limit
+    is fully used grows it by about one per round of `limit` successes, up to
+    `maximum`. Ordinary 5xx errors leave it alone: they say nothing about load.
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        minimum: int = 1,
+        decrease: float = 0.7,
+        cooldown_s: float = 2.0,
+    ) -> None:
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.limit = float(maximum)
+        self.decrease = decrease
+        self.cooldown_s = cooldown_s
+        self.inflight = 0
+        self.cuts = 0
+        self._last_cut = -1e9
+
+    @property
+    def free(self) -> int:
+        return int(self.limit) - self.inflight
+
+    def on_success(self) -> None:
+        if self.inflight >= int(self.limit) - 1 and self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+
+    def on_rate_limited(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now - self._last_cut >= self.cooldown_s:
+            self.limit = max(float(self.minimum), self.limit * self.decrease)
+            self._last_cut = now
+            self.cuts += 1
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass
+class RateLimitHeaders:
+    """The `x-ratelimit-*` headers of one response (OpenAI's names; others copy them)."""
+
+    limit_requests: float | None = None
+    remaining_requests: float | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: float | None = None
+    remaining_tokens: float | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str], duration) -> RateLimitHeaders:
+        def reset(name: str) -> float | None:
+            raw = headers.get(name)
+            return duration(raw) if raw else None
+
+        return cls(
+            limit_requests=_number(headers.get("x-ratelimit-limit-requests")),
+            remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),
+            reset_requests_s=reset("x-ratelimit-reset-requests"),
+            limit_tokens=_number(headers.get("x-ratelimit-limit-tokens")),
+            remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
+            reset_tokens_s=reset("x-ratelimit-reset-tokens"),
+        )
+
+
+@dataclass
+class EndpointLimits:
+    """Everything that decides when the next call may go to one endpoint."""
+
+    concurrency: AdaptiveConcurrency
+    rpm: float | None = None
+    tpm: float | None = None
+    largest_request_tokens: float = 8192.0
+    paused_until: float = 0.0
+    retunes: int = 0
+    _requests: AsyncLimiter | None = field(default=None, repr=False)
+    _tokens: TokenBudget | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.rpm:
+            self._requests = per_minute_bucket(self.rpm)
+        if self.tpm:
+            self._tokens = TokenBudget(self.tpm, self.largest_request_tokens)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every new call to this endpoint for `seconds` (Retry-After, exhausted quota window)."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self.paused_until - time.monotonic())
+
+    async def pace(self, tokens: float) -> None:
+        """Wait for the request and token buckets (the concurrency slot is already held)."""
+        if self._requests is not None:
+            await self._requests.acquire()
+        if self._tokens is not None:
+            await self._tokens.charge(tokens)
+
+    def settle(self, charged: float, used: float | None) -> None:
+        if self._tokens is not None and used is not None:
+            self._tokens.settle(charged, used)
+
+    def observe(self, h: RateLimitHeaders) -> None:
+        """Re-tune from the provider's own accounting."""
+        if h.limit_requests and (self.rpm is None or h.limit_requests < self.rpm * 0.99):
+            self.rpm = h.limit_requests
+            self._requests = per_minute_bucket(h.limit_requests)
+            self.retunes += 1
+        if h.limit_tokens and (self.tpm is None or h.limit_tokens < self.tpm * 0.99):
+            self.tpm = h.limit_tokens
+            if self._tokens is None:
+                self._tokens = TokenBudget(h.limit_tokens, self.largest_request_tokens)
+            else:
+                self._tokens.retune(h.limit_tokens)
+            self.retunes += 1
+        # Nothing left in the provider's window: wait instead of collecting 429s. Providers
+        # refill continuously, so wait for one request's worth, not the full reset.
+        if h.remaining_requests is not None and h.remaining_requests < 1 and h.reset_requests_s:
+            refill = 60.0 / self.rpm if self.rpm else h.reset_requests_s
+            self.pause(min(h.reset_requests_s, refill))
+        if (
+            h.remaining_tokens is not None
+            and h.remaining_tokens < self.largest_request_tokens / 4
+            and h.reset_tokens_s
+        ):
+            refill = 60.0 * self.largest_request_tokens / self.tpm if self.tpm else h.reset_tokens_s
+            self.pause(min(h.reset_tokens_s, refill))
+
+
+async def sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -1,0 +1,304 @@
+"""Several endpoints serving one model, used as one: routing, retries, health.
+
+A call takes a slot on the healthy, unpaused endpoint with the fewest calls
+outstanding relative to its limit (least-outstanding routing), waits for that
+endpoint's request and token buckets, and is sent. Its retries may go to
+another endpoint: calls in flight on an endpoint that dies fail with
+connection errors and are re-sent elsewhere (drain and requeue). An endpoint
+that fails `down_after` times in a row with no HTTP answer is taken out of
+rotation until its health check (GET /models) answers again.
+
+Rate-limit answers pause the endpoint that gave them (Retry-After, or its
+x-ratelimit reset) and cut its adaptive concurrency; other endpoints carry on.
+A one-endpoint run is simply a pool of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, RetryBudget
+from workers.limits import AdaptiveConcurrency, EndpointLimits
+from workers.openai_compat import (
+    Attempt,
+    EndpointConfig,
+    EndpointUnreachable,
+    OpenAICompatClient,
+)
+
+log = logging.getLogger("evaluator")
+
+__all__ = ["Endpoint", "EndpointPool", "PoolConfig"]
+
+
+@dataclass
+class EndpointStats:
+    sent: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    transient: int = 0
+    connection_failures: int = 0
+    retry_after_waited_s: float = 0.0
+
+
+@dataclass
+class Endpoint:
+    client: OpenAICompatClient
+    limits: EndpointLimits
+    healthy: bool = True
+    consecutive_failures: int = 0
+    stats: EndpointStats = field(default_factory=EndpointStats)
+
+    @property
+    def name(self) -> str:
+        return self.client.config.base_url
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and self.limits.concurrency.free > 0 and self.limits.paused_for == 0
+
+    def load(self) -> float:
+        c = self.limits.concurrency
+        return c.inflight / max(c.limit, 1.0)
+
+
+@dataclass
+class PoolConfig:
+    name: str = "endpoint pool"
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    down_after: int = 3  # consecutive no-answer failures before an endpoint leaves rotation
+    health_interval_s: float = 2.0
+    all_down_timeout_s: float = 600.0  # then calls fail (resumable) instead of waiting forever
+    retry_budget: RetryBudget | None = None
+
+
+class EndpointPool:
+    def __init__(self, endpoints: list[EndpointConfig], config: PoolConfig) -> None:
+        if not endpoints:
+            raise ValueError("an endpoint pool needs at least one endpoint")
+        self.config = config
+        self.endpoints = [
+            Endpoint(
+                OpenAICompatClient(ep),
+                EndpointLimits(AdaptiveConcurrency(ep.concurrency), rpm=ep.rpm, tpm=ep.tpm),
+            )
+            for ep in endpoints
+        ]
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._health_task: asyncio.Task[None] | None = None
+        self._all_down_since: float | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Calls this pool may have in flight at most: the sum of the endpoints' caps."""
+        return sum(ep.client.config.concurrency for ep in self.endpoints)
+
+    # -- lifetime -------------------------------------------------------------
+    async def __aenter__(self) -> EndpointPool:
+        for ep in self.endpoints:
+            await ep.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        for ep in self.endpoints:
+            await ep.client.close()
+
+    async def check(self) -> None:
+        """Before any paid call: at least one endpoint must answer; others start out of rotation.
+
+        Raises EndpointUnreachable when none does, FatalEndpointError when a key is refused.
+        """
+        errors = []
+        for ep in self.endpoints:
+            try:
+                await ep.client.check()
+            except EndpointUnreachable as exc:
+                errors.append(str(exc))
+                ep.healthy = False
+        if all(not ep.healthy for ep in self.endpoints):
+            raise EndpointUnreachable("; ".join(errors))
+        for message in errors:
+            log.warning("%s; it joins the pool when it answers", message)
+        self._health_task = asyncio.create_task(
+            self._health_loop(), name=f"{self.config.name}-health"
+        )
+
+    # -- routing --------------------------------------------------------------
+    def _best(self) -> Endpoint | None:
+        best = None
+        for ep in self.endpoints:
+            if ep.available and (best is None or ep.load() < best.load()):
+                best = ep
+        return best
+
+    async def _take_slot(self) -> Endpoint | None:
+        """A slot on the best endpoint, or None once no endpoint has answered for too long."""
+        while True:
+            ep = self._best()
+            if ep is not None:
+                self._all_down_since = None
+                ep.limits.concurrency.inflight += 1
+                return ep
+            if not any(e.healthy for e in self.endpoints):
+                now = time.monotonic()
+                self._all_down_since = self._all_down_since or now
+                if now - self._all_down_since > self.config.all_down_timeout_s:
+                    return None
+                await asyncio.sleep(min(1.0, self.config.health_interval_s))
+                continue
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            # A pause ends by time, not by a release: wake up for it too.
+            pauses = [
+                e.limits.paused_for for e in self.endpoints if e.healthy and e.limits.paused_for
+            ]
+            try:
+                if pauses:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(fut), min(pauses) + 0.001)
+                else:
+                    await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+
+    def _release(self, ep: Endpoint) -> None:
+        ep.limits.concurrency.inflight -= 1
+        self._wake(1)
+
+    def _wake(self, n: int) -> None:
+        while n > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+    # -- calls ----------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with "equal jitter": never zero, never synchronised across callers.
+        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    async def chat(self, body: bytes, max_tokens: int = 0) -> Completion | CallFailure:
+        """Send one request with retries across the pool.
+
+        Returns a Completion, or a CallFailure once retries are spent or the
+        error is final. Raises FatalEndpointError for auth/quota failures.
+        Tokens are charged as the providers count them: the prompt (estimated
+        at 4 bytes a token) plus `max_tokens`, corrected by the reported usage.
+        """
+        estimate = len(body) / 4 + max_tokens
+        start = time.monotonic()
+        failure: CallFailure | None = None
+        for attempt in range(1, self.config.max_attempts + 1):
+            ep = await self._take_slot()
+            if ep is None:
+                failure = CallFailure(
+                    ErrorClass.TRANSIENT,
+                    f"no endpoint of {self.config.name} has answered for "
+                    f"{self.config.all_down_timeout_s:g}s",
+                    None,
+                    attempt,
+                )
+                break
+            try:
+                await ep.limits.pace(estimate)
+                ep.stats.sent += 1
+                outcome = await ep.client.attempt(body)
+            finally:
+                self._release(ep)
+            result = outcome.result
+            self._observe(ep, outcome, estimate)
+            if isinstance(result, Completion):
+                result.attempts = attempt
+                result.latency_s = time.monotonic() - start
+                return result
+            failure = result
+            failure.attempts = attempt
+            if failure.error_class is ErrorClass.FATAL:
+                failure.latency_s = time.monotonic() - start
+                raise FatalEndpointError(self.config.name, failure)
+            if not failure.error_class.retryable or attempt == self.config.max_attempts:
+                break
+            budget = self.config.retry_budget
+            if budget is not None and not budget.take():
+                failure.message += " (the run's retry budget is spent)"
+                break
+            if outcome.connection_failed and self._others_available(ep):
+                continue  # that endpoint may be gone: go straight to another one
+            if failure.error_class is not ErrorClass.RATE_LIMIT:
+                await asyncio.sleep(self._backoff(attempt))
+            # Rate limits wait through the endpoint's pause instead (see _observe).
+        assert failure is not None
+        failure.latency_s = time.monotonic() - start
+        return failure
+
+    def _others_available(self, ep: Endpoint) -> bool:
+        return any(o is not ep and o.healthy for o in self.endpoints)
+
+    def _observe(self, ep: Endpoint, outcome: Attempt, estimate: float) -> None:
+        result = outcome.result
+        if outcome.limits is not None:
+            ep.limits.observe(outcome.limits)
+        if isinstance(result, Completion):
+            ep.stats.ok += 1
+            ep.consecutive_failures = 0
+            used = result.usage.get("total_tokens") if result.usage else None
+            ep.limits.settle(estimate, used if isinstance(used, (int, float)) else None)
+            ep.limits.concurrency.on_success()
+            self._wake(max(0, ep.limits.concurrency.free))
+            return
+        if result.error_class is ErrorClass.RATE_LIMIT:
+            ep.stats.rate_limited += 1
+            wait = outcome.retry_after_s
+            if wait is None:
+                wait = self._backoff(min(result.attempts, 4))
+            ep.stats.retry_after_waited_s += wait
+            ep.limits.pause(wait)
+            ep.limits.concurrency.on_rate_limited()
+            return
+        if outcome.connection_failed:
+            ep.stats.connection_failures += 1
+            ep.consecutive_failures += 1
+            if ep.healthy and ep.consecutive_failures >= self.config.down_after:
+                ep.healthy = False
+                log.warning(
+                    "%s: %s failed %d times in a row (%s); out of rotation until it answers",
+                    self.config.name,
+                    ep.name,
+                    ep.consecutive_failures,
+                    result.message,
+                )
+                self._wake(len(self._waiters))  # its waiters should pick another endpoint
+        elif result.error_class is ErrorClass.TRANSIENT:
+            ep.stats.transient += 1
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            for ep in self.endpoints:
+                if ep.healthy:
+                    continue
+                try:
+                    await ep.client.check(timeout_s=5.0)
+                except (EndpointUnreachable, FatalEndpointError):
+                    continue
+                ep.healthy = True
+                ep.consecutive_failures = 0
+                log.warning("%s: %s answers again; back in rotation", self.config.name, ep.name)
+                self._wake(ep.limits.concurrency.free)
