@@ -103,6 +103,7 @@ def _pool(
     rpm: float | None,
     tpm: float | None,
     budget: RetryBudget,
+    shared: dict,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
     endpoints = [
@@ -125,6 +126,7 @@ def _pool(
             backoff_base_s=config.backoff_base_s,
             retry_budget=budget,
         ),
+        shared,
     )
 
 
@@ -204,6 +206,7 @@ async def _execute(
         )
 
     budget = RetryBudget(config.retry_budget)
+    shared_limits: dict = {}  # a model and its judge on one account share its rate limits
     gen_client = _pool(
         "model endpoint",
         config.base_url,
@@ -213,6 +216,7 @@ async def _execute(
         config.rpm,
         config.tpm,
         budget,
+        shared_limits,
     )
     judge_client = _pool(
         "judge endpoint",
@@ -223,6 +227,7 @@ async def _execute(
         config.judge_rpm,
         config.judge_tpm,
         budget,
+        shared_limits,
     )
     async with gen_client, judge_client:
         try:

@@ -31,30 +31,56 @@ def per_minute_bucket(per_minute: float, largest: float = 1.0) -> AsyncLimiter:
     return AsyncLimiter(per_minute * window / 60.0, window)
 
 
-class TokenBudget:
-    """Tokens/min bucket charged with an estimate before a call, corrected after it.
+def drain(bucket: AsyncLimiter) -> None:
+    """Take whatever the bucket holds right now, without waiting.
 
-    Providers count a request's prompt plus its `max_tokens` against the limit
-    when it arrives, so that is what we charge; the unused part comes back as a
-    credit that the next calls spend first.
+    Used when the provider says we are over its limit: our bucket believed
+    otherwise, so it restarts empty rather than letting a burst follow the 429.
+    """
+    amount = bucket.max_rate
+    while amount >= 1:
+        if bucket.has_capacity(amount):
+            # has_capacity guarantees acquire() returns at once; done synchronously by
+            # stepping the coroutine, so no other task can take the capacity first.
+            coro = bucket.acquire(amount)
+            try:
+                coro.send(None)
+            except StopIteration:
+                pass
+            else:  # pragma: no cover - would mean aiolimiter changed its contract
+                coro.close()
+        amount /= 2
+
+
+class TokenBudget:
+    """Tokens/min bucket, charged the way providers count a request on arrival.
+
+    A request costs its prompt tokens plus its `max_tokens`, whatever it later
+    generates (providers do not refund unused `max_tokens` within the window).
+    The prompt is estimated from its size in bytes; the ratio is corrected with
+    the `usage.prompt_tokens` the provider reports, so the estimate converges
+    on the provider's own count.
     """
 
-    def __init__(self, tpm: float, largest: float) -> None:
+    def __init__(self, tpm: float, largest: float, tokens_per_byte: float = 0.25) -> None:
         self.tpm = tpm
         self._largest = largest
         self._bucket = per_minute_bucket(tpm, largest)
-        self.credit = 0.0
+        self.tokens_per_byte = tokens_per_byte
+
+    def estimate(self, body_bytes: int, max_tokens: int) -> float:
+        return body_bytes * self.tokens_per_byte + max_tokens
 
     async def charge(self, tokens: float) -> None:
-        use = min(self.credit, tokens)
-        self.credit -= use
-        amount = min(tokens - use, self._bucket.max_rate)
-        if amount > 0:
-            await self._bucket.acquire(amount)
+        await self._bucket.acquire(min(tokens, self._bucket.max_rate))
 
-    def settle(self, charged: float, used: float) -> None:
-        if used < charged:
-            self.credit = min(self.credit + charged - used, self._bucket.max_rate)
+    def calibrate(self, body_bytes: int, prompt_tokens: int) -> None:
+        if body_bytes > 0 and prompt_tokens > 0:
+            observed = prompt_tokens / body_bytes
+            self.tokens_per_byte += 0.1 * (observed - self.tokens_per_byte)
+
+    def drain(self) -> None:
+        drain(self._bucket)
 
     def retune(self, tpm: float) -> None:
         if abs(tpm - self.tpm) / self.tpm > 0.01:
@@ -141,9 +167,13 @@ class RateLimitHeaders:
 
 @dataclass
 class EndpointLimits:
-    """Everything that decides when the next call may go to one endpoint."""
+    """The provider's limits for one endpoint and key: rate buckets and pauses.
 
-    concurrency: AdaptiveConcurrency
+    Shared by every stage that uses the same endpoint with the same key (a
+    model and its judge on one account draw on one allowance); concurrency is
+    each stage's own (AdaptiveConcurrency).
+    """
+
     rpm: float | None = None
     tpm: float | None = None
     largest_request_tokens: float = 8192.0
@@ -166,16 +196,24 @@ class EndpointLimits:
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - time.monotonic())
 
-    async def pace(self, tokens: float) -> None:
+    async def pace(self, body_bytes: int, max_tokens: int) -> None:
         """Wait for the request and token buckets (the concurrency slot is already held)."""
         if self._requests is not None:
             await self._requests.acquire()
         if self._tokens is not None:
-            await self._tokens.charge(tokens)
+            await self._tokens.charge(self._tokens.estimate(body_bytes, max_tokens))
 
-    def settle(self, charged: float, used: float | None) -> None:
-        if self._tokens is not None and used is not None:
-            self._tokens.settle(charged, used)
+    def calibrate(self, body_bytes: int, prompt_tokens: object) -> None:
+        if self._tokens is not None and isinstance(prompt_tokens, int):
+            self._tokens.calibrate(body_bytes, prompt_tokens)
+
+    def rate_limited(self, retry_after_s: float) -> None:
+        """The provider refused a call for rate: pause, and restart our buckets empty."""
+        self.pause(retry_after_s)
+        if self._requests is not None:
+            drain(self._requests)
+        if self._tokens is not None:
+            self._tokens.drain()
 
     def observe(self, h: RateLimitHeaders) -> None:
         """Re-tune from the provider's own accounting."""

@@ -50,7 +50,8 @@ class EndpointStats:
 @dataclass
 class Endpoint:
     client: OpenAICompatClient
-    limits: EndpointLimits
+    limits: EndpointLimits  # may be shared with another stage's endpoint (same URL and key)
+    concurrency: AdaptiveConcurrency
     healthy: bool = True
     consecutive_failures: int = 0
     stats: EndpointStats = field(default_factory=EndpointStats)
@@ -61,17 +62,18 @@ class Endpoint:
 
     @property
     def available(self) -> bool:
-        return self.healthy and self.limits.concurrency.free > 0 and self.limits.paused_for == 0
+        return self.healthy and self.concurrency.free > 0 and self.limits.paused_for == 0
 
     def load(self) -> float:
-        c = self.limits.concurrency
+        c = self.concurrency
         return c.inflight / max(c.limit, 1.0)
 
 
 @dataclass
 class PoolConfig:
     name: str = "endpoint pool"
-    max_attempts: int = 6
+    max_attempts: int = 6  # failed attempts of a call (rate-limit answers count apart)
+    max_rate_limited: int = 30  # 429 answers one call may wait through before it fails
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     down_after: int = 3  # consecutive no-answer failures before an endpoint leaves rotation
@@ -81,17 +83,27 @@ class PoolConfig:
 
 
 class EndpointPool:
-    def __init__(self, endpoints: list[EndpointConfig], config: PoolConfig) -> None:
+    def __init__(
+        self,
+        endpoints: list[EndpointConfig],
+        config: PoolConfig,
+        shared_limits: dict[tuple[str, str | None], EndpointLimits] | None = None,
+    ) -> None:
+        """`shared_limits`: one registry for all pools of a run, so stages that use the
+        same endpoint with the same key share its rate buckets."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
-        self.endpoints = [
-            Endpoint(
-                OpenAICompatClient(ep),
-                EndpointLimits(AdaptiveConcurrency(ep.concurrency), rpm=ep.rpm, tpm=ep.tpm),
+        registry = shared_limits if shared_limits is not None else {}
+        self.endpoints = []
+        for ep in endpoints:
+            key = (ep.base_url.rstrip("/"), ep.api_key)
+            limits = registry.get(key)
+            if limits is None:
+                limits = registry[key] = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
+            self.endpoints.append(
+                Endpoint(OpenAICompatClient(ep), limits, AdaptiveConcurrency(ep.concurrency))
             )
-            for ep in endpoints
-        ]
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
         self._all_down_since: float | None = None
@@ -150,7 +162,7 @@ class EndpointPool:
             ep = self._best()
             if ep is not None:
                 self._all_down_since = None
-                ep.limits.concurrency.inflight += 1
+                ep.concurrency.inflight += 1
                 return ep
             if not any(e.healthy for e in self.endpoints):
                 now = time.monotonic()
@@ -178,7 +190,7 @@ class EndpointPool:
                     self._waiters.remove(fut)
 
     def _release(self, ep: Endpoint) -> None:
-        ep.limits.concurrency.inflight -= 1
+        ep.concurrency.inflight -= 1
         self._wake(1)
 
     def _wake(self, n: int) -> None:
@@ -200,12 +212,14 @@ class EndpointPool:
         Returns a Completion, or a CallFailure once retries are spent or the
         error is final. Raises FatalEndpointError for auth/quota failures.
         Tokens are charged as the providers count them: the prompt (estimated
-        at 4 bytes a token) plus `max_tokens`, corrected by the reported usage.
+        from its size, calibrated on the reported usage) plus `max_tokens`.
         """
-        estimate = len(body) / 4 + max_tokens
         start = time.monotonic()
         failure: CallFailure | None = None
-        for attempt in range(1, self.config.max_attempts + 1):
+        attempt = 0
+        errors = rate_limited = 0
+        while True:
+            attempt += 1
             ep = await self._take_slot()
             if ep is None:
                 failure = CallFailure(
@@ -217,13 +231,13 @@ class EndpointPool:
                 )
                 break
             try:
-                await ep.limits.pace(estimate)
+                await ep.limits.pace(len(body), max_tokens)
                 ep.stats.sent += 1
                 outcome = await ep.client.attempt(body)
             finally:
                 self._release(ep)
             result = outcome.result
-            self._observe(ep, outcome, estimate)
+            self._observe(ep, outcome, len(body))
             if isinstance(result, Completion):
                 result.attempts = attempt
                 result.latency_s = time.monotonic() - start
@@ -233,7 +247,14 @@ class EndpointPool:
             if failure.error_class is ErrorClass.FATAL:
                 failure.latency_s = time.monotonic() - start
                 raise FatalEndpointError(self.config.name, failure)
-            if not failure.error_class.retryable or attempt == self.config.max_attempts:
+            if failure.error_class is ErrorClass.RATE_LIMIT:
+                # Waiting out a provider's limit is pacing, not failing: its own cap.
+                rate_limited += 1
+                spent = rate_limited >= self.config.max_rate_limited
+            else:
+                errors += 1
+                spent = errors >= self.config.max_attempts
+            if not failure.error_class.retryable or spent:
                 break
             budget = self.config.retry_budget
             if budget is not None and not budget.take():
@@ -251,17 +272,16 @@ class EndpointPool:
     def _others_available(self, ep: Endpoint) -> bool:
         return any(o is not ep and o.healthy for o in self.endpoints)
 
-    def _observe(self, ep: Endpoint, outcome: Attempt, estimate: float) -> None:
+    def _observe(self, ep: Endpoint, outcome: Attempt, body_bytes: int) -> None:
         result = outcome.result
         if outcome.limits is not None:
             ep.limits.observe(outcome.limits)
         if isinstance(result, Completion):
             ep.stats.ok += 1
             ep.consecutive_failures = 0
-            used = result.usage.get("total_tokens") if result.usage else None
-            ep.limits.settle(estimate, used if isinstance(used, (int, float)) else None)
-            ep.limits.concurrency.on_success()
-            self._wake(max(0, ep.limits.concurrency.free))
+            ep.limits.calibrate(body_bytes, (result.usage or {}).get("prompt_tokens"))
+            ep.concurrency.on_success()
+            self._wake(max(0, ep.concurrency.free))
             return
         if result.error_class is ErrorClass.RATE_LIMIT:
             ep.stats.rate_limited += 1
@@ -269,8 +289,8 @@ class EndpointPool:
             if wait is None:
                 wait = self._backoff(min(result.attempts, 4))
             ep.stats.retry_after_waited_s += wait
-            ep.limits.pause(wait)
-            ep.limits.concurrency.on_rate_limited()
+            ep.limits.rate_limited(wait)
+            ep.concurrency.on_rate_limited()
             return
         if outcome.connection_failed:
             ep.stats.connection_failures += 1
@@ -301,4 +321,4 @@ class EndpointPool:
                 ep.healthy = True
                 ep.consecutive_failures = 0
                 log.warning("%s: %s answers again; back in rotation", self.config.name, ep.name)
-                self._wake(ep.limits.concurrency.free)
+                self._wake(ep.concurrency.free)

@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", help="require this bearer key (401 otherwise)")
     p.add_argument("--fail-auth-after", type=int, help="401 to every request after this many")
     p.add_argument("--quota-after", type=int, help="429 insufficient_quota after this many")
+    p.add_argument(
+        "--rpm-limit", type=float, help="enforce requests/min (429 + x-ratelimit headers)"
+    )
+    p.add_argument("--tpm-limit", type=float, help="enforce tokens/min, counting max_tokens")
     return p.parse_args(argv)
 
 
@@ -68,6 +72,8 @@ async def serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         fail_auth_after=args.fail_auth_after,
         quota_after=args.quota_after,
+        rpm_limit=args.rpm_limit,
+        tpm_limit=args.tpm_limit,
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

@@ -49,6 +49,10 @@ class SimConfig:
     rate_stall: float = 0.0  # share of requests that stall for stall_s before answering
     stall_s: float = 5.0
     burst: int = 1  # a 429/5xx fault repeats for this many consecutive requests (a storm)
+    # Provider-style limits: requests and tokens (prompt + max_tokens) per minute, enforced
+    # with 429s, announced in x-ratelimit-* headers on every answer.
+    rpm_limit: float | None = None
+    tpm_limit: float | None = None
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -76,6 +80,11 @@ class SimulatedServer:
         self.counts: Counter[str] = Counter()
         self.received = 0
         self._burst_left = 0
+        self._limits = (
+            _ProviderLimits(self.config.rpm_limit, self.config.tpm_limit)
+            if self.config.rpm_limit or self.config.tpm_limit
+            else None
+        )
         self._burst_kind: str | None = None
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -167,7 +176,8 @@ class SimulatedServer:
             messages = body["messages"]
             user = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
             model = str(body.get("model", "simulated"))
-        except (orjson.JSONDecodeError, KeyError, TypeError, StopIteration):
+            max_tokens = int(body.get("max_tokens") or 0)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
             self.counts["bad_request"] += 1
             return _error(
                 400,
@@ -176,6 +186,12 @@ class SimulatedServer:
             )
         judge = personas.is_judge_prompt(user)
         kind = "judge" if judge else "model"
+        limited = self._limits.admit(len(raw) // 4 + max_tokens) if self._limits else None
+        if limited is not None:
+            self.counts[f"{kind}_429"] += 1
+            resp = _error(429, "rate_limit_exceeded", "simulated: rate limit reached")
+            resp.headers.update(limited)
+            return resp
         delay = self._latency()
         if c.rate_stall and self._rng.random() < c.rate_stall:
             self.counts[f"{kind}_stall"] += 1
@@ -216,6 +232,8 @@ class SimulatedServer:
                 content, finish = content[: len(content) // 2], "length"
         self.counts[kind] += 1
         response = _completion(model, content, prompt_chars=len(raw), finish_reason=finish)
+        if self._limits is not None:
+            response.headers.update(self._limits.headers())
         if c.rate_reset and self._rng.random() < c.rate_reset:
             self.counts[f"{kind}_reset"] += 1
             return await _cut_off(request, response)
@@ -247,6 +265,53 @@ class SimulatedServer:
         if c.reasoning:
             text = f"<think>(simulated reasoning) Weighing both sides before answering.</think>\n{text}"
         return text
+
+
+class _ProviderLimits:
+    """Continuously refilled request and token buckets, as hosted APIs describe theirs.
+
+    Like the big providers, a per-minute limit is enforced over a short window
+    (one second by default): the bucket holds one second's share, so a client
+    cannot spend the whole minute in a burst.
+    """
+
+    def __init__(self, rpm: float | None, tpm: float | None, window_s: float = 1.0) -> None:
+        self.buckets = {
+            # name: [per-minute limit, capacity, level, last refill]
+            name: [limit, limit * window_s / 60.0, limit * window_s / 60.0, time.monotonic()]
+            for name, limit in (("requests", rpm), ("tokens", tpm))
+            if limit
+        }
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        for b in self.buckets.values():
+            limit, capacity, level, last = b
+            b[2] = min(capacity, level + (now - last) * limit / 60.0)
+            b[3] = now
+
+    def admit(self, tokens: int) -> dict[str, str] | None:
+        """None if the request fits (and is charged); else the 429's headers."""
+        self._refill()
+        need = {"requests": 1, "tokens": tokens}
+        short = {n: need[n] - b[2] for n, b in self.buckets.items() if b[2] < need[n]}
+        if short:
+            wait = max(s * 60.0 / self.buckets[n][0] for n, s in short.items())
+            headers = self.headers()
+            headers["Retry-After"] = f"{wait:.3f}"
+            headers["retry-after-ms"] = str(int(wait * 1000) + 1)
+            return headers
+        for n, b in self.buckets.items():
+            b[2] -= need[n]
+        return None
+
+    def headers(self) -> dict[str, str]:
+        out = {}
+        for name, (limit, capacity, level, _) in self.buckets.items():
+            out[f"x-ratelimit-limit-{name}"] = f"{limit:g}"
+            out[f"x-ratelimit-remaining-{name}"] = str(max(0, int(level)))
+            out[f"x-ratelimit-reset-{name}"] = f"{(capacity - level) * 60.0 / limit:.3f}s"
+        return out
 
 
 # Markers a test puts in a question to get one deterministic outcome for that call.

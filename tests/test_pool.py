@@ -1,0 +1,193 @@
+"""Limits and endpoint pools: the AIMD controller, token budget, header re-tuning, routing, requeue."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary, run_cli
+from workers.limits import (
+    AdaptiveConcurrency,
+    EndpointLimits,
+    RateLimitHeaders,
+    TokenBudget,
+    per_minute_bucket,
+)
+from workers.openai_compat import _duration_seconds
+
+
+def test_aimd_cuts_once_per_episode_and_grows_back_when_saturated():
+    c = AdaptiveConcurrency(maximum=10, decrease=0.5, cooldown_s=1.0)
+    c.on_rate_limited(now=100.0)
+    c.on_rate_limited(now=100.5)  # same episode: no second cut
+    assert c.limit == 5.0 and c.cuts == 1
+    c.on_rate_limited(now=101.6)
+    assert c.limit == 2.5 and c.cuts == 2
+    c.inflight = 0  # not saturated (limit 2, the finished call already released): no growth
+    c.on_success()
+    assert c.limit == 2.5
+    for _ in range(200):
+        c.inflight = int(c.limit) - 1  # every other slot busy: additive increase to the maximum
+        c.on_success()
+    assert c.limit == 10.0
+
+
+def test_token_budget_counts_max_tokens_and_calibrates_the_prompt_estimate():
+    b = TokenBudget(tpm=60_000, largest=5_000)
+    assert b.estimate(4_000, 1_000) == 2_000  # 4 bytes a token to start with
+    for _ in range(100):
+        b.calibrate(4_000, 500)  # the provider counts 8 bytes a token here
+    assert abs(b.estimate(4_000, 1_000) - 1_500) < 5
+
+
+def test_per_minute_bucket_window_holds_the_largest_request():
+    bucket = per_minute_bucket(600)  # 10 requests a second
+    assert bucket.max_rate == 10 and bucket.time_period == 1
+    tokens = per_minute_bucket(60_000, largest=6_000)  # 1,000/s but one call needs 6,000
+    assert tokens.max_rate >= 6_000
+
+
+def test_headers_retune_and_pause():
+    limits = EndpointLimits(rpm=1_000)
+    h = RateLimitHeaders.parse(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "20s",
+            "x-ratelimit-limit-tokens": "90000",
+        },
+        _duration_seconds,
+    )
+    limits.observe(h)
+    assert limits.rpm == 600 and limits.tpm == 90_000 and limits.retunes == 2
+    # Empty window: pause for one request's refill (0.1 s at 600/min), not the full 20 s reset.
+    assert 0.05 < limits.paused_for <= 0.1
+
+
+def _run(out, data, *urls, extra=()):
+    args = [
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--out",
+        out,
+        "--quiet",
+        "--backoff-base",
+        "0.05",
+    ]
+    for u in urls:
+        args += ["--base-url", u]
+    return run_cli(*args, *extra)
+
+
+def _limited_run(tmp_path, synthetic, sim_server, name, *flags):
+    data = synthetic(60)  # 180 calls
+    # 50 requests and 150,000 tokens a second (a generation counts ~4,300 with max_tokens).
+    server = sim_server(rpm_limit=3_000, tpm_limit=9_000_000)
+    out = tmp_path / name
+    caps = ("--concurrency", "16", "--judge-concurrency", "16")
+    assert _run(out, data, server.base_url, extra=(*caps, *flags)) == 0
+    assert read_summary(out)["n_valid"] == 60
+    stats = server.stats()["by_kind"]
+    assert stats.get("model", 0) + stats.get("judge", 0) == 180
+    return stats.get("model_429", 0) + stats.get("judge_429", 0)
+
+
+def test_limits_learned_from_headers_end_the_429s_after_the_first_wave(tmp_path, synthetic, sim_server):
+    # No limits given: only the first wave (before any x-ratelimit header came back,
+    # at most the 16 + 16 slots) can be refused; after that the client paces itself.
+    assert _limited_run(tmp_path, synthetic, sim_server, "learned") <= 32 + 9
+
+
+def test_known_limits_give_no_429_storm(tmp_path, synthetic, sim_server):
+    limited = _limited_run(tmp_path, synthetic, sim_server, "known", "--rpm", "3000", "--tpm", "9000000")
+    assert limited <= 9  # under 5% of 180
+
+
+def test_least_outstanding_routing_favours_the_faster_server(tmp_path, synthetic, sim_server):
+    data = synthetic(80)
+    fast = sim_server(latency_median_ms=2, latency_sigma=0.1)
+    slow = sim_server(latency_median_ms=80, latency_sigma=0.1)
+    out = tmp_path / "run"
+    assert (
+        _run(
+            out,
+            data,
+            fast.base_url,
+            slow.base_url,
+            extra=("--concurrency", "4", "--judge-concurrency", "4"),
+        )
+        == 0
+    )
+    assert read_summary(out)["n_valid"] == 80
+    served_fast = fast.stats()["requests_total"]
+    served_slow = slow.stats()["requests_total"]
+    assert served_fast + served_slow == 240
+    assert served_fast > 2 * served_slow
+
+
+def test_retry_after_pauses_only_that_endpoint(tmp_path, synthetic, sim_server):
+    data = synthetic(40)
+    limited = sim_server(rate_429=1.0, retry_after_s=30.0)  # always "come back in 30 s"
+    healthy = sim_server()
+    out = tmp_path / "run"
+    start = time.monotonic()
+    caps = ("--concurrency", "4", "--judge-concurrency", "4")
+    assert _run(out, data, limited.base_url, healthy.base_url, extra=caps) == 0
+    assert time.monotonic() - start < 25  # nobody waited out the 30 s pause
+    assert read_summary(out)["n_valid"] == 40
+    # Only the first wave (at most its 4 + 4 slots) reached the limited endpoint; once it
+    # said "wait", it was left alone while the other endpoint did the work.
+    assert limited.stats()["requests_total"] <= 8
+    assert healthy.stats()["requests_total"] >= 120
+
+
+def test_a_server_killed_mid_run_is_drained_and_requeued(
+    tmp_path, synthetic, sim_server, sim_process
+):
+    data = synthetic(300)
+    doomed = sim_process("--dataset", str(data), "--latency-ms", "30")
+    a = sim_server(latency_median_ms=30)
+    b = sim_server(latency_median_ms=30)
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--data",
+        data,
+        "--model",
+        "m",
+        "--out",
+        out,
+        "--quiet",
+        "--concurrency",
+        "8",
+        "--judge-concurrency",
+        "8",
+    ]
+    for u in (doomed.base_url, a.base_url, b.base_url):
+        args += ["--base-url", u]
+    proc = subprocess.Popen(
+        evaluator_cmd(*args),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while doomed.stats()["requests_total"] < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        doomed.proc.kill()
+        doomed.proc.wait(10)
+        assert proc.wait(120) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    s = read_summary(out)
+    assert s["complete"] and s["n_valid"] == 300 and s["n_failed"] == 0
+    assert s["possibly_duplicated_calls"] == 0
+    # Every call the dead server did not answer was answered by the others.
+    survivors = a.stats(bodies=True)["bodies"].keys() | b.stats(bodies=True)["bodies"].keys()
+    assert len(survivors) >= 900 - 60 - 16
