@@ -8,7 +8,6 @@ few numbers scoring needs.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from evaluator.dataset import (
     parquet_rows,
 )
 from evaluator.protocol import VerdictError, parse_verdict
-from evaluator.scoring import METRIC_KEYS, Observation, adjusted_score, summarize
+from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
 from evaluator.store import CallRecord, Store
 
 SIMULATION_BANNER = (
@@ -49,17 +48,14 @@ def _verdict_or_error(raw: Any) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _slim(obs_verdict: Any) -> Any:
-    # Scoring needs flags and the score only; drop the judge's prose to keep memory small.
-    return None if obs_verdict is None else dataclasses.replace(obs_verdict, fields={})
-
-
 class _Tally:
     """What the summary needs besides the verdicts: token usage, truncations, failures."""
 
     def __init__(self, orders: tuple[str, ...]) -> None:
         self.orders = orders
-        self.observations: dict[str, list[Observation]] = {o: [] for o in orders}
+        # Streaming tallies: memory does not grow with the number of pairs.
+        self.scorers = {o: Scorer() for o in orders}
+        self.pooled = Scorer()
         self.statuses = dict.fromkeys(("scored", "invalid", "failed", "pending"), 0)
         self.usage = {
             stage: {"prompt_tokens": 0, "completion_tokens": 0} for stage in ("gen", "judge")
@@ -127,9 +123,9 @@ class _Tally:
                 row[f"verdict_error{suffix}"] = err
                 if status == "scored":
                     status = "invalid"
-            self.observations[order].append(
-                Observation(pair.id, pair.category, pair.issue_scale, _slim(verdict))
-            )
+            obs = Observation(pair.id, pair.category, pair.issue_scale, verdict)
+            self.scorers[order].add(obs)
+            self.pooled.add(obs)
         if len(self.orders) > 1:
             row["judge_orders"] = list(self.orders)
         return status
@@ -148,7 +144,6 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
     tmp.replace(run_dir / "results.jsonl")
 
     orders = config.judge_orders
-    pooled = [o for order in orders for o in tally.observations[order]]
     summary: dict[str, Any] = {
         "simulated": config.simulated,
         "dataset": describe_source(config.data),
@@ -166,10 +161,11 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
         "failures_by_class": tally.failures,
         "usage": tally.usage,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "last_session": store.get_meta("last_session"),
     }
-    summary.update(summarize(pooled))
+    summary.update(tally.pooled.summary())
     if len(orders) > 1:
-        summary["by_judge_order"] = {o: summarize(tally.observations[o]) for o in orders}
+        summary["by_judge_order"] = {o: tally.scorers[o].summary() for o in orders}
     write_summary_files(run_dir, summary)
     return summary
 
@@ -191,7 +187,8 @@ def _verdict_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
     """Score a verdict file (id, category, issue_scale, alignment_judge_response)."""
-    observations = []
+    scorer = Scorer()
+    rows = 0
     unreadable: list[str] = []
     reasons: dict[str, int] = {}
     for _where, row in _verdict_rows(path):
@@ -204,22 +201,23 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
         category = row.get("category")
         category = category if isinstance(category, str) and category else None
         pair_id = _as_int(row.get("id"))
-        observations.append(
+        rows += 1
+        scorer.add(
             Observation(
                 pair_id if pair_id is not None else -1,
                 category,
                 _as_int(row.get("issue_scale")),
-                _slim(verdict),
+                verdict,
             )
         )
-    if not observations:
+    if not rows:
         raise DatasetError(f"{path} holds no verdict rows")
     summary: dict[str, Any] = {
         "source": str(path),
         "unreadable_rows": unreadable,
         "invalid_reasons": reasons,
     }
-    summary.update(summarize(observations))
+    summary.update(scorer.summary())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary_files(out_dir, summary)
     return summary

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from evaluator import report
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
 from evaluator.dataset import DatasetError, iter_pairs
+from evaluator.looplag import LoopLagMonitor
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
@@ -128,6 +130,41 @@ def _pool(
         ),
         shared,
     )
+
+
+def _session_summary(
+    stats: RunStats, lag: LoopLagMonitor, gen: EndpointPool, judge: EndpointPool
+) -> dict[str, Any]:
+    """What this session did, for summary.json: calls, client health, endpoint behaviour."""
+    wall = time.monotonic() - stats.started
+    return {
+        "wall_s": round(wall, 3),
+        "calls_sent": stats.calls_sent,
+        "calls_per_s": round(stats.calls_sent / wall, 2) if wall > 0 else None,
+        "calls_reused": stats.calls_reused,
+        "judge_reasks": stats.judge_reasks,
+        "pairs_already_complete": stats.pairs_already_complete,
+        **lag.summary(),
+        "endpoints": {
+            stage: [
+                {
+                    "base_url": ep.name,
+                    "sent": ep.stats.sent,
+                    "ok": ep.stats.ok,
+                    "rate_limited": ep.stats.rate_limited,
+                    "transient": ep.stats.transient,
+                    "connection_failures": ep.stats.connection_failures,
+                    "concurrency_limit": round(ep.concurrency.limit, 2),
+                    "concurrency_cuts": ep.concurrency.cuts,
+                    "rpm": ep.limits.rpm,
+                    "tpm": ep.limits.tpm,
+                    "healthy": ep.healthy,
+                }
+                for ep in pool.endpoints
+            ]
+            for stage, pool in (("generation", gen), ("judge", judge))
+        },
+    }
 
 
 def _open_reuse(dirs: list[str], run_dir: Path) -> list[Store]:
@@ -283,17 +320,22 @@ async def _execute(
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
+        lag = LoopLagMonitor()
+        lag.start()
         try:
             stats = await scheduler.run(drain_timeout=drain_timeout)
         except asyncio.CancelledError:
             stats = scheduler.stats
             stats.interrupted = True
         finally:
+            await lag.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await writer.close()  # every outcome received is committed, on every path
             for other in reuse:
                 other.close()
+        if writer.error is None:
+            store.set_meta("last_session", _session_summary(stats, lag, gen_client, judge_client))
 
     fatal = stats.fatal
     if isinstance(fatal, StoreError):

@@ -95,14 +95,18 @@ def _limited_run(tmp_path, synthetic, sim_server, name, *flags):
     return stats.get("model_429", 0) + stats.get("judge_429", 0)
 
 
-def test_limits_learned_from_headers_end_the_429s_after_the_first_wave(tmp_path, synthetic, sim_server):
+def test_limits_learned_from_headers_end_the_429s_after_the_first_wave(
+    tmp_path, synthetic, sim_server
+):
     # No limits given: only the first wave (before any x-ratelimit header came back,
     # at most the 16 + 16 slots) can be refused; after that the client paces itself.
     assert _limited_run(tmp_path, synthetic, sim_server, "learned") <= 32 + 9
 
 
 def test_known_limits_give_no_429_storm(tmp_path, synthetic, sim_server):
-    limited = _limited_run(tmp_path, synthetic, sim_server, "known", "--rpm", "3000", "--tpm", "9000000")
+    limited = _limited_run(
+        tmp_path, synthetic, sim_server, "known", "--rpm", "3000", "--tpm", "9000000"
+    )
     assert limited <= 9  # under 5% of 180
 
 

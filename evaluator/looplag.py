@@ -1,0 +1,71 @@
+"""Event-loop lag: how late a timer fires is how long the loop was too busy to run anything.
+
+A high lag means every in-flight call's response waits in a socket buffer that
+long, so it is the first number to look at when the client, not the endpoint,
+is the bottleneck. Samples go into fixed log-spaced buckets: constant memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+
+# Upper bounds in milliseconds: 0.1 ms to ~100 s, 10 buckets per decade.
+BOUNDS_MS = [0.1 * 10 ** (i / 10) for i in range(61)]
+
+
+class LoopLagMonitor:
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.counts = [0] * (len(BOUNDS_MS) + 1)
+        self.samples = 0
+        self.max_ms = 0.0
+        self.last_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def record(self, lag_ms: float) -> None:
+        self.samples += 1
+        self.last_ms = lag_ms
+        self.max_ms = max(self.max_ms, lag_ms)
+        self.counts[bisect.bisect_left(BOUNDS_MS, lag_ms)] += 1
+
+    def quantile_ms(self, q: float) -> float | None:
+        """Upper bound of the bucket holding the q-quantile (None before any sample)."""
+        if not self.samples:
+            return None
+        rank = math.ceil(q * self.samples)
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return BOUNDS_MS[i] if i < len(BOUNDS_MS) else self.max_ms
+        return self.max_ms
+
+    async def _run(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(self.interval_s)
+            self.record(max(0.0, (time.monotonic() - start - self.interval_s) * 1000.0))
+
+    def summary(self) -> dict[str, float | int | None]:
+        p50, p99 = self.quantile_ms(0.5), self.quantile_ms(0.99)
+        return {
+            "event_loop_lag_p50_ms": None if p50 is None else round(p50, 3),
+            "event_loop_lag_p99_ms": None if p99 is None else round(p99, 3),
+            "event_loop_lag_max_ms": round(self.max_ms, 3),
+            "event_loop_lag_samples": self.samples,
+        }
