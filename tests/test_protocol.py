@@ -129,3 +129,18 @@ def test_reasoning_is_separated():
     assert split_reasoning("hidden start</think>Answer.") == ("Answer.", "hidden start")
     assert split_reasoning("Answer.", "from field") == ("Answer.", "from field")
     assert split_reasoning("Plain answer.") == ("Plain answer.", None)
+
+
+def test_shared_prompt_prefix_is_byte_identical_and_first():
+    """Prefix caches (vLLM's automatic prefix caching, providers' prompt caches) need it."""
+    import os
+
+    pairs = list(iter_pairs("sample"))[:3]
+    config = _config()
+    judge_bodies = [judge_call(config, p, "forward", "a", "b").body for p in pairs]
+    gen_bodies = [generation_calls(config, p)[0].body for p in pairs]
+    rubric = orjson.dumps(protocol.DEFAULT_JUDGE_PROMPT)
+    for bodies, shared in ((judge_bodies, rubric), (gen_bodies, orjson.dumps(SPEC_SYSTEM_PROMPT))):
+        prefix = os.path.commonprefix(bodies)
+        assert shared in prefix  # the whole system message sits in the common prefix
+        assert prefix.index(shared) < 80  # right after the model name, before any pair's text
