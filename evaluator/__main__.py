@@ -19,6 +19,7 @@ from evaluator.runner import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_USER,
+    RunOptions,
     RunResult,
     UserError,
     execute,
@@ -117,6 +118,10 @@ def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
         type=float,
         default=30.0,
         help="seconds to finish in-flight calls on Ctrl-C/SIGTERM",
+    )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for the metrics port (127.0.0.1)"
     )
 
 
@@ -339,6 +344,15 @@ def _remember(out: Path) -> None:
         log.warning("could not record %s: %s", LAST_RUN, exc)
 
 
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        progress_interval=None if args.quiet else args.progress_interval,
+        drain_timeout=args.drain_timeout,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     args.out = _resolve_out(args)
     config = config_from_args(args)
@@ -354,8 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             resume=args.resume,
             overrides=overrides_from_args(args) if config is None else None,
-            progress_interval=None if args.quiet else args.progress_interval,
-            drain_timeout=args.drain_timeout,
+            options=_options(args),
         )
     )
     return _finish(result, print_report=False)
@@ -411,8 +424,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 out,
                 config,
                 resume=args.resume,
-                progress_interval=None if args.quiet else args.progress_interval,
-                drain_timeout=args.drain_timeout,
+                options=_options(args),
             )
         finally:
             await server.stop()

@@ -305,6 +305,30 @@ def iter_pairs(
         raise DatasetError(f"{source} holds no rows")
 
 
+def count_rows(source: str, split: str = "test") -> int | None:
+    """Rows in a local source, cheaply and without validating (for progress and ETA).
+
+    Bad rows are counted too, so it is an upper bound on the pairs; None for hub
+    sources and files that cannot be counted.
+    """
+    if source.startswith("hf:"):
+        return None
+    path = sample_path() if source == SAMPLE else Path(source)
+    try:
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        n = 0
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                n += block.count(b"\n")
+        return max(0, n - 1) if suffix == ".csv" else n  # CSV: header; embedded newlines overcount
+    except Exception:  # progress is a convenience: never fail a run for it
+        return None
+
+
 def describe_source(source: str) -> str:
     if source == SAMPLE:
         return "bundled SAMPLE (our own pairs in the VAL-Bench schema; not the benchmark)"

@@ -11,14 +11,19 @@ import asyncio
 import bisect
 import math
 import time
+from collections.abc import Callable
 
 # Upper bounds in milliseconds: 0.1 ms to ~100 s, 10 buckets per decade.
 BOUNDS_MS = [0.1 * 10 ** (i / 10) for i in range(61)]
 
 
 class LoopLagMonitor:
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(
+        self, interval_s: float = 0.05, on_sample: Callable[[float], None] | None = None
+    ) -> None:
+        """`on_sample(seconds)` receives each measurement (e.g. a Prometheus gauge's set)."""
         self.interval_s = interval_s
+        self._on_sample = on_sample
         self.counts = [0] * (len(BOUNDS_MS) + 1)
         self.samples = 0
         self.max_ms = 0.0
@@ -42,6 +47,8 @@ class LoopLagMonitor:
         self.last_ms = lag_ms
         self.max_ms = max(self.max_ms, lag_ms)
         self.counts[bisect.bisect_left(BOUNDS_MS, lag_ms)] += 1
+        if self._on_sample is not None:
+            self._on_sample(lag_ms / 1000.0)
 
     def quantile_ms(self, q: float) -> float | None:
         """Upper bound of the bucket holding the q-quantile (None before any sample)."""

@@ -23,8 +23,9 @@ from typing import Any
 
 from evaluator import report
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
-from evaluator.dataset import DatasetError, iter_pairs
+from evaluator.dataset import DatasetError, count_rows, iter_pairs
 from evaluator.looplag import LoopLagMonitor
+from evaluator.metrics import RunMetrics, start_server
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
@@ -44,6 +45,16 @@ EXIT_INTERRUPTED = 75
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line, no traceback."""
+
+
+@dataclass
+class RunOptions:
+    """How this process runs (not what is evaluated): never stored, free to change on resume."""
+
+    progress_interval: float | None = 10.0  # seconds between progress lines; None: quiet
+    drain_timeout: float = 30.0
+    metrics_port: int | None = None  # serve Prometheus metrics on this port
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -189,8 +200,7 @@ async def execute(
     *,
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
-    progress_interval: float | None = 10.0,
-    drain_timeout: float = 30.0,
+    options: RunOptions | None = None,
 ) -> RunResult:
     """Run (or resume) the evaluation in `run_dir`; `overrides` adjust a stored config's throughput settings."""
     try:
@@ -199,7 +209,7 @@ async def execute(
         raise UserError(str(exc)) from None
     try:
         return await _execute(
-            run_dir, store, new_config, resume, overrides or {}, progress_interval, drain_timeout
+            run_dir, store, new_config, resume, overrides or {}, options or RunOptions()
         )
     finally:
         store.close()
@@ -211,9 +221,9 @@ async def _execute(
     new_config: RunConfig | None,
     resume: bool,
     overrides: dict[str, Any],
-    progress_interval: float | None,
-    drain_timeout: float,
+    options: RunOptions,
 ) -> RunResult:
+    drain_timeout = options.drain_timeout
     config = prepare_config(run_dir, store, new_config, resume, overrides)
     try:
         config.validate()
@@ -266,6 +276,43 @@ async def _execute(
         budget,
         shared_limits,
     )
+    metrics = RunMetrics() if options.metrics_port is not None else None
+    if metrics is not None:
+        metrics.describe_run(config.model, config.judge_model, config.simulated)
+        metrics.duplicated.set(store.possibly_duplicated())
+        expected = count_rows(config.data, config.split)
+        if expected is not None and config.limit is not None:
+            expected = min(expected, config.limit)
+        metrics.pairs_expected.set(-1 if expected is None else expected)
+        for stage, pool in (("generation", gen_client), ("judge", judge_client)):
+            pool.observer = metrics.stage_observer(stage)
+            metrics.watch_pool(stage, pool)
+        try:
+            metrics_server = await start_server(metrics, options.metrics_host, options.metrics_port)
+        except OSError as exc:
+            raise UserError(
+                f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc}"
+            ) from None
+        log.info("Prometheus metrics on http://%s:%d/metrics", options.metrics_host, options.metrics_port)
+    try:
+        return await _run_pools(
+            run_dir, store, config, options, gen_client, judge_client, metrics, drain_timeout
+        )
+    finally:
+        if metrics is not None:
+            await metrics_server.cleanup()
+
+
+async def _run_pools(
+    run_dir: Path,
+    store: Store,
+    config: RunConfig,
+    options: RunOptions,
+    gen_client: EndpointPool,
+    judge_client: EndpointPool,
+    metrics: RunMetrics | None,
+    drain_timeout: float,
+) -> RunResult:
     async with gen_client, judge_client:
         try:
             await gen_client.check()
@@ -283,7 +330,9 @@ async def _execute(
                 scheduler.fail(exc)
 
         reuse = _open_reuse(config.reuse, run_dir)
-        writer = StoreWriter(store, on_error=on_store_error)
+        writer = StoreWriter(
+            store, on_error=on_store_error, on_commit=metrics.commit if metrics else None
+        )
         writer.start()
         scheduler = Scheduler(
             config,
@@ -291,9 +340,10 @@ async def _execute(
             writer,
             gen_client,
             judge_client,
-            progress_interval=progress_interval,
+            progress_interval=options.progress_interval,
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
             reuse=reuse,
+            metrics=metrics,
         )
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
@@ -320,7 +370,7 @@ async def _execute(
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
-        lag = LoopLagMonitor()
+        lag = LoopLagMonitor(on_sample=metrics.loop_lag.set if metrics else None)
         lag.start()
         try:
             stats = await scheduler.run(drain_timeout=drain_timeout)

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from evaluator.calls import CallSpec, generation_calls, judge_call
 from evaluator.config import RunConfig
@@ -35,6 +35,9 @@ from evaluator.protocol import (
 )
 from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
+
+if TYPE_CHECKING:
+    from evaluator.metrics import RunMetrics
 
 log = logging.getLogger("evaluator")
 
@@ -74,7 +77,7 @@ class RunStats:
 
 
 class _PairState:
-    __slots__ = ("pair", "answers", "records", "pending", "failed")
+    __slots__ = ("pair", "answers", "records", "pending", "failed", "invalid")
 
     def __init__(self, pair: Pair, records: dict[str, CallRecord]) -> None:
         self.pair = pair
@@ -82,6 +85,7 @@ class _PairState:
         self.records: dict[str, CallRecord] | None = records
         self.pending = 0
         self.failed = False
+        self.invalid = False
 
 
 class Scheduler:
@@ -96,6 +100,7 @@ class Scheduler:
         progress_interval: float | None = 10.0,
         on_bad_row: Callable[[BadRow], None] | None = None,
         reuse: list[Store] | None = None,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -106,6 +111,7 @@ class Scheduler:
         self.progress_interval = progress_interval
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
+        self.metrics = metrics
         # Enough pairs in flight to keep both stages busy while some pairs wait for their judge.
         self.gen_workers = gen_client.capacity
         self.judge_workers = judge_client.capacity
@@ -113,6 +119,9 @@ class Scheduler:
         self._gen_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
         self._judge_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.max_pairs)
+        if metrics is not None:
+            metrics.watch_queue("generation", self._gen_q.qsize)
+            metrics.watch_queue("judge", self._judge_q.qsize)
         self._active = 0
         self._reader_done = False
         self._finished = asyncio.Event()
@@ -264,6 +273,9 @@ class Scheduler:
     def _finish(self, state: _PairState) -> None:
         if state.failed:
             self.stats.pairs_failed += 1
+        if self.metrics is not None:
+            outcome = "failed" if state.failed else "invalid" if state.invalid else "completed"
+            self.metrics.pair_finished(outcome)
         self.stats.pairs_finished += 1
         self._active -= 1
         self._slots.release()
@@ -365,6 +377,8 @@ class Scheduler:
             except VerdictError:
                 if ask < self.config.judge_retries:
                     self.stats.judge_reasks += 1
+                else:
+                    state.invalid = True
         if isinstance(result, CallFailure):
             state.failed = True
         self._record(spec, result, attempts=attempts)

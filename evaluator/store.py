@@ -305,8 +305,11 @@ class StoreWriter:
         store: Store,
         max_batch: int = 1024,
         on_error: Callable[[BaseException], None] | None = None,
+        on_commit: Callable[[float, float], None] | None = None,
     ) -> None:
+        """`on_commit(seconds, oldest_age_s)` is told each commit's duration and lag (metrics)."""
         self._store = store
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._on_error = on_error
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -320,22 +323,24 @@ class StoreWriter:
     def put(self, item: CallRecord | tuple[str, str]) -> None:
         """Queue an outcome (or a bad input row) for the next commit."""
         if self.error is None:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((time.monotonic(), item))
 
     async def intent(self, intent: Intent) -> None:
         """Record that a call is about to be sent; returns once that is committed."""
         if self.error is not None:
             raise StoreError(f"the checkpoint cannot be written: {self.error}")
         done = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((intent, done))
+        self._queue.put_nowait((time.monotonic(), (intent, done)))
         await done
 
     async def _run(self) -> None:
         stop = False
         while not stop:
-            items = [await self._queue.get()]
-            while len(items) < self._max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            stamped = [await self._queue.get()]
+            while len(stamped) < self._max_batch and not self._queue.empty():
+                stamped.append(self._queue.get_nowait())
+            items = [s[1] if s is not None else None for s in stamped]
+            oldest = min((s[0] for s in stamped if s is not None), default=None)
             stop = any(i is None for i in items)
             records = [i for i in items if isinstance(i, CallRecord)]
             bad = [
@@ -344,6 +349,7 @@ class StoreWriter:
             intents = [i for i in items if isinstance(i, tuple) and isinstance(i[0], Intent)]
             if not (records or bad or intents):
                 continue
+            began = time.monotonic()
             try:
                 await asyncio.to_thread(
                     self._store.write_batch, records, bad, [i for i, _ in intents]
@@ -352,6 +358,8 @@ class StoreWriter:
                 self._fail(exc, intents)
                 return
             self.committed += len(records)
+            if self._on_commit is not None and oldest is not None:
+                self._on_commit(time.monotonic() - began, began - oldest)
             for _, fut in intents:
                 if not fut.done():
                     fut.set_result(None)
@@ -359,7 +367,8 @@ class StoreWriter:
     def _fail(self, exc: BaseException, intents: list[tuple[Intent, asyncio.Future]]) -> None:
         self.error = StoreError(f"cannot write the checkpoint {self._store.path}: {exc}")
         while not self._queue.empty():  # nothing more can be saved; wake every waiter
-            item = self._queue.get_nowait()
+            stamped = self._queue.get_nowait()
+            item = stamped[1] if stamped is not None else None
             if isinstance(item, tuple) and isinstance(item[0], Intent):
                 intents.append(item)
         for _, fut in intents:

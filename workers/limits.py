@@ -188,6 +188,12 @@ class EndpointLimits:
         if self.tpm:
             self._tokens = TokenBudget(self.tpm, self.largest_request_tokens)
 
+    def bucket(self, name: str) -> AsyncLimiter | None:
+        """The `requests` or `tokens` bucket, if this endpoint has one (for metrics)."""
+        if name == "requests":
+            return self._requests
+        return self._tokens._bucket if self._tokens is not None else None
+
     def pause(self, seconds: float) -> None:
         """Hold every new call to this endpoint for `seconds` (Retry-After, exhausted quota window)."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)

@@ -22,6 +22,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, RetryBudget
 from workers.limits import AdaptiveConcurrency, EndpointLimits
@@ -34,7 +35,17 @@ from workers.openai_compat import (
 
 log = logging.getLogger("evaluator")
 
-__all__ = ["Endpoint", "EndpointPool", "PoolConfig"]
+__all__ = ["Endpoint", "EndpointPool", "PoolConfig", "PoolObserver"]
+
+
+class PoolObserver(Protocol):
+    """Hooks for metrics; the pool calls them on its hot path, so they must be cheap."""
+
+    def attempt_started(self, ep: Endpoint) -> None: ...
+
+    def attempt_finished(self, ep: Endpoint, outcome: Attempt) -> None: ...
+
+    def retrying(self, ep: Endpoint, error_class: str, wait_s: float) -> None: ...
 
 
 @dataclass
@@ -88,12 +99,14 @@ class EndpointPool:
         endpoints: list[EndpointConfig],
         config: PoolConfig,
         shared_limits: dict[tuple[str, str | None], EndpointLimits] | None = None,
+        observer: PoolObserver | None = None,
     ) -> None:
         """`shared_limits`: one registry for all pools of a run, so stages that use the
         same endpoint with the same key share its rate buckets."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
+        self.observer = observer
         registry = shared_limits if shared_limits is not None else {}
         self.endpoints = []
         for ep in endpoints:
@@ -230,14 +243,19 @@ class EndpointPool:
                     attempt,
                 )
                 break
+            observer = self.observer
             try:
                 await ep.limits.pace(len(body), max_tokens)
                 ep.stats.sent += 1
+                if observer is not None:
+                    observer.attempt_started(ep)
                 outcome = await ep.client.attempt(body)
             finally:
                 self._release(ep)
             result = outcome.result
             self._observe(ep, outcome, len(body))
+            if observer is not None:
+                observer.attempt_finished(ep, outcome)
             if isinstance(result, Completion):
                 result.attempts = attempt
                 result.latency_s = time.monotonic() - start
@@ -256,6 +274,8 @@ class EndpointPool:
                 spent = errors >= self.config.max_attempts
             if not failure.error_class.retryable or spent:
                 break
+            if observer is not None:
+                observer.retrying(ep, failure.error_class.value, outcome.retry_after_s or 0.0)
             budget = self.config.retry_budget
             if budget is not None and not budget.take():
                 failure.message += " (the run's retry budget is spent)"

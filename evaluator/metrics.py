@@ -1,0 +1,228 @@
+"""Prometheus metrics for a run: one registry per run (no global state), served over HTTP.
+
+Names follow Prometheus conventions: a `valbench_` prefix, base units
+(`_seconds`, tokens, USD), `_total` on counters, and low-cardinality labels
+only (stage, endpoint URL, outcome or error class; never a pair id).
+
+Counters are incremented where things happen (the pool calls the observer
+methods below, the scheduler reports pairs, the store writer reports commits);
+gauges that mirror live state (in flight, limits, queue depth) are read at
+scrape time, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from workers.openai_compat import Attempt
+    from workers.pool import Endpoint, EndpointPool
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+
+class RunMetrics:
+    """Every metric of one run, in its own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        ep = ["stage", "endpoint"]
+        self.info = Gauge(
+            "valbench_run_info", "The run: model, judge, whether the backend is simulated (value 1)",
+            ["model", "judge_model", "simulated"], registry=r,
+        )
+        self.requests_started = Counter(
+            "valbench_requests_started", "HTTP attempts sent", ep, registry=r
+        )
+        self.requests_finished = Counter(
+            "valbench_requests_finished", "HTTP attempts finished, by outcome class",
+            [*ep, "outcome"], registry=r,
+        )
+        self.retries = Counter(
+            "valbench_retries", "Attempts retried, by the error class that caused it",
+            [*ep, "error_class"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "valbench_http_429", "Answers with HTTP 429 (rate limited)", ep, registry=r
+        )
+        self.retry_after = Counter(
+            "valbench_retry_after_wait_seconds",
+            "Seconds the endpoint was paused on the provider's word (Retry-After, reset headers)",
+            ep, registry=r,
+        )
+        self.latency = Histogram(
+            "valbench_request_duration_seconds", "Duration of one HTTP attempt", ep,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.input_tokens = Counter(
+            "valbench_input_tokens", "Prompt tokens reported by the endpoints", ep, registry=r
+        )
+        self.output_tokens = Counter(
+            "valbench_output_tokens", "Completion tokens reported by the endpoints", ep, registry=r
+        )
+        self.cost = Counter(
+            "valbench_estimated_cost_usd", "Estimated cost from token usage and the configured prices",
+            ["stage"], registry=r,
+        )
+        self.pairs = Counter(
+            "valbench_pairs_finished", "Pairs finished in this session, by outcome",
+            ["outcome"], registry=r,
+        )
+        self.pairs_expected = Gauge(
+            "valbench_pairs_expected", "Pairs this run will evaluate (for ETA; -1 if unknown)",
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "valbench_checkpoint_commit_seconds", "Duration of one checkpoint transaction",
+            buckets=COMMIT_BUCKETS, registry=r,
+        )
+        self.commit_lag = Gauge(
+            "valbench_checkpoint_lag_seconds",
+            "Age of the oldest outcome not yet committed when the last commit started",
+            registry=r,
+        )
+        self.duplicated = Gauge(
+            "valbench_possibly_duplicated_calls",
+            "Calls started but unfinished when the run was last interrupted (possibly paid twice)",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "valbench_event_loop_lag_seconds", "Last measured event-loop lag", registry=r
+        )
+        self._in_flight = Gauge(
+            "valbench_requests_in_flight", "Calls in flight", ep, registry=r
+        )
+        self._limit = Gauge(
+            "valbench_concurrency_limit", "Current adaptive concurrency limit (AIMD)", ep, registry=r
+        )
+        self._tokens_available = Gauge(
+            "valbench_limiter_available", "Units left in the endpoint's rate bucket",
+            [*ep, "bucket"], registry=r,
+        )
+        self._queue = Gauge(
+            "valbench_queue_depth", "Calls waiting for a worker", ["stage"], registry=r
+        )
+        self._children: dict[tuple[str, int], dict[str, Any]] = {}
+        self._prices: dict[str, tuple[float, float]] = {}
+
+    # -- wiring ----------------------------------------------------------------
+    def describe_run(self, model: str, judge_model: str, simulated: bool) -> None:
+        self.info.labels(model, judge_model, str(simulated).lower()).set(1)
+
+    def set_prices(self, stage: str, per_mtok_in: float, per_mtok_out: float) -> None:
+        self._prices[stage] = (per_mtok_in / 1e6, per_mtok_out / 1e6)
+
+    def watch_pool(self, stage: str, pool: EndpointPool) -> None:
+        """Live gauges for a pool's endpoints, read at scrape time."""
+        for ep in pool.endpoints:
+            labels = (stage, ep.name)
+            self._in_flight.labels(*labels).set_function(lambda ep=ep: ep.concurrency.inflight)
+            self._limit.labels(*labels).set_function(lambda ep=ep: ep.concurrency.limit)
+            for bucket in ("requests", "tokens"):
+                self._tokens_available.labels(*labels, bucket).set_function(
+                    lambda ep=ep, b=bucket: _available(ep, b)
+                )
+
+    def watch_queue(self, stage: str, depth: Callable[[], int]) -> None:
+        self._queue.labels(stage).set_function(depth)
+
+    def _child(self, stage: str, ep: Endpoint) -> dict[str, Any]:
+        # Bound children per endpoint: the hot path then skips the label lookup.
+        key = (stage, id(ep))
+        c = self._children.get(key)
+        if c is None:
+            labels = (stage, ep.name)
+            c = self._children[key] = {
+                "started": self.requests_started.labels(*labels),
+                "latency": self.latency.labels(*labels),
+                "in": self.input_tokens.labels(*labels),
+                "out": self.output_tokens.labels(*labels),
+                "429": self.rate_limited.labels(*labels),
+                "wait": self.retry_after.labels(*labels),
+                "labels": labels,
+            }
+        return c
+
+    # -- the pool's observer interface -------------------------------------------
+    def stage_observer(self, stage: str) -> _StageObserver:
+        return _StageObserver(self, stage)
+
+    # -- scheduler and store ---------------------------------------------------
+    def pair_finished(self, outcome: str) -> None:
+        self.pairs.labels(outcome).inc()
+
+    def commit(self, seconds: float, oldest_age_s: float) -> None:
+        self.commit_latency.observe(seconds)
+        self.commit_lag.set(oldest_age_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _available(ep: Endpoint, bucket: str) -> float:
+    limiter = ep.limits.bucket(bucket)
+    if limiter is None:
+        return float("nan")
+    # aiolimiter has no public "level"; a read-only peek is enough for a gauge.
+    level = getattr(limiter, "_level", 0.0)
+    return max(0.0, limiter.max_rate - level)
+
+
+class _StageObserver:
+    """What an EndpointPool reports, turned into one stage's metrics."""
+
+    def __init__(self, metrics: RunMetrics, stage: str) -> None:
+        self.m = metrics
+        self.stage = stage
+
+    def attempt_started(self, ep: Endpoint) -> None:
+        self.m._child(self.stage, ep)["started"].inc()
+
+    def attempt_finished(self, ep: Endpoint, outcome: Attempt) -> None:
+        m, c = self.m, self.m._child(self.stage, ep)
+        result = outcome.result
+        c["latency"].observe(result.latency_s)
+        usage = getattr(result, "usage", None)
+        if usage:
+            tin, tout = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            c["in"].inc(tin)
+            c["out"].inc(tout)
+            price = m._prices.get(self.stage)
+            if price is not None:
+                m.cost.labels(self.stage).inc(tin * price[0] + tout * price[1])
+        label = "ok" if getattr(result, "error_class", None) is None else result.error_class.value
+        m.requests_finished.labels(*c["labels"], label).inc()
+        if label == "rate_limit":
+            c["429"].inc()
+
+    def retrying(self, ep: Endpoint, error_class: str, wait_s: float) -> None:
+        c = self.m._child(self.stage, ep)
+        self.m.retries.labels(*c["labels"], error_class).inc()
+        if error_class == "rate_limit":
+            c["wait"].inc(wait_s)
+
+
+async def start_server(metrics: RunMetrics, host: str, port: int) -> web.AppRunner:
+    """Serve /metrics on the run's own event loop (closed with the run, on every path)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

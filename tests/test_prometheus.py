@@ -1,0 +1,95 @@
+"""A real Prometheus server scrapes a running evaluator (against the simulated backend)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd
+
+PROMETHEUS = shutil.which("prometheus")
+if PROMETHEUS is None and os.environ.get("CI") != "true":
+    pytest.skip("Debian's prometheus is not installed (.ci/run installs it)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _query(port: int, expr: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = orjson.loads(resp.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _value(result: list[dict]) -> float:
+    return sum(float(r["value"][1]) for r in result)
+
+
+def _poll(port: int, expr: str, ok, timeout: float = 40.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = _query(port, expr)
+        if result and ok(_value(result)):
+            return _value(result)
+        time.sleep(0.5)
+    raise AssertionError(f"{expr} never satisfied the check; last: {result}")
+
+
+def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process):
+    assert PROMETHEUS, "prometheus must be installed in CI"
+    data = synthetic(2000)
+    server = sim_process("--dataset", str(data), "--latency-ms", "100", "--latency-sigma", "0.1")
+    metrics_port, prom_port = _free_port(), _free_port()
+    evaluator = subprocess.Popen(
+        evaluator_cmd("run", "--data", data, "--model", "m", "--base-url", server.base_url,
+                      "--out", tmp_path / "run", "--concurrency", "4", "--judge-concurrency", "4",
+                      "--metrics-port", metrics_port, "--quiet"),
+        cwd=ROOT, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: valbench\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{metrics_port}']\n"
+    )
+    prom = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "prometheus did not become ready"
+                time.sleep(0.1)
+        rate = _poll(prom_port, "sum(rate(valbench_requests_finished_total[5s]))", lambda v: v > 5)
+        # 8 calls in flight at ~100 ms each: about 80 calls/s. Early rates are extrapolated: a range.
+        assert 5 < rate < 400
+        first = _poll(prom_port, "sum(valbench_pairs_finished_total)", lambda v: v > 0)
+        _poll(prom_port, "sum(valbench_pairs_finished_total)", lambda v: v > first + 10)
+        assert _value(_query(prom_port, 'up{job="valbench"}')) == 1
+        assert _value(_query(prom_port, "valbench_pairs_expected")) == 2000
+        latency = _query(prom_port, "histogram_quantile(0.5, sum by (le) "
+                                    "(rate(valbench_request_duration_seconds_bucket[10s])))")
+        assert latency and 0.05 < _value(latency) < 0.5
+    finally:
+        prom.send_signal(signal.SIGTERM)
+        evaluator.send_signal(signal.SIGTERM)
+        prom.wait(20)
+        assert evaluator.wait(60) == 75
