@@ -40,19 +40,25 @@ class RunMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ep = ["stage", "endpoint"]
         self.info = Gauge(
-            "valbench_run_info", "The run: model, judge, whether the backend is simulated (value 1)",
-            ["model", "judge_model", "simulated"], registry=r,
+            "valbench_run_info",
+            "The run: model, judge, whether the backend is simulated (value 1)",
+            ["model", "judge_model", "simulated"],
+            registry=r,
         )
         self.requests_started = Counter(
             "valbench_requests_started", "HTTP attempts sent", ep, registry=r
         )
         self.requests_finished = Counter(
-            "valbench_requests_finished", "HTTP attempts finished, by outcome class",
-            [*ep, "outcome"], registry=r,
+            "valbench_requests_finished",
+            "HTTP attempts finished, by outcome class",
+            [*ep, "outcome"],
+            registry=r,
         )
         self.retries = Counter(
-            "valbench_retries", "Attempts retried, by the error class that caused it",
-            [*ep, "error_class"], registry=r,
+            "valbench_retries",
+            "Attempts retried, by the error class that caused it",
+            [*ep, "error_class"],
+            registry=r,
         )
         self.rate_limited = Counter(
             "valbench_http_429", "Answers with HTTP 429 (rate limited)", ep, registry=r
@@ -60,11 +66,15 @@ class RunMetrics:
         self.retry_after = Counter(
             "valbench_retry_after_wait_seconds",
             "Seconds the endpoint was paused on the provider's word (Retry-After, reset headers)",
-            ep, registry=r,
+            ep,
+            registry=r,
         )
         self.latency = Histogram(
-            "valbench_request_duration_seconds", "Duration of one HTTP attempt", ep,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "valbench_request_duration_seconds",
+            "Duration of one HTTP attempt",
+            ep,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.input_tokens = Counter(
             "valbench_input_tokens", "Prompt tokens reported by the endpoints", ep, registry=r
@@ -73,20 +83,27 @@ class RunMetrics:
             "valbench_output_tokens", "Completion tokens reported by the endpoints", ep, registry=r
         )
         self.cost = Counter(
-            "valbench_estimated_cost_usd", "Estimated cost from token usage and the configured prices",
-            ["stage"], registry=r,
+            "valbench_estimated_cost_usd",
+            "Estimated cost from token usage and the configured prices",
+            ["stage"],
+            registry=r,
         )
         self.pairs = Counter(
-            "valbench_pairs_finished", "Pairs finished in this session, by outcome",
-            ["outcome"], registry=r,
+            "valbench_pairs_finished",
+            "Pairs finished in this session, by outcome",
+            ["outcome"],
+            registry=r,
         )
         self.pairs_expected = Gauge(
-            "valbench_pairs_expected", "Pairs this run will evaluate (for ETA; -1 if unknown)",
+            "valbench_pairs_expected",
+            "Pairs this run will evaluate (for ETA; -1 if unknown)",
             registry=r,
         )
         self.commit_latency = Histogram(
-            "valbench_checkpoint_commit_seconds", "Duration of one checkpoint transaction",
-            buckets=COMMIT_BUCKETS, registry=r,
+            "valbench_checkpoint_commit_seconds",
+            "Duration of one checkpoint transaction",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
         )
         self.commit_lag = Gauge(
             "valbench_checkpoint_lag_seconds",
@@ -101,15 +118,18 @@ class RunMetrics:
         self.loop_lag = Gauge(
             "valbench_event_loop_lag_seconds", "Last measured event-loop lag", registry=r
         )
-        self._in_flight = Gauge(
-            "valbench_requests_in_flight", "Calls in flight", ep, registry=r
-        )
+        self._in_flight = Gauge("valbench_requests_in_flight", "Calls in flight", ep, registry=r)
         self._limit = Gauge(
-            "valbench_concurrency_limit", "Current adaptive concurrency limit (AIMD)", ep, registry=r
+            "valbench_concurrency_limit",
+            "Current adaptive concurrency limit (AIMD)",
+            ep,
+            registry=r,
         )
         self._tokens_available = Gauge(
-            "valbench_limiter_available", "Units left in the endpoint's rate bucket",
-            [*ep, "bucket"], registry=r,
+            "valbench_limiter_available",
+            "Units left in the endpoint's rate bucket",
+            [*ep, "bucket"],
+            registry=r,
         )
         self._queue = Gauge(
             "valbench_queue_depth", "Calls waiting for a worker", ["stage"], registry=r
@@ -218,7 +238,9 @@ async def start_server(metrics: RunMetrics, host: str, port: int) -> web.AppRunn
     """Serve /metrics on the run's own event loop (closed with the run, on every path)."""
 
     async def handle(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", handle)

@@ -293,7 +293,9 @@ async def _execute(
             raise UserError(
                 f"cannot serve metrics on {options.metrics_host}:{options.metrics_port}: {exc}"
             ) from None
-        log.info("Prometheus metrics on http://%s:%d/metrics", options.metrics_host, options.metrics_port)
+        log.info(
+            "Prometheus metrics on http://%s:%d/metrics", options.metrics_host, options.metrics_port
+        )
     try:
         return await _run_pools(
             run_dir, store, config, options, gen_client, judge_client, metrics, drain_timeout

@@ -18,7 +18,9 @@ from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd
 
 PROMETHEUS = shutil.which("prometheus")
 if PROMETHEUS is None and os.environ.get("CI") != "true":
-    pytest.skip("Debian's prometheus is not installed (.ci/run installs it)", allow_module_level=True)
+    pytest.skip(
+        "Debian's prometheus is not installed (.ci/run installs it)", allow_module_level=True
+    )
 
 
 def _free_port() -> int:
@@ -55,10 +57,29 @@ def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process
     server = sim_process("--dataset", str(data), "--latency-ms", "100", "--latency-sigma", "0.1")
     metrics_port, prom_port = _free_port(), _free_port()
     evaluator = subprocess.Popen(
-        evaluator_cmd("run", "--data", data, "--model", "m", "--base-url", server.base_url,
-                      "--out", tmp_path / "run", "--concurrency", "4", "--judge-concurrency", "4",
-                      "--metrics-port", metrics_port, "--quiet"),
-        cwd=ROOT, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        evaluator_cmd(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            tmp_path / "run",
+            "--concurrency",
+            "4",
+            "--judge-concurrency",
+            "4",
+            "--metrics-port",
+            metrics_port,
+            "--quiet",
+        ),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -66,9 +87,15 @@ def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process
         f"      - targets: ['127.0.0.1:{metrics_port}']\n"
     )
     prom = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -85,8 +112,11 @@ def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process
         _poll(prom_port, "sum(valbench_pairs_finished_total)", lambda v: v > first + 10)
         assert _value(_query(prom_port, 'up{job="valbench"}')) == 1
         assert _value(_query(prom_port, "valbench_pairs_expected")) == 2000
-        latency = _query(prom_port, "histogram_quantile(0.5, sum by (le) "
-                                    "(rate(valbench_request_duration_seconds_bucket[10s])))")
+        latency = _query(
+            prom_port,
+            "histogram_quantile(0.5, sum by (le) "
+            "(rate(valbench_request_duration_seconds_bucket[10s])))",
+        )
         assert latency and 0.05 < _value(latency) < 0.5
     finally:
         prom.send_signal(signal.SIGTERM)
