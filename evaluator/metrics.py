@@ -99,6 +99,11 @@ class RunMetrics:
             "Pairs this run will evaluate (for ETA; -1 if unknown)",
             registry=r,
         )
+        self._remaining = Gauge(
+            "valbench_pairs_remaining",
+            "Pairs left to finish (for ETA; NaN if the dataset size is unknown)",
+            registry=r,
+        )
         self.commit_latency = Histogram(
             "valbench_checkpoint_commit_seconds",
             "Duration of one checkpoint transaction",
@@ -135,6 +140,7 @@ class RunMetrics:
             "valbench_queue_depth", "Calls waiting for a worker", ["stage"], registry=r
         )
         self._children: dict[tuple[str, int], dict[str, Any]] = {}
+        self.expected: int | None = None
         self._prices: dict[str, tuple[float, float]] = {}
 
     # -- wiring ----------------------------------------------------------------
@@ -154,6 +160,16 @@ class RunMetrics:
                 self._tokens_available.labels(*labels, bucket).set_function(
                     lambda ep=ep, b=bucket: _available(ep, b)
                 )
+
+    def set_expected(self, pairs: int | None) -> None:
+        self.expected = pairs
+        self.pairs_expected.set(-1 if pairs is None else pairs)
+
+    def watch_finished(self, finished: Callable[[], int]) -> None:
+        """Remaining pairs, live, from the scheduler's count of finished ones."""
+        self._remaining.set_function(
+            lambda: float("nan") if self.expected is None else self.expected - finished()
+        )
 
     def watch_queue(self, stage: str, depth: Callable[[], int]) -> None:
         self._queue.labels(stage).set_function(depth)

@@ -283,7 +283,7 @@ async def _execute(
         expected = count_rows(config.data, config.split)
         if expected is not None and config.limit is not None:
             expected = min(expected, config.limit)
-        metrics.pairs_expected.set(-1 if expected is None else expected)
+        metrics.set_expected(expected)
         for stage, pool in (("generation", gen_client), ("judge", judge_client)):
             pool.observer = metrics.stage_observer(stage)
             metrics.watch_pool(stage, pool)

@@ -120,6 +120,7 @@ class Scheduler:
         self._judge_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.max_pairs)
         if metrics is not None:
+            metrics.watch_finished(lambda: self.stats.pairs_finished)
             metrics.watch_queue("generation", self._gen_q.qsize)
             metrics.watch_queue("judge", self._judge_q.qsize)
         self._active = 0

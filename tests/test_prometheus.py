@@ -123,3 +123,83 @@ def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process
         evaluator.send_signal(signal.SIGTERM)
         prom.wait(20)
         assert evaluator.wait(60) == 75
+
+
+def _exported_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            names.add(name)
+            if kind == "counter":
+                names.add(name + "_total")
+            if kind == "histogram":
+                names |= {name + "_bucket", name + "_sum", name + "_count"}
+    return names
+
+
+def test_every_metric_the_dashboard_queries_is_exported(tmp_path, synthetic, sim_process):
+    import json
+    import re
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "valbench-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"valbench_[a-z0-9_]+", e)}
+    assert len(queried) >= 15
+
+    data = synthetic(300)
+    server = sim_process("--dataset", str(data), "--latency-ms", "200")
+    port = _free_port()
+    evaluator = subprocess.Popen(
+        evaluator_cmd(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            tmp_path / "run",
+            "--metrics-port",
+            port,
+            "--quiet",
+        ),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        text = ""
+        while "valbench_pairs_finished_total{" not in text:
+            assert time.monotonic() < deadline, "no pair finished"
+            time.sleep(0.2)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+        missing = queried - _exported_names(text)
+        assert not missing, f"the dashboard queries metrics that are not exported: {missing}"
+    finally:
+        evaluator.send_signal(signal.SIGTERM)
+        evaluator.wait(60)
+
+
+def test_scrape_configs_are_valid():
+    import yaml
+
+    promtool = shutil.which("promtool")
+    static = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    if promtool:
+        check = subprocess.run(
+            [promtool, "check", "config", str(static)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    k8s = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-kubernetes.yml").read_text())
+    job = k8s["scrape_configs"][0]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    kept = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    assert kept[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
