@@ -88,6 +88,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
     t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
     t.add_argument("--tpm", type=float, help="tokens/minute cap on each model endpoint")
+    c = p.add_argument_group("cost estimates (USD per million tokens)")
+    c.add_argument("--price-in", type=float, help="model's input price")
+    c.add_argument("--price-out", type=float, help="model's output price")
+    c.add_argument("--judge-price-in", type=float, help="judge's input price")
+    c.add_argument("--judge-price-out", type=float, help="judge's output price")
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
@@ -118,6 +123,12 @@ def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
         type=float,
         default=30.0,
         help="seconds to finish in-flight calls on Ctrl-C/SIGTERM",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log"),
+        default="auto",
+        help="progress bars (terminal) or log lines (batch jobs); auto picks by the terminal",
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument(
@@ -205,6 +216,10 @@ RUN_FIELDS = (
     "judge_retries",
     "reuse",
     "backoff_base_s",
+    "price_in",
+    "price_out",
+    "judge_price_in",
+    "judge_price_out",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
 
@@ -267,6 +282,10 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_tpm": (int, float),
     "timeout_s": (int, float),
     "backoff_base_s": (int, float),
+    "price_in": (int, float),
+    "price_out": (int, float),
+    "judge_price_in": (int, float),
+    "judge_price_out": (int, float),
     "reuse": list,
     "base_url": (str, list),
     "judge_base_url": (str, list),
@@ -350,6 +369,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         drain_timeout=args.drain_timeout,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        progress_mode=args.progress,
     )
 
 

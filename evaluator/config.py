@@ -58,6 +58,11 @@ class RunConfig:
     backoff_base_s: float = 1.0
     retry_budget: int | None = None  # retries for the whole run; None: unlimited
     judge_retries: int = 2
+    # USD per million tokens, for cost estimates (progress, metrics, summary); None: unknown.
+    price_in: float | None = None
+    price_out: float | None = None
+    judge_price_in: float | None = None
+    judge_price_out: float | None = None
     reuse: list[str] = field(default_factory=list)  # earlier run directories to take answers from
     simulated: bool = False
     protocol: str = PROTOCOL

@@ -26,6 +26,7 @@ from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differ
 from evaluator.dataset import DatasetError, count_rows, iter_pairs
 from evaluator.looplag import LoopLagMonitor
 from evaluator.metrics import RunMetrics, start_server
+from evaluator.progress import Progress
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
@@ -52,6 +53,7 @@ class RunOptions:
     """How this process runs (not what is evaluated): never stored, free to change on resume."""
 
     progress_interval: float | None = 10.0  # seconds between progress lines; None: quiet
+    progress_mode: str = "auto"  # auto (bars on a terminal, else log lines) | bar | log
     drain_timeout: float = 30.0
     metrics_port: int | None = None  # serve Prometheus metrics on this port
     metrics_host: str = "127.0.0.1"
@@ -143,6 +145,13 @@ def _pool(
     )
 
 
+def _expected_pairs(config: RunConfig) -> int | None:
+    expected = count_rows(config.data, config.split)
+    if expected is not None and config.limit is not None:
+        expected = min(expected, config.limit)
+    return expected
+
+
 def _session_summary(
     stats: RunStats, lag: LoopLagMonitor, gen: EndpointPool, judge: EndpointPool
 ) -> dict[str, Any]:
@@ -154,6 +163,9 @@ def _session_summary(
         "calls_per_s": round(stats.calls_sent / wall, 2) if wall > 0 else None,
         "calls_reused": stats.calls_reused,
         "judge_reasks": stats.judge_reasks,
+        "tokens_in": stats.tokens_in,
+        "tokens_out": stats.tokens_out,
+        "estimated_cost_usd": round(stats.cost_usd, 6),
         "pairs_already_complete": stats.pairs_already_complete,
         **lag.summary(),
         "endpoints": {
@@ -280,10 +292,11 @@ async def _execute(
     if metrics is not None:
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
-        expected = count_rows(config.data, config.split)
-        if expected is not None and config.limit is not None:
-            expected = min(expected, config.limit)
-        metrics.set_expected(expected)
+        metrics.set_expected(_expected_pairs(config))
+        if config.price_in is not None or config.price_out is not None:
+            metrics.set_prices("generation", config.price_in or 0.0, config.price_out or 0.0)
+        if config.judge_price_in is not None or config.judge_price_out is not None:
+            metrics.set_prices("judge", config.judge_price_in or 0.0, config.judge_price_out or 0.0)
         for stage, pool in (("generation", gen_client), ("judge", judge_client)):
             pool.observer = metrics.stage_observer(stage)
             metrics.watch_pool(stage, pool)
@@ -342,7 +355,6 @@ async def _run_pools(
             writer,
             gen_client,
             judge_client,
-            progress_interval=options.progress_interval,
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
             reuse=reuse,
             metrics=metrics,
@@ -374,6 +386,17 @@ async def _run_pools(
                 pass
         lag = LoopLagMonitor(on_sample=metrics.loop_lag.set if metrics else None)
         lag.start()
+        progress = None
+        if options.progress_interval is not None:
+            mode = options.progress_mode
+            progress = Progress(
+                scheduler.stats,
+                _expected_pairs(config),
+                len(config.judge_orders),
+                mode=Progress.choose_mode() if mode == "auto" else mode,
+                interval_s=options.progress_interval,
+            )
+            progress.start()
         try:
             stats = await scheduler.run(drain_timeout=drain_timeout)
         except asyncio.CancelledError:
@@ -381,6 +404,8 @@ async def _run_pools(
             stats.interrupted = True
         finally:
             await lag.stop()
+            if progress is not None:
+                await progress.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await writer.close()  # every outcome received is committed, on every path

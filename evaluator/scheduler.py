@@ -71,6 +71,12 @@ class RunStats:
     calls_failed: int = 0
     judge_reasks: int = 0
     bad_rows: int = 0
+    # Per stage ("gen", "judge"): calls answered and failed, tokens in and out, estimated cost.
+    done: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
+    failed: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
     interrupted: bool = False
     fatal: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
@@ -97,7 +103,6 @@ class Scheduler:
         gen_client: ChatClient,
         judge_client: ChatClient,
         *,
-        progress_interval: float | None = 10.0,
         on_bad_row: Callable[[BadRow], None] | None = None,
         reuse: list[Store] | None = None,
         metrics: RunMetrics | None = None,
@@ -108,7 +113,10 @@ class Scheduler:
         self.gen_client = gen_client
         self.judge_client = judge_client
         self.stats = RunStats()
-        self.progress_interval = progress_interval
+        self._prices = {
+            "gen": (config.price_in or 0.0, config.price_out or 0.0),
+            "judge": (config.judge_price_in or 0.0, config.judge_price_out or 0.0),
+        }
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
         self.metrics = metrics
@@ -145,17 +153,12 @@ class Scheduler:
             for i in range(self.judge_workers)
         ]
         reader = asyncio.create_task(self._read(), name="reader")
-        progress = (
-            asyncio.create_task(self._progress(), name="progress")
-            if self.progress_interval
-            else None
-        )
         try:
             await self._finished.wait()
         except asyncio.CancelledError:  # a second signal: stop now, no drain
             self.request_stop()
             drain_timeout = 0.0
-        tasks = [reader, *([progress] if progress else [])]
+        tasks = [reader]
         for task in tasks:
             task.cancel()
         for q, n in (
@@ -308,7 +311,10 @@ class Scheduler:
     def _record(
         self, spec: CallSpec, result: Completion | CallFailure, **extra: object
     ) -> CallRecord:
+        stage = "gen" if spec.role.startswith("gen") else "judge"
         if isinstance(result, Completion):
+            self._count_usage(stage, result.usage)
+            self.stats.done[stage] += 1
             rec = CallRecord(
                 key=spec.key,
                 pair_id=spec.pair_id,
@@ -324,6 +330,7 @@ class Scheduler:
             )
         else:
             self.stats.calls_failed += 1
+            self.stats.failed[stage] += 1
             rec = CallRecord(
                 key=spec.key,
                 pair_id=spec.pair_id,
@@ -387,19 +394,15 @@ class Scheduler:
         if state.pending == 0:
             self._finish(state)
 
-    async def _progress(self) -> None:
-        assert self.progress_interval is not None
-        while True:
-            await asyncio.sleep(self.progress_interval)
-            s = self.stats
-            elapsed = time.monotonic() - s.started
-            log.info(
-                "progress: %d pairs finished (%d failed), %d in flight, %d calls sent "
-                "(%.1f/s), %d judge re-asks",
-                s.pairs_finished,
-                s.pairs_failed,
-                self._active,
-                s.calls_sent,
-                s.calls_sent / max(elapsed, 1e-9),
-                s.judge_reasks,
-            )
+    def _count_usage(self, stage: str, usage: dict) -> None:
+        tin = usage.get("prompt_tokens") or 0
+        tout = usage.get("completion_tokens") or 0
+        if isinstance(tin, int) and isinstance(tout, int):
+            self.stats.tokens_in += tin
+            self.stats.tokens_out += tout
+            price_in, price_out = self._prices[stage]
+            self.stats.cost_usd += (tin * price_in + tout * price_out) / 1e6
+
+    @property
+    def in_flight_pairs(self) -> int:
+        return self._active

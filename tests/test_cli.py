@@ -282,3 +282,44 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
     conn.close()
     assert (out / "results.jsonl").read_bytes() == before
     assert run_cli("report", out) == 0
+
+
+def test_progress_lines_and_cost_estimate(tmp_path, synthetic, sim_server, caplog):
+    caplog.set_level(logging.INFO)
+    server = sim_server(latency_median_ms=20)
+    out = tmp_path / "run"
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            synthetic(60),
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            out,
+            "--progress",
+            "log",
+            "--progress-interval",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--judge-concurrency",
+            "4",
+            "--price-in",
+            "2",
+            "--price-out",
+            "8",
+            "--judge-price-in",
+            "1",
+            "--judge-price-out",
+            "1",
+        )
+        == 0
+    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert lines and "/60 pairs" in lines[-1] and "ETA" in lines[-1] and "calls/s" in lines[-1]
+    session = read_summary(out)["last_session"]
+    assert session["estimated_cost_usd"] > 0
+    assert session["tokens_in"] > 0 and session["tokens_out"] > 0
