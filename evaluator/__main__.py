@@ -14,7 +14,7 @@ from typing import Any
 
 from evaluator import report
 from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
-from evaluator.dataset import SAMPLE, DatasetError, iter_pairs
+from evaluator.dataset import SAMPLE, DatasetError, count_rows, describe_source, iter_pairs
 from evaluator.runner import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="metrics from an existing verdict file (JSONL or Parquet)")
     score.add_argument("file", type=Path)
     score.add_argument("--out", type=Path, required=True)
+
+    st = sub.add_parser(
+        "status", help="progress of a run, from its checkpoint (while it runs or after)"
+    )
+    st.add_argument("dir", type=Path)
 
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
@@ -471,6 +476,51 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Progress of a run from its checkpoint, whether or not it is running now."""
+    try:
+        store = Store.open(args.dir, create=False, lock=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    with store:
+        raw = store.get_meta("config")
+        if raw is None:
+            raise UserError(f"{args.dir} holds no run config")
+        config = RunConfig.from_dict(raw)
+        pid = store.holder()
+        counts = store.counts()
+        pairs = store.pair_counts()
+        session = store.get_meta("last_session") or {}
+        duplicated = store.possibly_duplicated()
+    expected = count_rows(config.data, config.split)
+    if expected is not None and config.limit is not None:
+        expected = min(expected, config.limit)
+
+    def n(stage: str, status: str) -> int:
+        return sum(v for k, v in counts.items() if k.startswith(stage) and k.endswith(":" + status))
+
+    state = f"running (pid {pid})" if pid else "not running"
+    label = " [SIMULATED backend]" if config.simulated else ""
+    total = f"/{expected}" if expected is not None else ""
+    print(f"run {args.dir}: {state}{label}")
+    print(f"  model {config.model}; judge {config.judge_model} ({config.judge_order})")
+    print(f"  dataset {describe_source(config.data)}")
+    print(f"  pairs judged {pairs['judged']}{total}, with a failed call {pairs['failed']}")
+    for stage, name in (("gen", "generation"), ("judge", "judge")):
+        print(
+            f"  {name}: {n(stage, 'done')} answered, {n(stage, 'failed')} failed, "
+            f"{n(stage, 'started')} in flight, {n(stage, 'interrupted')} to re-send"
+        )
+    print(f"  calls possibly paid twice so far: {duplicated}")
+    if session:
+        print(
+            f"  last session: {session.get('calls_sent', 0)} calls in {session.get('wall_s', 0):.0f}s "
+            f"({session.get('calls_per_s') or 0:.1f}/s), event-loop lag p99 "
+            f"{session.get('event_loop_lag_p99_ms')} ms, est. cost ${session.get('estimated_cost_usd', 0):.2f}"
+        )
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         with Store.open(args.dir, create=False) as store:
@@ -498,7 +548,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USER
         command = "run"
-    handlers = {"run": cmd_run, "demo": cmd_demo, "score": cmd_score, "report": cmd_report}
+    handlers = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "score": cmd_score,
+        "report": cmd_report,
+        "status": cmd_status,
+    }
     try:
         return handlers[command](args)
     except UserError as exc:

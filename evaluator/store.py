@@ -271,6 +271,30 @@ class Store:
         ).fetchall()
         return {k: n for k, n in rows}
 
+    def pair_counts(self) -> dict[str, int]:
+        """Distinct pairs with a judge answer, and with a failed call (for `status`)."""
+        assert self._read is not None
+        judged, failed = self._read.execute(
+            "SELECT COUNT(DISTINCT CASE WHEN role LIKE 'judge%' AND status = 'done' THEN pair_id END),"
+            " COUNT(DISTINCT CASE WHEN status = 'failed' THEN pair_id END) FROM calls"
+        ).fetchone()
+        return {"judged": judged, "failed": failed}
+
+    def holder(self) -> int | None:
+        """The pid of the evaluator running in this directory, or None if none is."""
+        path = self.run_dir / LOCK_NAME
+        if not path.exists():
+            return None
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                text = fh.read().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return None
+
     def bad_rows(self) -> list[tuple[str, str]]:
         assert self._read is not None
         return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()

@@ -323,3 +323,52 @@ def test_progress_lines_and_cost_estimate(tmp_path, synthetic, sim_server, caplo
     session = read_summary(out)["last_session"]
     assert session["estimated_cost_usd"] > 0
     assert session["tokens_in"] > 0 and session["tokens_out"] > 0
+
+
+def test_status_while_running_and_after(tmp_path, synthetic, sim_process, capsys):
+    import subprocess
+    import time
+
+    from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd
+
+    data = synthetic(200)
+    server = sim_process("--dataset", str(data), "--latency-ms", "50")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        evaluator_cmd(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--out",
+            out,
+            "--concurrency",
+            "4",
+            "--judge-concurrency",
+            "4",
+            "--quiet",
+        ),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline
+            if (out / DB_NAME).exists() and run_cli("status", out) == 0:
+                text = capsys.readouterr().out
+                if "generation: 0 answered" not in text:
+                    break
+            time.sleep(0.2)
+        assert f"running (pid {proc.pid})" in text and "/200" in text
+    finally:
+        proc.wait(120)
+    assert run_cli("status", out) == 0
+    text = capsys.readouterr().out
+    assert "not running" in text and "pairs judged 200/200" in text
+    assert "generation: 400 answered, 0 failed, 0 in flight" in text
