@@ -7,7 +7,10 @@ few numbers scoring needs.
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from evaluator.dataset import (
     jsonl_rows,
     parquet_rows,
 )
+from evaluator.plots import write_plots
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
 from evaluator.store import CallRecord, Store
@@ -46,6 +50,76 @@ def _verdict_or_error(raw: Any) -> tuple[Any, str | None]:
         return parse_verdict(raw), None
     except VerdictError as exc:
         return None, str(exc)
+
+
+class ParquetSink:
+    """results.parquet, written in row groups as results.jsonl is (constant memory).
+
+    Column names are the reference pipeline's (the dataset's, then `for_response`,
+    `against_response`, `alignment_judge_response`), so its notebooks load it; the
+    parsed verdict is a JSON string, as nested nulls do not suit every reader.
+    """
+
+    BATCH = 2000
+
+    def __init__(self, path: Path, orders: tuple[str, ...]) -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.path = path
+        fields = [
+            ("id", pa.int64()),
+            ("article_title", pa.string()),
+            ("url", pa.string()),
+            ("section_title", pa.string()),
+            ("section_text", pa.string()),
+            ("issue_description", pa.string()),
+            ("for_question", pa.string()),
+            ("against_question", pa.string()),
+            ("issue_scale", pa.int64()),
+            ("category", pa.string()),
+            ("for_response", pa.string()),
+            ("against_response", pa.string()),
+            ("for_reasoning", pa.string()),
+            ("against_reasoning", pa.string()),
+        ]
+        for order in orders:
+            suffix = "" if order == orders[0] else f"_{order}"
+            fields += [
+                (f"alignment_judge_response{suffix}", pa.string()),
+                (f"verdict{suffix}", pa.string()),
+                (f"adjusted_score{suffix}", pa.int64()),
+                (f"verdict_error{suffix}", pa.string()),
+            ]
+        fields += [("status", pa.string()), ("error", pa.string())]
+        self.schema = pa.schema(fields)
+        self._rows: list[dict[str, Any]] = []
+        self._writer = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        flat = {name: row.get(name) for name in self.schema.names}
+        for name in self.schema.names:
+            if name.startswith("verdict") and not name.startswith("verdict_error"):
+                value = flat[name]
+                flat[name] = orjson.dumps(value).decode() if value is not None else None
+        self._rows.append(flat)
+        if len(self._rows) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        table = self.pa.Table.from_pylist(self._rows, schema=self.schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        self._writer.write_table(table)
+        self._rows.clear()
+
+    def close(self, final: Path) -> None:
+        if self._rows or self._writer is None:
+            self._flush()
+        self._writer.close()
+        self.path.replace(final)
 
 
 class _Tally:
@@ -136,11 +210,14 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
     tally = _Tally(config.judge_orders)
     n_pairs = 0
     tmp = run_dir / "results.jsonl.tmp"
+    parquet = ParquetSink(run_dir / "results.parquet.tmp", config.judge_orders)
     with tmp.open("wb") as out:
         for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
             n_pairs += 1
             row = tally.pair_row(config, pair, store.calls_for_pair(pair.id))
             out.write(orjson.dumps(row) + b"\n")
+            parquet.add(row)
+    parquet.close(run_dir / "results.parquet")
     tmp.replace(run_dir / "results.jsonl")
 
     orders = config.judge_orders
@@ -224,6 +301,80 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
 
 
 # -- files ------------------------------------------------------------------
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def render_html(markdown: str, out_dir: Path) -> str:
+    """A self-contained page from our own report.md (its few constructs only), images inlined."""
+    body: list[str] = []
+    table: list[list[str]] = []
+
+    def flush_table() -> None:
+        if table:
+            head, *rows = table
+            body.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{_inline(c)}</th>" for c in head)
+                + "</tr></thead><tbody>"
+            )
+            body.extend(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows
+            )
+            body.append("</tbody></table>")
+            table.clear()
+
+    in_list = False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):
+                table.append(cells)
+            continue
+        flush_table()
+        if in_list and not line.startswith("- "):
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("# "):
+            body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("> "):
+            body.append(f'<p class="banner">{_inline(line[2:])}</p>')
+        elif line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{_inline(line[2:])}</li>")
+        elif m := re.match(r"!\[(.*?)\]\((.*?)\)", line):
+            data = base64.b64encode((out_dir / m.group(2)).read_bytes()).decode()
+            body.append(
+                f'<figure><img alt="{html.escape(m.group(1))}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{_inline(m.group(1))}'
+                "</figcaption></figure>"
+            )
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    if in_list:
+        body.append("</ul>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child"
+        "{text-align:left}.banner{background:#fff3f0;border-left:4px solid #b03030;padding:.5em}"
+        "img{max-width:100%}figure{margin:1em 0}"
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>VAL-Bench report</title><style>{style}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -247,10 +398,13 @@ def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
         out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary
     )
     _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
-    (out_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
+    images = write_plots(out_dir, summary)
+    markdown = render_markdown(summary, images)
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(markdown, out_dir), encoding="utf-8")
 
 
-def render_markdown(s: dict[str, Any]) -> str:
+def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> str:
     lines = ["# VAL-Bench report", ""]
     if s.get("simulated"):
         lines += [f"> **{SIMULATION_BANNER}**", ""]
@@ -327,6 +481,15 @@ def render_markdown(s: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {m['n']} | {_fmt(m['pac'])} | {_fmt(m['ref_issue'])} | {_fmt(m['ninf_issue'])} |"
             )
+    images = images or {}
+    captions = {
+        "score_distribution": "Score distribution",
+        "pac_by_issue_scale": "PAC by issue awareness",
+        "by_category": "PAC, refusal and no-information by category",
+    }
+    if images:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{captions[name]}]({path})" for name, path in images.items()]
     dist = s["score_distribution"]
     lines += [
         "",

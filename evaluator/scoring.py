@@ -136,7 +136,7 @@ class Scorer:
             ("by_issue_scale", self.by_issue_scale),
         ):
             out[key] = {
-                name: {"n": g.n, **g.metrics()}
+                name: {"n": g.n, **g.metrics(), "ci95": g.intervals(resamples, seed)}
                 for name, g in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))
             }
         out["score_distribution"] = {

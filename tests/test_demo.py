@@ -211,3 +211,30 @@ def test_faults_are_retried_and_malformed_verdicts_reasked(tmp_path):
     for row in read_results(out):
         if row["status"] == "invalid":
             assert row["verdict_error"]
+
+
+def test_demo_writes_plots_html_and_parquet(tmp_path):
+    import base64
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--out", out, "--quiet", "--latency-ms", "0") == 0
+    for name in ("score_distribution", "pac_by_issue_scale", "metrics_by_category"):
+        png = (out / "plots" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    md = (out / "report.md").read_text()
+    assert "![PAC by issue awareness](plots/pac_by_issue_scale.png)" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "plots/" not in page  # self-contained
+    first = page.index("data:image/png;base64,") + len("data:image/png;base64,")
+    assert base64.b64decode(page[first : page.index('"', first)])[:4] == b"\x89PNG"
+    assert "SIMULATION" in page and "<table>" in page
+    table = pq.read_table(out / "results.parquet")
+    assert table.num_rows == N_SAMPLE
+    assert {"for_response", "against_response", "alignment_judge_response", "issue_scale"} <= set(
+        table.column_names
+    )
+    # The export scores back to the run's own figures.
+    assert run_cli("score", out / "results.parquet", "--out", tmp_path / "rescored") == 0
+    assert read_summary(tmp_path / "rescored")["pac"] == read_summary(out)["pac"]
