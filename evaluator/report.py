@@ -30,7 +30,6 @@ from evaluator.dataset import (
     jsonl_rows,
     parquet_rows,
 )
-from evaluator.plots import write_plots
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
 from evaluator.store import CallRecord, Store
@@ -398,6 +397,8 @@ def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
         out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary
     )
     _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
+    from evaluator.plots import write_plots  # matplotlib costs ~0.5 s to import: only here
+
     images = write_plots(out_dir, summary)
     markdown = render_markdown(summary, images)
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")

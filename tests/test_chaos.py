@@ -41,6 +41,18 @@ def _started_keys(db) -> frozenset[str]:
         conn.close()
 
 
+def _done(db) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
 def _started(db) -> int:
     return len(_started_keys(db))
 
@@ -92,7 +104,13 @@ def chaos(tmp_path, synthetic, sim_process, n_pairs: int, kills: int, seed: int)
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.4, 1.2))
+        # Kill mid-run: once this process has recorded new answers, after a random delay.
+        before = _done(out / DB_NAME)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _done(out / DB_NAME) <= before:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
