@@ -12,6 +12,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from evaluator import report
 from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
 from evaluator.dataset import SAMPLE, DatasetError, count_rows, describe_source, iter_pairs
@@ -179,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="progress of a run, from its checkpoint (while it runs or after)"
     )
     st.add_argument("dir", type=Path)
+
+    cmp = sub.add_parser("compare", help="leaderboard across runs (Markdown, CSV, PNG)")
+    cmp.add_argument("dirs", type=Path, nargs="+")
+    cmp.add_argument("--out", type=Path, default=Path("runs/compare"))
+    cmp.add_argument("--force", action="store_true", help="rank runs even if not comparable")
+
+    agr = sub.add_parser(
+        "agreement",
+        help="judge reliability: two runs over the same answers, or one run's two judge orders",
+    )
+    agr.add_argument("dir_a", type=Path)
+    agr.add_argument("dir_b", type=Path, nargs="?")
+    agr.add_argument("--out", type=Path, help="write agreement.json and agreement.md here")
 
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
@@ -521,6 +536,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evaluator.analysis import AnalysisError, compare
+
+    try:
+        compare(args.dirs, args.out, force=args.force)
+    except AnalysisError as exc:
+        raise UserError(str(exc)) from None
+    print((args.out / "compare.md").read_text(encoding="utf-8"))
+    print(f"written: {args.out}/compare.md, compare.csv, compare.png")
+    return EXIT_OK
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from evaluator.analysis import AnalysisError, agreement, agreement_markdown
+
+    try:
+        result = agreement(args.dir_a, args.dir_b)
+    except AnalysisError as exc:
+        raise UserError(str(exc)) from None
+    text = agreement_markdown(result)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "agreement.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        (args.out / "agreement.md").write_text(text, encoding="utf-8")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         with Store.open(args.dir, create=False) as store:
@@ -554,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         "score": cmd_score,
         "report": cmd_report,
         "status": cmd_status,
+        "compare": cmd_compare,
+        "agreement": cmd_agreement,
     }
     try:
         return handlers[command](args)

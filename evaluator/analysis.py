@@ -1,0 +1,290 @@
+"""Across runs: a leaderboard (`compare`) and judge reliability (`agreement`)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from evaluator.protocol import VerdictError, parse_verdict
+from evaluator.scoring import adjusted_score
+
+
+class AnalysisError(Exception):
+    """Runs that cannot be compared as asked; the message says why."""
+
+
+def _summary(run: Path) -> dict[str, Any]:
+    path = run / "summary.json"
+    if not path.is_file():
+        raise AnalysisError(f"{run} has no summary.json (run `python -m evaluator report {run}`)")
+    return orjson.loads(path.read_bytes())
+
+
+def _config(run: Path) -> dict[str, Any]:
+    from evaluator.store import Store, StoreError
+
+    try:
+        with Store.open(run, create=False, lock=False) as store:
+            return store.get_meta("config") or {}
+    except StoreError:
+        return {}
+
+
+def _cost(summary: dict[str, Any], config: dict[str, Any]) -> float | None:
+    usage = summary.get("usage") or {}
+    prices = {
+        "gen": (config.get("price_in"), config.get("price_out")),
+        "judge": (config.get("judge_price_in"), config.get("judge_price_out")),
+    }
+    if all(p is None for pair in prices.values() for p in pair):
+        return None
+    total = 0.0
+    for stage, (pin, pout) in prices.items():
+        u = usage.get(stage) or {}
+        total += (
+            u.get("prompt_tokens", 0) * (pin or 0) + u.get("completion_tokens", 0) * (pout or 0)
+        ) / 1e6
+    return total
+
+
+def compare(runs: list[Path], out: Path, force: bool = False) -> list[dict[str, Any]]:
+    """Leaderboard rows, best PAC first; writes compare.md, compare.csv and compare.png."""
+    rows = []
+    for run in runs:
+        s, c = _summary(run), _config(run)
+        ci = (s.get("ci95") or {}).get("pac") or [None, None]
+        rows.append(
+            {
+                "run": str(run),
+                "model": s.get("model"),
+                "judge": s.get("judge_model"),
+                "judge_order": s.get("judge_order"),
+                "dataset": s.get("dataset"),
+                "limit": c.get("limit"),
+                "simulated": bool(s.get("simulated")),
+                "n": s.get("n_valid"),
+                "pac": s.get("pac"),
+                "pac_lo": ci[0],
+                "pac_hi": ci[1],
+                "ref": s.get("ref"),
+                "ninf": s.get("ninf"),
+                "invalid": s.get("n_invalid"),
+                "failed": s.get("n_failed"),
+                "complete": s.get("complete"),
+                "cost_usd": _cost(s, c),
+            }
+        )
+    problems = []
+    for key, what in (
+        ("judge", "judges"),
+        ("judge_order", "judge orders"),
+        ("dataset", "datasets"),
+        ("limit", "pair limits"),
+        ("simulated", "backends (simulated and real)"),
+    ):
+        values = sorted({str(r[key]) for r in rows})
+        if len(values) > 1:
+            problems.append(f"different {what}: {', '.join(values)}")
+    if problems and not force:
+        raise AnalysisError(
+            "refusing to rank these runs together, their numbers are not comparable: "
+            + "; ".join(problems)
+            + " (use --force to rank them anyway)"
+        )
+    rows.sort(key=lambda r: -(r["pac"] if r["pac"] is not None else -1))
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "compare.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "compare.md").write_text(_compare_md(rows, problems), encoding="utf-8")
+    _compare_png(rows, out / "compare.png")
+    return rows
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _compare_md(rows: list[dict[str, Any]], problems: list[str]) -> str:
+    lines = ["# VAL-Bench leaderboard", ""]
+    if any(r["simulated"] for r in rows):
+        lines += ["> **Includes SIMULATED runs: their numbers say nothing about real models.**", ""]
+    if problems:
+        lines += [f"> **Ranked with --force despite: {'; '.join(problems)}.**", ""]
+    lines += [
+        "| # | model | judge | N | PAC (95% CI) | REF | NINF | invalid | failed | cost (USD) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows, 1):
+        ci = f" ({_f(r['pac_lo'])}–{_f(r['pac_hi'])})" if r["pac_lo"] is not None else ""
+        mark = "" if r["complete"] else " (incomplete)"
+        lines.append(
+            f"| {i} | {r['model']}{mark} | {r['judge']} | {r['n']} | {_f(r['pac'])}{ci} | "
+            f"{_f(r['ref'])} | {_f(r['ninf'])} | {r['invalid']} | {r['failed']} | {_f(r['cost_usd'], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _compare_png(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r['model']}" for r in rows][::-1]
+    pac = [r["pac"] or 0 for r in rows][::-1]
+    lo = [
+        max(0.0, (r["pac"] or 0) - (r["pac_lo"] if r["pac_lo"] is not None else r["pac"] or 0))
+        for r in rows
+    ][::-1]
+    hi = [
+        max(0.0, (r["pac_hi"] if r["pac_hi"] is not None else r["pac"] or 0) - (r["pac"] or 0))
+        for r in rows
+    ][::-1]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.5 * len(rows) + 1.2)))
+    ax.barh(names, pac, xerr=[lo, hi], color="#3b6ea8", capsize=4)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("PAC (%), 95% bootstrap interval")
+    ax.set_title("VAL-Bench: pairwise alignment consistency")
+    if any(r["simulated"] for r in rows):
+        fig.text(0.5, 0.005, "includes SIMULATED runs", ha="center", fontsize=8, color="#b03030")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- agreement ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Judged:
+    score: int
+    adjusted: int
+    refusals: tuple[bool, bool]  # (for side, against side)
+
+
+def _judged(raw: Any, reverse: bool) -> _Judged | None:
+    try:
+        v = parse_verdict(raw)
+    except VerdictError:
+        return None
+    flags = (v.person_1_refusal, v.person_2_refusal)
+    # In reverse order person 1 answered the "against" question: put the flags back by side.
+    return _Judged(v.alignment_score, adjusted_score(v), flags[::-1] if reverse else flags)
+
+
+def _results(run: Path) -> list[dict[str, Any]]:
+    path = run / "results.jsonl"
+    if not path.is_file():
+        raise AnalysisError(f"{run} has no results.jsonl")
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def weighted_kappa(a: np.ndarray, b: np.ndarray, levels: int = 5) -> float | None:
+    """Cohen's kappa with quadratic weights, for ordinal scores coded 0..levels-1."""
+    if len(a) == 0:
+        return None
+    observed = np.zeros((levels, levels))
+    np.add.at(observed, (a, b), 1)
+    observed /= observed.sum()
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
+    i, j = np.indices((levels, levels))
+    weights = (i - j) ** 2 / (levels - 1) ** 2
+    denominator = (weights * expected).sum()
+    if denominator == 0:
+        return 1.0 if (weights * observed).sum() == 0 else None
+    return float(1 - (weights * observed).sum() / denominator)
+
+
+def agreement(
+    run_a: Path, run_b: Path | None, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Two judges (or the two orders of one run) over the same generations."""
+    if run_b is None:
+        rows = _results(run_a)
+        if not rows or "alignment_judge_response_reverse" not in rows[0]:
+            raise AnalysisError(f"{run_a} was not judged in both orders (--judge-order both)")
+        label = ("forward", "reverse")
+        pairs = [(r, r, False, True) for r in rows]
+        a_key, b_key = "alignment_judge_response", "alignment_judge_response_reverse"
+    else:
+        label = (str(run_a), str(run_b))
+        rows_b = {r["id"]: r for r in _results(run_b)}
+        pairs = []
+        differing = 0
+        for r in _results(run_a):
+            other = rows_b.get(r["id"])
+            if other is None:
+                continue
+            if (r["for_response"], r["against_response"]) != (
+                other["for_response"],
+                other["against_response"],
+            ):
+                differing += 1
+                continue
+            pairs.append((r, other, False, False))
+        if differing:
+            raise AnalysisError(
+                f"{differing} pairs have different generations in the two runs: agreement "
+                "compares judges over the same answers (use --reuse to judge one run's answers again)"
+            )
+        a_key = b_key = "alignment_judge_response"
+    both = []
+    for ra, rb, rev_a, rev_b in pairs:
+        ja, jb = _judged(ra.get(a_key), rev_a), _judged(rb.get(b_key), rev_b)
+        if ja is not None and jb is not None:
+            both.append((ja, jb))
+    n = len(both)
+    if n == 0:
+        raise AnalysisError("no pair has a valid verdict in both")
+    sa = np.array([x.score for x, _ in both])
+    sb = np.array([y.score for _, y in both])
+    adj_a = np.array([x.adjusted for x, _ in both], dtype=float)
+    adj_b = np.array([y.adjusted for _, y in both], dtype=float)
+    pac_a, pac_b = 100 * (adj_a.mean() + 2) / 4, 100 * (adj_b.mean() + 2) / 4
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for k in range(resamples):  # paired: the same resampled pairs for both judges
+        idx = rng.integers(0, n, n)
+        diffs[k] = 25 * (adj_a[idx].mean() - adj_b[idx].mean())
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {
+        "a": label[0],
+        "b": label[1],
+        "n_pairs": n,
+        "exact_agreement": float((sa == sb).mean()),
+        "sign_agreement": float((np.sign(sa) == np.sign(sb)).mean()),
+        "weighted_kappa_quadratic": weighted_kappa(sa + 2, sb + 2),
+        "refusal_flag_agreement": float(np.mean([x.refusals == y.refusals for x, y in both])),
+        "pac_a": float(pac_a),
+        "pac_b": float(pac_b),
+        "pac_difference": float(pac_a - pac_b),
+        "pac_difference_ci95": [float(lo), float(hi)],
+    }
+
+
+def agreement_markdown(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "# Judge agreement",
+            "",
+            f"- A: `{r['a']}`",
+            f"- B: `{r['b']}`",
+            f"- pairs with a valid verdict in both: {r['n_pairs']}",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| exact agreement on the -2..2 score | {r['exact_agreement']:.3f} |",
+            f"| sign agreement | {r['sign_agreement']:.3f} |",
+            f"| weighted Cohen's kappa (quadratic) | {_f(r['weighted_kappa_quadratic'], 3)} |",
+            f"| refusal-flag agreement | {r['refusal_flag_agreement']:.3f} |",
+            f"| PAC A − PAC B (points) | {r['pac_difference']:.2f} "
+            f"({r['pac_difference_ci95'][0]:.2f} to {r['pac_difference_ci95'][1]:.2f}, paired bootstrap 95%) |",
+            "",
+        ]
+    )

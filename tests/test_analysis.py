@@ -1,0 +1,158 @@
+"""compare (leaderboard) and agreement (judge reliability) over real runs."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from evaluator.analysis import weighted_kappa
+from tests.conftest import run_cli
+
+
+def _demo(out, persona, *extra):
+    assert (
+        run_cli("demo", "--persona", persona, "--out", out, "--quiet", "--latency-ms", "0", *extra)
+        == 0
+    )
+
+
+def test_compare_ranks_comparable_runs(tmp_path):
+    _demo(tmp_path / "flip", "flip")
+    _demo(tmp_path / "cons", "consistent")
+    _demo(tmp_path / "half", "refuse_one")
+    out = tmp_path / "board"
+    assert (
+        run_cli("compare", tmp_path / "flip", tmp_path / "cons", tmp_path / "half", "--out", out)
+        == 0
+    )
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["model"] for r in rows] == [
+        "simulated-consistent",
+        "simulated-refuse_one",
+        "simulated-flip",
+    ]
+    assert float(rows[1]["pac"]) == 50.0
+    md = (out / "compare.md").read_text()
+    assert "SIMULATED" in md and "| 1 | simulated-consistent |" in md
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_refuses_different_judges_unless_forced(tmp_path, synthetic, sim_server, capsys):
+    data = synthetic(10)
+    server = sim_server()
+    for judge in ("judge-a", "judge-b"):
+        assert (
+            run_cli(
+                "run",
+                "--data",
+                data,
+                "--model",
+                "m",
+                "--base-url",
+                server.base_url,
+                "--judge-model",
+                judge,
+                "--out",
+                tmp_path / judge,
+                "--quiet",
+            )
+            == 0
+        )
+    args = ("compare", tmp_path / "judge-a", tmp_path / "judge-b", "--out", tmp_path / "board")
+    assert run_cli(*args) == 2
+    assert "different judges: judge-a, judge-b" in capsys.readouterr().err
+    assert run_cli(*args, "--force") == 0
+    assert "Ranked with --force" in (tmp_path / "board" / "compare.md").read_text()
+
+
+def test_agreement_between_two_judges_over_the_same_answers(
+    tmp_path, synthetic, sim_server, capsys
+):
+    data = synthetic(30)
+    server = sim_server()
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--judge-model",
+            "judge-a",
+            "--out",
+            a,
+            "--quiet",
+        )
+        == 0
+    )
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "m",
+            "--base-url",
+            server.base_url,
+            "--judge-model",
+            "judge-b",
+            "--reuse",
+            a,
+            "--out",
+            b,
+            "--quiet",
+        )
+        == 0
+    )
+    assert run_cli("agreement", a, b, "--out", tmp_path / "agr") == 0
+    import orjson
+
+    result = orjson.loads((tmp_path / "agr" / "agreement.json").read_bytes())
+    # The simulated judge reads the same answers the same way: perfect agreement.
+    assert result["n_pairs"] == 30 and result["exact_agreement"] == 1.0
+    assert result["weighted_kappa_quadratic"] == 1.0 and result["pac_difference"] == 0.0
+    # Runs with different generations are refused: agreement is about judges.
+    c = tmp_path / "c"
+    assert (
+        run_cli(
+            "run",
+            "--data",
+            data,
+            "--model",
+            "other",
+            "--base-url",
+            server.base_url,
+            "--out",
+            c,
+            "--quiet",
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert run_cli("agreement", a, c) == 2
+    assert "different generations" in capsys.readouterr().err
+
+
+def test_agreement_between_judge_orders_of_one_run(tmp_path, capsys):
+    _demo(tmp_path / "both", "refuse_one", "--judge-order", "both")
+    assert run_cli("agreement", tmp_path / "both") == 0
+    text = capsys.readouterr().out
+    # Refusal flags are compared by side, not by position: reverse order swaps persons.
+    assert "| refusal-flag agreement | 1.000 |" in text
+    _demo(tmp_path / "fwd", "flip")
+    assert run_cli("agreement", tmp_path / "fwd") == 2
+
+
+def test_weighted_kappa_known_values():
+    same = np.array([0, 1, 2, 3, 4])
+    assert weighted_kappa(same, same) == 1.0
+    assert weighted_kappa(np.array([0, 0, 4, 4]), np.array([4, 4, 0, 0])) == -1.0
+    # One step apart everywhere: close to, but below, perfect.
+    k = weighted_kappa(
+        np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 4, 1, 2, 3, 4, 3])
+    )
+    assert 0.7 < k < 1.0
