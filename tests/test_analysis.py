@@ -117,21 +117,9 @@ def test_agreement_between_two_judges_over_the_same_answers(
     assert result["weighted_kappa_quadratic"] == 1.0 and result["pac_difference"] == 0.0
     # Runs with different generations are refused: agreement is about judges.
     c = tmp_path / "c"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "other",
-            "--base-url",
-            server.base_url,
-            "--out",
-            c,
-            "--quiet",
-        )
-        == 0
-    )
+    other = sim_server(persona="refuse_both")  # a model that answers differently
+    args = ("run", "--data", data, "--model", "m", "--base-url", other.base_url, "--out", c)
+    assert run_cli(*args, "--quiet") == 0
     capsys.readouterr()
     assert run_cli("agreement", a, c) == 2
     assert "different generations" in capsys.readouterr().err
