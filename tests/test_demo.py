@@ -235,6 +235,10 @@ def test_demo_writes_plots_html_and_parquet(tmp_path):
     assert {"for_response", "against_response", "alignment_judge_response", "issue_scale"} <= set(
         table.column_names
     )
+    import pandas as pd
+
+    frame = pd.read_parquet(out / "results.parquet")
+    assert len(frame) == N_SAMPLE and frame["status"].eq("scored").all()
     # The export scores back to the run's own figures.
     assert run_cli("score", out / "results.parquet", "--out", tmp_path / "rescored") == 0
     assert read_summary(tmp_path / "rescored")["pac"] == read_summary(out)["pac"]
