@@ -92,30 +92,34 @@ class ParquetSink:
             ]
         fields += [("status", pa.string()), ("error", pa.string())]
         self.schema = pa.schema(fields)
-        self._rows: list[dict[str, Any]] = []
+        self._json = {n for n in self.schema.names if n.startswith("verdict") and "error" not in n}
+        self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        self._count = 0
         self._writer = None
 
     def add(self, row: dict[str, Any]) -> None:
-        flat = {name: row.get(name) for name in self.schema.names}
-        for name in self.schema.names:
-            if name.startswith("verdict") and not name.startswith("verdict_error"):
-                value = flat[name]
-                flat[name] = orjson.dumps(value).decode() if value is not None else None
-        self._rows.append(flat)
-        if len(self._rows) >= self.BATCH:
+        for name, column in self._columns.items():
+            value = row.get(name)
+            if value is not None and name in self._json:
+                value = orjson.dumps(value).decode()
+            column.append(value)
+        self._count += 1
+        if self._count >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
         import pyarrow.parquet as pq
 
-        table = self.pa.Table.from_pylist(self._rows, schema=self.schema)
+        table = self.pa.Table.from_pydict(self._columns, schema=self.schema)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, self.schema)
         self._writer.write_table(table)
-        self._rows.clear()
+        for column in self._columns.values():
+            column.clear()
+        self._count = 0
 
     def close(self, final: Path) -> None:
-        if self._rows or self._writer is None:
+        if self._count or self._writer is None:
             self._flush()
         self._writer.close()
         self.path.replace(final)
