@@ -95,6 +95,11 @@ class AdaptiveConcurrency:
     `cooldown_s`, so one burst of 429s is one cut); a success while the limit
     is fully used grows it by about one per round of `limit` successes, up to
     `maximum`. Ordinary 5xx errors leave it alone: they say nothing about load.
+
+    With `initial` below `maximum` it starts in slow start (as TCP does): every
+    success while saturated adds a whole slot, doubling the limit each round,
+    until the first rate-limit episode or the maximum. Used when an endpoint's
+    limits are unknown, so the first wave is small rather than a burst of 429s.
     """
 
     def __init__(
@@ -103,10 +108,12 @@ class AdaptiveConcurrency:
         minimum: int = 1,
         decrease: float = 0.7,
         cooldown_s: float = 2.0,
+        initial: int | None = None,
     ) -> None:
         self.maximum = maximum
         self.minimum = max(1, min(minimum, maximum))
-        self.limit = float(maximum)
+        self.limit = float(min(maximum, initial) if initial else maximum)
+        self.slow_start = self.limit < maximum
         self.decrease = decrease
         self.cooldown_s = cooldown_s
         self.inflight = 0
@@ -119,10 +126,12 @@ class AdaptiveConcurrency:
 
     def on_success(self) -> None:
         if self.inflight >= int(self.limit) - 1 and self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            step = 1.0 if self.slow_start else 1.0 / self.limit
+            self.limit = min(float(self.maximum), self.limit + step)
 
     def on_rate_limited(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        self.slow_start = False
         if now - self._last_cut >= self.cooldown_s:
             self.limit = max(float(self.minimum), self.limit * self.decrease)
             self._last_cut = now

@@ -35,6 +35,8 @@ from workers.openai_compat import (
 
 log = logging.getLogger("evaluator")
 
+SLOW_START = 8  # first wave per endpoint and stage when its rate limits are unknown
+
 __all__ = ["Endpoint", "EndpointPool", "PoolConfig", "PoolObserver"]
 
 
@@ -114,8 +116,14 @@ class EndpointPool:
             limits = registry.get(key)
             if limits is None:
                 limits = registry[key] = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
+            # Unknown limits: slow start, so the first wave is small, not a burst of 429s.
+            initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
             self.endpoints.append(
-                Endpoint(OpenAICompatClient(ep), limits, AdaptiveConcurrency(ep.concurrency))
+                Endpoint(
+                    OpenAICompatClient(ep),
+                    limits,
+                    AdaptiveConcurrency(ep.concurrency, initial=initial),
+                )
             )
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
