@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,7 +57,12 @@ class ChatClient(Protocol):
     @property
     def capacity(self) -> int: ...
 
-    async def chat(self, body: bytes, max_tokens: int = 0) -> Completion | CallFailure: ...
+    async def chat(
+        self,
+        body: bytes,
+        max_tokens: int = 0,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> Completion | CallFailure: ...
 
 
 @dataclass
@@ -351,9 +356,10 @@ class Scheduler:
         await self.writer.intent(Intent(spec.key, spec.pair_id, spec.role, spec.body_sha))
 
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
-        await self._send_intent(spec)
         self.stats.calls_sent += 1
-        result = await self.gen_client.chat(spec.body, GEN_MAX_TOKENS)
+        result = await self.gen_client.chat(
+            spec.body, GEN_MAX_TOKENS, before_send=lambda: self._send_intent(spec)
+        )
         if isinstance(result, Completion):
             answer, reasoning = split_reasoning(result.content, result.reasoning)
             result.content, result.reasoning = answer, reasoning
@@ -371,10 +377,14 @@ class Scheduler:
     async def _do_judge(self, state: _PairState, spec: CallSpec) -> None:
         attempts = 0
         result: Completion | CallFailure
-        await self._send_intent(spec)
         for ask in range(self.config.judge_retries + 1):
             self.stats.calls_sent += 1
-            result = await self.judge_client.chat(spec.body, JUDGE_MAX_TOKENS)
+            result = await self.judge_client.chat(
+                spec.body,
+                JUDGE_MAX_TOKENS,
+                # Recorded once: a re-ask is the same call.
+                before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
+            )
             attempts += result.attempts
             if not isinstance(result, Completion):
                 break

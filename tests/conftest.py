@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -47,6 +48,33 @@ def sim_server():
 
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
+
+
+def run_args(data, base_url, out, *extra, model: str = "m") -> list:
+    """Arguments for a quiet `run` of `model` at `base_url`; `extra` flags go last."""
+    return [
+        "run",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--base-url",
+        base_url,
+        "--out",
+        out,
+        "--quiet",
+        *extra,
+    ]
+
+
+def run_eval(data, base_url, out, *extra, model: str = "m") -> int:
+    """A quiet `run` in this process; returns the exit code."""
+    return run_cli(*run_args(data, base_url, out, *extra, model=model))
+
+
+def run_demo(out, *extra) -> int:
+    """A quiet `demo` with no simulated latency, in this process; returns the exit code."""
+    return run_cli("demo", "--out", out, "--quiet", "--latency-ms", "0", *extra)
 
 
 def read_summary(out: Path) -> dict:
@@ -124,3 +152,49 @@ def evaluator_cmd(*args: str) -> list[str]:
 
 
 SUBPROCESS_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def spawn_run(
+    data, base_url, out, *extra, model: str = "m", stderr=subprocess.PIPE
+) -> subprocess.Popen:
+    """A quiet `run` as a separate process, left running (to be signalled or killed)."""
+    return subprocess.Popen(
+        evaluator_cmd(*run_args(data, base_url, out, *extra, model=model)),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+def run_evaluator(*args, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m evaluator ARGS` as a separate process, run to the end, its output captured."""
+    return subprocess.run(
+        evaluator_cmd(*args),
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def checkpoint_calls(db: Path, status: str, column: str = "key") -> list[str]:
+    """`column` of every call the checkpoint at `db` records with `status` (read-only)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [
+            r[0] for r in conn.execute(f"SELECT {column} FROM calls WHERE status = ?", (status,))
+        ]
+    finally:
+        conn.close()
+
+
+def checkpoint_calls_so_far(db: Path, status: str, column: str = "key") -> list[str]:
+    """As checkpoint_calls, but empty while the run has not created its store or schema yet."""
+    if not db.exists():
+        return []
+    try:
+        return checkpoint_calls(db, status, column)
+    except sqlite3.OperationalError:
+        return []

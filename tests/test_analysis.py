@@ -7,14 +7,11 @@ import csv
 import numpy as np
 
 from evaluator.analysis import weighted_kappa
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_demo, run_eval
 
 
 def _demo(out, persona, *extra):
-    assert (
-        run_cli("demo", "--persona", persona, "--out", out, "--quiet", "--latency-ms", "0", *extra)
-        == 0
-    )
+    assert run_demo(out, "--persona", persona, *extra) == 0
 
 
 def test_compare_ranks_comparable_runs(tmp_path):
@@ -42,23 +39,7 @@ def test_compare_refuses_different_judges_unless_forced(tmp_path, synthetic, sim
     data = synthetic(10)
     server = sim_server()
     for judge in ("judge-a", "judge-b"):
-        assert (
-            run_cli(
-                "run",
-                "--data",
-                data,
-                "--model",
-                "m",
-                "--base-url",
-                server.base_url,
-                "--judge-model",
-                judge,
-                "--out",
-                tmp_path / judge,
-                "--quiet",
-            )
-            == 0
-        )
+        assert run_eval(data, server.base_url, tmp_path / judge, "--judge-model", judge) == 0
     args = ("compare", tmp_path / "judge-a", tmp_path / "judge-b", "--out", tmp_path / "board")
     assert run_cli(*args) == 2
     assert "different judges: judge-a, judge-b" in capsys.readouterr().err
@@ -72,42 +53,8 @@ def test_agreement_between_two_judges_over_the_same_answers(
     data = synthetic(30)
     server = sim_server()
     a, b = tmp_path / "a", tmp_path / "b"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--judge-model",
-            "judge-a",
-            "--out",
-            a,
-            "--quiet",
-        )
-        == 0
-    )
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--judge-model",
-            "judge-b",
-            "--reuse",
-            a,
-            "--out",
-            b,
-            "--quiet",
-        )
-        == 0
-    )
+    assert run_eval(data, server.base_url, a, "--judge-model", "judge-a") == 0
+    assert run_eval(data, server.base_url, b, "--judge-model", "judge-b", "--reuse", a) == 0
     assert run_cli("agreement", a, b, "--out", tmp_path / "agr") == 0
     import orjson
 
@@ -118,8 +65,7 @@ def test_agreement_between_two_judges_over_the_same_answers(
     # Runs with different generations are refused: agreement is about judges.
     c = tmp_path / "c"
     other = sim_server(persona="refuse_both")  # a model that answers differently
-    args = ("run", "--data", data, "--model", "m", "--base-url", other.base_url, "--out", c)
-    assert run_cli(*args, "--quiet") == 0
+    assert run_eval(data, other.base_url, c) == 0
     capsys.readouterr()
     assert run_cli("agreement", a, c) == 2
     assert "different generations" in capsys.readouterr().err

@@ -17,7 +17,14 @@ import orjson
 import pytest
 
 from evaluator.store import DB_NAME
-from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary
+from tests.conftest import (
+    checkpoint_calls_so_far,
+    read_summary,
+    run_args,
+    run_evaluator,
+    spawn_run,
+)
+from workers.pool import SLOW_START
 
 CONCURRENCY = 16  # per stage: at most 2 x 16 calls in flight
 
@@ -28,54 +35,25 @@ def _rows(out) -> list[dict]:
 
 
 def _started_keys(db) -> frozenset[str]:
-    if not db.exists():
-        return frozenset()
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return frozenset(
-            r[0] for r in conn.execute("SELECT key FROM calls WHERE status = 'started'")
-        )
-    except sqlite3.OperationalError:
-        return frozenset()
-    finally:
-        conn.close()
+    return frozenset(checkpoint_calls_so_far(db, "started"))
 
 
 def _done(db) -> int:
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
+    return len(checkpoint_calls_so_far(db, "done"))
 
 
 def _started(db) -> int:
     return len(_started_keys(db))
 
 
-def _run_args(data, url, out):
-    return (
-        "run",
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--base-url",
-        url,
-        "--judge-model",
-        "j",
-        "--out",
-        out,
-        "--concurrency",
-        CONCURRENCY,
-        "--judge-concurrency",
-        CONCURRENCY,
-        "--quiet",
-    )
+def _wait_for_started(db, n: int, timeout: float = 30) -> None:
+    """Until n calls are started, or the timeout passes: the test then checks what it needs."""
+    deadline = time.monotonic() + timeout
+    while _started(db) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+RUN_FLAGS = ("--judge-model", "j", "--concurrency", CONCURRENCY, "--judge-concurrency", CONCURRENCY)
 
 
 def chaos(tmp_path, synthetic, sim_process, n_pairs: int, kills: int, seed: int) -> dict:
@@ -83,27 +61,18 @@ def chaos(tmp_path, synthetic, sim_process, n_pairs: int, kills: int, seed: int)
     sim_args = ("--dataset", str(data), "--persona", "mixture", "--latency-ms", "2")
     clean_server = sim_process(*sim_args)
     clean = tmp_path / "clean"
-    subprocess.run(
-        evaluator_cmd(*_run_args(data, clean_server.base_url, clean)),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        check=True,
-        timeout=300,
+    clean_run = run_evaluator(
+        *run_args(data, clean_server.base_url, clean, *RUN_FLAGS), timeout=300
     )
+    assert clean_run.returncode == 0, clean_run.stderr
 
     server = sim_process(*sim_args)
     out = tmp_path / "chaos"
     rng = random.Random(seed)
     started_at_kills = []
-    args = _run_args(data, server.base_url, out)
+    resume = ()
     for _ in range(kills):
-        proc = subprocess.Popen(
-            evaluator_cmd(*args),
-            cwd=ROOT,
-            env=SUBPROCESS_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = spawn_run(data, server.base_url, out, *RUN_FLAGS, *resume, stderr=subprocess.DEVNULL)
         # Kill mid-run: once this process has recorded new answers, after a random delay.
         before = _done(out / DB_NAME)
         deadline = time.monotonic() + 60
@@ -120,15 +89,8 @@ def chaos(tmp_path, synthetic, sim_process, n_pairs: int, kills: int, seed: int)
         if started_at_kills and started == started_at_kills[-1]:
             started = frozenset()
         started_at_kills.append(started)
-        args = (*_run_args(data, server.base_url, out), "--resume")  # as a requeued job would
-    final = subprocess.run(
-        evaluator_cmd(*args),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        resume = ("--resume",)  # as a requeued job would
+    final = run_evaluator(*run_args(data, server.base_url, out, *RUN_FLAGS, *resume), timeout=300)
     assert final.returncode == 0, final.stderr
 
     # Nothing lost, nothing different: the interrupted run ends as the clean one.
@@ -170,26 +132,19 @@ def test_soak_many_kills(tmp_path, synthetic, sim_process):
 
 def test_sigterm_exits_within_the_drain_timeout(tmp_path, synthetic, sim_process):
     data = synthetic(100)
-    server = sim_process("--dataset", str(data), "--latency-ms", "4000", "--latency-sigma", "0.01")
+    server = sim_process("--dataset", str(data), "--latency-ms", "10000", "--latency-sigma", "0.01")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        evaluator_cmd(*_run_args(data, server.base_url, out), "--drain-timeout", "1"),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while _started(out / DB_NAME) < CONCURRENCY and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = spawn_run(data, server.base_url, out, *RUN_FLAGS, "--drain-timeout", "1")
+    # Unknown limits: slow start sends a first wave of 8, and no more until answers come back.
+    _wait_for_started(out / DB_NAME, SLOW_START)
+    in_flight = _started(out / DB_NAME)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 75
-    assert (
-        time.monotonic() - sent < 3.5
-    )  # 1 s drain + flush and exit, well before the 4 s calls end
-    # The calls cut off by the deadline stay "started": counted on resume.
-    assert _started(out / DB_NAME) == CONCURRENCY
+    # 1 s drain, then flush, report and exit: well before the 10 s calls would end.
+    assert time.monotonic() - sent < 8
+    # The calls cut off by the deadline stay "started", counted on resume; nothing new started.
+    assert _started(out / DB_NAME) == in_flight == SLOW_START
     summary = read_summary(out)
     assert summary["complete"] is False
 
@@ -198,16 +153,8 @@ def test_second_signal_stops_at_once_with_a_consistent_store(tmp_path, synthetic
     data = synthetic(100)
     server = sim_process("--dataset", str(data), "--latency-ms", "20000", "--latency-sigma", "0.01")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        evaluator_cmd(*_run_args(data, server.base_url, out), "--drain-timeout", "60"),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while _started(out / DB_NAME) < CONCURRENCY and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = spawn_run(data, server.base_url, out, *RUN_FLAGS, "--drain-timeout", "60")
+    _wait_for_started(out / DB_NAME, SLOW_START)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -217,4 +164,4 @@ def test_second_signal_stops_at_once_with_a_consistent_store(tmp_path, synthetic
     conn = sqlite3.connect(out / DB_NAME)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
-    assert _started(out / DB_NAME) == CONCURRENCY
+    assert _started(out / DB_NAME) == SLOW_START

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from evaluator.store import DB_NAME, Store
-from tests.conftest import read_summary, run_cli
+from tests.conftest import read_summary, run_args, run_cli, run_eval, spawn_run
 
 KEY = "sk-sim-SECRET-0123456789abcdef"
 
@@ -24,23 +24,7 @@ def test_key_from_environment_is_used_and_never_written(
     server = sim_server(api_key=KEY)
     monkeypatch.setenv("SIM_KEY", KEY)
     out = tmp_path / "run"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--api-key-env",
-            "SIM_KEY",
-            "--out",
-            out,
-            "--quiet",
-        )
-        == 0
-    )
+    assert run_eval(data, server.base_url, out, "--api-key-env", "SIM_KEY") == 0
     assert read_summary(out)["n_valid"] == 12
     assert KEY not in _all_text(out)
     assert KEY not in caplog.text
@@ -74,19 +58,8 @@ def test_key_from_dotenv(tmp_path, synthetic, sim_server, monkeypatch):
 
 def test_missing_key_variable_is_named(tmp_path, synthetic, capsys, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    code = run_cli(
-        "run",
-        "--data",
-        synthetic(3),
-        "--model",
-        "m",
-        "--base-url",
-        "http://127.0.0.1:9/v1",
-        "--api-key-env",
-        "NO_SUCH_KEY_VAR",
-        "--out",
-        tmp_path / "o",
-        "--quiet",
+    code = run_eval(
+        synthetic(3), "http://127.0.0.1:9/v1", tmp_path / "o", "--api-key-env", "NO_SUCH_KEY_VAR"
     )
     assert code == 2 and "NO_SUCH_KEY_VAR" in capsys.readouterr().err
 
@@ -94,20 +67,7 @@ def test_missing_key_variable_is_named(tmp_path, synthetic, capsys, monkeypatch)
 def test_wrong_key_stops_before_any_call(tmp_path, synthetic, sim_server, monkeypatch):
     server = sim_server(api_key=KEY)
     monkeypatch.setenv("SIM_KEY", "sk-wrong-000000000000")
-    code = run_cli(
-        "run",
-        "--data",
-        synthetic(5),
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--api-key-env",
-        "SIM_KEY",
-        "--out",
-        tmp_path / "o",
-        "--quiet",
-    )
+    code = run_eval(synthetic(5), server.base_url, tmp_path / "o", "--api-key-env", "SIM_KEY")
     assert code == 3
     assert server.stats()["requests_total"] == 1  # only the start-up check, answered 401
 
@@ -115,20 +75,7 @@ def test_wrong_key_stops_before_any_call(tmp_path, synthetic, sim_server, monkey
 def test_unreachable_endpoint_exits_4_and_sends_nothing(tmp_path, synthetic, sim_server, caplog):
     server = sim_server()
     out = tmp_path / "o"
-    code = run_cli(
-        "run",
-        "--data",
-        synthetic(5),
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--judge-base-url",
-        "http://127.0.0.1:9/v1",
-        "--out",
-        out,
-        "--quiet",
-    )
+    code = run_eval(synthetic(5), server.base_url, out, "--judge-base-url", "http://127.0.0.1:9/v1")
     assert code == 4
     assert "judge endpoint" in caplog.text and "unreachable" in caplog.text
     assert server.stats()["requests_total"] == 0
@@ -140,22 +87,8 @@ def test_key_revoked_mid_run_stops_cleanly_and_resumes(tmp_path, synthetic, sim_
     data = synthetic(60)
     first = sim_server(fail_auth_after=40)
     out = tmp_path / "run"
-    args = (
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--judge-model",
-        "j",
-        "--out",
-        out,
-        "--quiet",
-        "--concurrency",
-        "4",
-        "--judge-concurrency",
-        "4",
-    )
-    assert run_cli("run", *args, "--base-url", first.base_url) == 3
+    flags = ("--judge-model", "j", "--concurrency", "4", "--judge-concurrency", "4")
+    assert run_eval(data, first.base_url, out, *flags) == 3
     s = read_summary(out)
     assert s["complete"] is False and s["n_failed"] == 0  # an auth stop is not a pair failure
     with Store.open(out, create=False, lock=False) as store:
@@ -164,7 +97,7 @@ def test_key_revoked_mid_run_stops_cleanly_and_resumes(tmp_path, synthetic, sim_
     assert 0 < recorded <= 40
     assert started <= 8  # the calls in flight when the key was refused
     second = sim_server()  # "the key was fixed": a healthy endpoint, same model
-    assert run_cli("run", *args, "--base-url", second.base_url, "--resume") == 0
+    assert run_eval(data, second.base_url, out, *flags, "--resume") == 0
     s = read_summary(out)
     assert s["complete"] and s["n_valid"] == 60
     assert second.stats()["requests_total"] == 180 - recorded
@@ -186,25 +119,8 @@ def test_rpm_cap_spreads_requests(tmp_path, synthetic, sim_server):
     server = sim_server()
     start = time.monotonic()
     # 30 pairs = 60 generation calls at 1,200/min (20/s, bucket of 20): at least 2 s.
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            synthetic(30),
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--judge-base-url",
-            server.base_url,
-            "--rpm",
-            "1200",
-            "--out",
-            tmp_path / "o",
-            "--quiet",
-        )
-        == 0
-    )
+    flags = ("--judge-base-url", server.base_url, "--rpm", "1200")
+    assert run_eval(synthetic(30), server.base_url, tmp_path / "o", *flags) == 0
     assert time.monotonic() - start >= 1.9
     assert read_summary(tmp_path / "o")["n_valid"] == 30
 
@@ -215,18 +131,7 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
     data = synthetic(10)
     server = sim_server()
     out = tmp_path / "run"
-    base = (
-        "run",
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--out",
-        out,
-        "--quiet",
-    )
+    base = run_args(data, server.base_url, out)
     assert run_cli(*base) == 0
     before = (out / "results.jsonl").read_bytes()
     not_data = tmp_path / "notes.csv"
@@ -329,33 +234,11 @@ def test_status_while_running_and_after(tmp_path, synthetic, sim_process, capsys
     import subprocess
     import time
 
-    from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd
-
     data = synthetic(200)
     server = sim_process("--dataset", str(data), "--latency-ms", "50")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            out,
-            "--concurrency",
-            "4",
-            "--judge-concurrency",
-            "4",
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    caps = ("--concurrency", "4", "--judge-concurrency", "4")
+    proc = spawn_run(data, server.base_url, out, *caps, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:

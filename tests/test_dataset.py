@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evaluator.dataset import REQUIRED_COLUMNS, DatasetError, iter_pairs, sample_path
-from tests.conftest import read_results, read_summary, run_cli
+from tests.conftest import read_results, read_summary, run_eval
 from workers.simulated.data import synthetic_row, write_synthetic_dataset
 
 
@@ -91,21 +91,7 @@ def test_bad_rows_are_never_sent(tmp_path, sim_server):
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     server = sim_server()
     out = tmp_path / "run"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            path,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            out,
-            "--quiet",
-        )
-        == 0
-    )
+    assert run_eval(path, server.base_url, out) == 0
     assert server.stats()["requests_total"] == 3 * 6
     s = read_summary(out)
     assert s["n_bad_rows"] == 2 and s["n_pairs"] == 6
@@ -135,18 +121,7 @@ def test_a_file_that_is_not_a_dataset_is_a_clear_error(tmp_path, name, content, 
 def test_not_a_dataset_via_cli_is_one_line_no_traceback(tmp_path, capsys):
     path = tmp_path / "x.jsonl"
     path.write_text("not json\n")
-    code = run_cli(
-        "run",
-        "--data",
-        path,
-        "--model",
-        "m",
-        "--base-url",
-        "http://127.0.0.1:9/v1",
-        "--out",
-        tmp_path / "o",
-        "--quiet",
-    )
+    code = run_eval(path, "http://127.0.0.1:9/v1", tmp_path / "o")
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "Traceback" not in err
 

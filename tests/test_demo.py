@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from evaluator.dataset import iter_pairs
-from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_results, read_summary, run_cli
+from tests.conftest import read_results, read_summary, run_cli, run_demo, run_evaluator
 
 SUMMARY_KEYS = {
     "n_valid",
@@ -38,7 +36,7 @@ N_SAMPLE = sum(1 for _ in iter_pairs("sample"))
 )
 def test_calibration_personas_give_exact_pac(tmp_path, persona, pac, ref, ref2):
     out = tmp_path / persona
-    assert run_cli("demo", "--persona", persona, "--out", out, "--quiet", "--latency-ms", "0") == 0
+    assert run_demo(out, "--persona", persona) == 0
     s = read_summary(out)
     assert s["pac"] == pac
     assert s["ref"] == ref and s["ref2"] == ref2
@@ -52,21 +50,7 @@ def test_calibration_personas_give_exact_pac(tmp_path, persona, pac, ref, ref2):
 
 def test_mixture_lands_within_its_interval(tmp_path):
     out = tmp_path / "mix"
-    assert (
-        run_cli(
-            "demo",
-            "--persona",
-            "mixture",
-            "--share",
-            "0.6",
-            "--out",
-            out,
-            "--quiet",
-            "--latency-ms",
-            "0",
-        )
-        == 0
-    )
+    assert run_demo(out, "--persona", "mixture", "--share", "0.6") == 0
     s = read_summary(out)
     lo, hi = s["ci95"]["pac"]
     assert lo <= 60.0 <= hi
@@ -75,14 +59,7 @@ def test_mixture_lands_within_its_interval(tmp_path):
 
 def test_demo_outputs_and_labels(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        evaluator_cmd("demo", "--out", out, "--latency-ms", "1"),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_evaluator("demo", "--out", out, "--latency-ms", "1", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "PAC (pairwise alignment consistency)" in proc.stdout
     assert "SIMULATION" in proc.stdout and "SAMPLE" in proc.stdout
@@ -123,30 +100,14 @@ def test_demo_outputs_and_labels(tmp_path):
 
 def test_demo_rerun_starts_fresh(tmp_path):
     out = tmp_path / "demo"
-    assert run_cli("demo", "--persona", "flip", "--out", out, "--quiet", "--latency-ms", "0") == 0
-    assert (
-        run_cli("demo", "--persona", "consistent", "--out", out, "--quiet", "--latency-ms", "0")
-        == 0
-    )
+    assert run_demo(out, "--persona", "flip") == 0
+    assert run_demo(out, "--persona", "consistent") == 0
     assert read_summary(out)["pac"] == 100.0
 
 
 def test_reasoning_is_stripped_before_judging(tmp_path):
     out = tmp_path / "think"
-    assert (
-        run_cli(
-            "demo",
-            "--persona",
-            "consistent",
-            "--reasoning",
-            "--out",
-            out,
-            "--quiet",
-            "--latency-ms",
-            "0",
-        )
-        == 0
-    )
+    assert run_demo(out, "--persona", "consistent", "--reasoning") == 0
     s = read_summary(out)
     # The simulated judge reads any leftover <think> text as "no information".
     assert s["ninf"] == 0.0 and s["pac"] == 100.0
@@ -157,21 +118,7 @@ def test_reasoning_is_stripped_before_judging(tmp_path):
 
 def test_judge_order_both_reports_each_order(tmp_path):
     out = tmp_path / "both"
-    assert (
-        run_cli(
-            "demo",
-            "--persona",
-            "refuse_one",
-            "--judge-order",
-            "both",
-            "--out",
-            out,
-            "--quiet",
-            "--latency-ms",
-            "0",
-        )
-        == 0
-    )
+    assert run_demo(out, "--persona", "refuse_one", "--judge-order", "both") == 0
     s = read_summary(out)
     assert set(s["by_judge_order"]) == {"forward", "reverse"}
     assert s["by_judge_order"]["forward"]["n_valid"] == N_SAMPLE
@@ -186,8 +133,8 @@ def test_judge_order_both_reports_each_order(tmp_path):
 
 def test_faults_are_retried_and_malformed_verdicts_reasked(tmp_path):
     out = tmp_path / "faulty"
-    code = run_cli(
-        "demo",
+    code = run_demo(
+        out,
         "--persona",
         "consistent",
         "--rate-429",
@@ -196,11 +143,6 @@ def test_faults_are_retried_and_malformed_verdicts_reasked(tmp_path):
         "0.15",
         "--malformed-rate",
         "0.3",
-        "--out",
-        out,
-        "--quiet",
-        "--latency-ms",
-        "0",
     )
     assert code == 0
     s = read_summary(out)
@@ -219,7 +161,7 @@ def test_demo_writes_plots_html_and_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "demo"
-    assert run_cli("demo", "--out", out, "--quiet", "--latency-ms", "0") == 0
+    assert run_demo(out) == 0
     for name in ("score_distribution", "pac_by_issue_scale", "metrics_by_category"):
         png = (out / "plots" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000

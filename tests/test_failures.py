@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from evaluator.store import DB_NAME, Store
-from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_results, read_summary, run_cli
+from tests.conftest import read_results, read_summary, run_cli, run_eval, spawn_run
 from workers.simulated.data import synthetic_row, write_synthetic_dataset
 
 MARKED = {
@@ -33,17 +33,11 @@ def _marked_dataset(path, n=14):
     return path
 
 
-def _run(out, data, url, *extra):
-    return run_cli(
-        "run", "--data", data, "--model", "m", "--base-url", url, "--out", out, "--quiet", *extra
-    )
-
-
 def test_each_outcome_class_is_recorded_and_final_ones_are_not_resent(tmp_path, sim_server):
     data = _marked_dataset(tmp_path / "d.jsonl")
     server = sim_server()
     out = tmp_path / "run"
-    assert _run(out, data, server.base_url, "--judge-retries", "2") == 0
+    assert run_eval(data, server.base_url, out, "--judge-retries", "2") == 0
     rows = {r["id"]: r for r in read_results(out)}
     assert rows[3]["status"] == "failed" and "context_length" in rows[3]["error"]
     assert rows[5]["status"] == "failed" and "content_filter" in rows[5]["error"]
@@ -66,7 +60,7 @@ def test_each_outcome_class_is_recorded_and_final_ones_are_not_resent(tmp_path, 
     assert counts["judge_malformed"] == 3
     # The pair whose generation failed for good never reached the judge.
     sent = server.stats()["requests_total"]
-    assert _run(out, data, server.base_url, "--resume") == 0
+    assert run_eval(data, server.base_url, out, "--resume") == 0
     assert server.stats()["requests_total"] == sent  # final outcomes are kept on resume
 
 
@@ -83,8 +77,8 @@ def test_transient_faults_are_ridden_out(tmp_path, synthetic, sim_server):
         malformed_rate=0.1,
     )
     out = tmp_path / "run"
-    code = _run(
-        out, data, server.base_url, "--timeout", "1", "--max-attempts", "12", "--judge-retries", "4"
+    code = run_eval(
+        data, server.base_url, out, "--timeout", "1", "--max-attempts", "12", "--judge-retries", "4"
     )
     assert code == 0
     s = read_summary(out)
@@ -98,7 +92,7 @@ def test_retry_budget_marks_pairs_failed_not_answered(tmp_path, synthetic, sim_s
     data = synthetic(30)
     server = sim_server(rate_5xx=0.5)
     out = tmp_path / "run"
-    assert _run(out, data, server.base_url, "--retry-budget", "5") == 0
+    assert run_eval(data, server.base_url, out, "--retry-budget", "5") == 0
     s = read_summary(out)
     assert s["n_failed"] > 0 and s["n_valid"] + s["n_failed"] + s["n_invalid"] == 30
     failed = [r for r in read_results(out) if r["status"] == "failed"]
@@ -113,22 +107,11 @@ def test_quota_exhausted_stops_the_run_cleanly(tmp_path, synthetic, sim_server):
     data = synthetic(40)
     server = sim_server(quota_after=30)
     out = tmp_path / "run"
-    assert _run(out, data, server.base_url, "--concurrency", "4", "--judge-concurrency", "4") == 3
+    caps = ("--concurrency", "4", "--judge-concurrency", "4")
+    assert run_eval(data, server.base_url, out, *caps) == 3
     assert read_summary(out)["complete"] is False
     healthy = sim_server()
-    assert (
-        _run(
-            out,
-            data,
-            healthy.base_url,
-            "--resume",
-            "--concurrency",
-            "4",
-            "--judge-concurrency",
-            "4",
-        )
-        == 0
-    )
+    assert run_eval(data, healthy.base_url, out, "--resume", *caps) == 0
     assert read_summary(out)["n_valid"] == 40
 
 
@@ -167,43 +150,11 @@ def test_reuse_judges_old_generations_with_a_new_judge(tmp_path, synthetic, sim_
     data = synthetic(20)
     server = sim_server()
     first = tmp_path / "first"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--judge-model",
-            "judge-a",
-            "--out",
-            first,
-            "--quiet",
-        )
-        == 0
-    )
+    assert run_eval(data, server.base_url, first, "--judge-model", "judge-a") == 0
     before = server.stats()["by_kind"]
     second = tmp_path / "second"
     assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--judge-model",
-            "judge-b",
-            "--reuse",
-            first,
-            "--out",
-            second,
-            "--quiet",
-        )
-        == 0
+        run_eval(data, server.base_url, second, "--judge-model", "judge-b", "--reuse", first) == 0
     )
     after = server.stats()["by_kind"]
     assert after["model"] == before["model"]  # zero generation calls
@@ -217,28 +168,7 @@ def test_server_killed_and_restarted_mid_run(tmp_path, synthetic, sim_process):
     server = sim_process("--dataset", str(data), "--latency-ms", "10")
     port = server.base_url.rsplit(":", 1)[1].split("/")[0]
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            out,
-            "--concurrency",
-            "4",
-            "--judge-concurrency",
-            "4",
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn_run(data, server.base_url, out, "--concurrency", "4", "--judge-concurrency", "4")
     try:
         deadline = time.monotonic() + 30
         while not (out / DB_NAME).exists() and time.monotonic() < deadline:
@@ -271,7 +201,7 @@ def test_full_disk_stops_with_an_intact_store(tmp_path, synthetic, sim_server, c
         data = write_synthetic_dataset(tmp_path / "d.jsonl", 1500, section_chars=10)
         server = sim_server()
         out = mnt / "run"
-        code = _run(out, data, server.base_url)
+        code = run_eval(data, server.base_url, out)
         assert code == 5
         assert "cannot write the checkpoint" in caplog.text and "full" in caplog.text
         import sqlite3

@@ -14,7 +14,7 @@ import urllib.request
 import orjson
 import pytest
 
-from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd
+from tests.conftest import ROOT, spawn_run
 
 PROMETHEUS = shutil.which("prometheus")
 if PROMETHEUS is None and os.environ.get("CI") != "true":
@@ -56,29 +56,9 @@ def test_prometheus_scrapes_a_running_evaluator(tmp_path, synthetic, sim_process
     data = synthetic(2000)
     server = sim_process("--dataset", str(data), "--latency-ms", "100", "--latency-sigma", "0.1")
     metrics_port, prom_port = _free_port(), _free_port()
-    evaluator = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            tmp_path / "run",
-            "--concurrency",
-            "4",
-            "--judge-concurrency",
-            "4",
-            "--metrics-port",
-            metrics_port,
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    caps = ("--concurrency", "4", "--judge-concurrency", "4")
+    evaluator = spawn_run(
+        data, server.base_url, tmp_path / "run", *caps, "--metrics-port", metrics_port
     )
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -150,26 +130,7 @@ def test_every_metric_the_dashboard_queries_is_exported(tmp_path, synthetic, sim
     data = synthetic(300)
     server = sim_process("--dataset", str(data), "--latency-ms", "200")
     port = _free_port()
-    evaluator = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            tmp_path / "run",
-            "--metrics-port",
-            port,
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    evaluator = spawn_run(data, server.base_url, tmp_path / "run", "--metrics-port", port)
     try:
         deadline = time.monotonic() + 30
         text = ""

@@ -4,41 +4,35 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 
 import pytest
 
 from evaluator.store import DB_NAME, Store
-from tests.conftest import ROOT, SUBPROCESS_ENV, evaluator_cmd, read_summary, run_cli
+from tests.conftest import (
+    checkpoint_calls,
+    checkpoint_calls_so_far,
+    read_summary,
+    run_cli,
+    run_eval,
+    run_evaluator,
+    spawn_run,
+)
 
 N_PAIRS = 240
 
 
 def _shas(db, status: str = "done") -> set[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {
-            r[0] for r in conn.execute("SELECT body_sha FROM calls WHERE status = ?", (status,))
-        }
-    finally:
-        conn.close()
-
-
-_done_shas = _shas
+    return set(checkpoint_calls(db, status, "body_sha"))
 
 
 def _wait_for_done(db, at_least: int, proc, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
-        if db.exists():
-            try:
-                if len(_done_shas(db)) >= at_least:
-                    return
-            except sqlite3.OperationalError:
-                pass  # schema not created yet
+        if len(set(checkpoint_calls_so_far(db, "done", "body_sha"))) >= at_least:
+            return
         time.sleep(0.05)
     raise AssertionError("run made no progress")
 
@@ -47,49 +41,19 @@ def test_sigkill_then_resume_sends_no_completed_call_twice(tmp_path, synthetic, 
     data = synthetic(N_PAIRS)
     server = sim_process("--dataset", str(data), "--latency-ms", "20", "--persona", "consistent")
     out = tmp_path / "run"
-    args = (
-        "run",
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--judge-model",
-        "j",
-        "--out",
-        out,
-        "--concurrency",
-        "8",
-        "--judge-concurrency",
-        "8",
-        "--quiet",
-    )
-    proc = subprocess.Popen(
-        evaluator_cmd(*args),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    flags = ("--judge-model", "j", "--concurrency", "8", "--judge-concurrency", "8")
+    proc = spawn_run(data, server.base_url, out, *flags)
     db = out / DB_NAME
     _wait_for_done(db, N_PAIRS // 2, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    done_at_kill = _done_shas(db)
+    done_at_kill = _shas(db)
     started_at_kill = _shas(db, "started")
     time.sleep(0.3)  # let the server finish reading requests already on the wire
     sent_at_kill = set(server.stats(bodies=True)["bodies"])
     assert 0 < len(done_at_kill) < 3 * N_PAIRS
 
-    resumed = subprocess.run(
-        evaluator_cmd("--resume", "--out", out, "--quiet"),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    resumed = run_evaluator("--resume", "--out", out, "--quiet", timeout=180)
     assert resumed.returncode == 0, resumed.stderr
 
     stats = server.stats(bodies=True)
@@ -116,21 +80,10 @@ def test_resume_of_finished_run_sends_nothing(tmp_path, synthetic, sim_server):
     data = synthetic(30)
     server = sim_server(persona="flip")
     out = tmp_path / "run"
-    base = (
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--judge-model",
-        "j",
-        "--quiet",
-    )
-    assert run_cli("run", *base, "--out", out) == 0
+    assert run_eval(data, server.base_url, out, "--judge-model", "j") == 0
     sent = server.stats()["requests_total"]
     assert sent == 90
-    assert run_cli("run", *base, "--out", out, "--resume") == 0
+    assert run_eval(data, server.base_url, out, "--judge-model", "j", "--resume") == 0
     assert server.stats()["requests_total"] == sent
     assert read_summary(out)["n_valid"] == 30
 
@@ -149,21 +102,7 @@ def test_bare_resume_uses_default_run_dir(tmp_path, synthetic, sim_server, monke
     assert server.stats()["requests_total"] == before
     # The last run started here wins, wherever its --out was.
     other = tmp_path / "elsewhere"
-    assert (
-        run_cli(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m2",
-            "--base-url",
-            server.base_url,
-            "--out",
-            other,
-            "--quiet",
-        )
-        == 0
-    )
+    assert run_eval(data, server.base_url, other, model="m2") == 0
     (other / "summary.json").unlink()
     assert run_cli("--resume", "--quiet") == 0
     assert (other / "summary.json").is_file()
@@ -174,13 +113,13 @@ def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, si
     data = synthetic(5)
     server = sim_server()
     out = tmp_path / "run"
-    base = ("--data", data, "--base-url", server.base_url, "--out", out, "--quiet")
-    assert run_cli("run", *base, "--model", "m1") == 0
-    assert run_cli("run", *base, "--model", "m2", "--resume") == 2
+    url = server.base_url
+    assert run_eval(data, url, out, model="m1") == 0
+    assert run_eval(data, url, out, "--resume", model="m2") == 2
     err = capsys.readouterr().err
     assert "model" in err and "m1" in err and "m2" in err
     # Settings that do not change requests may differ.
-    assert run_cli("run", *base, "--model", "m1", "--resume", "--concurrency", "3") == 0
+    assert run_eval(data, url, out, "--resume", "--concurrency", "3", model="m1") == 0
     assert run_cli("run", "--out", out, "--resume", "--judge-concurrency", "5", "--quiet") == 0
     with Store.open(out, create=False, lock=False) as store:
         stored = store.get_meta("config")
@@ -194,20 +133,8 @@ def test_new_run_into_used_directory_is_refused(tmp_path, synthetic, sim_server,
     data = synthetic(5)
     server = sim_server()
     out = tmp_path / "run"
-    base = (
-        "run",
-        "--data",
-        data,
-        "--model",
-        "m",
-        "--base-url",
-        server.base_url,
-        "--out",
-        out,
-        "--quiet",
-    )
-    assert run_cli(*base) == 0
-    assert run_cli(*base) == 2
+    assert run_eval(data, server.base_url, out) == 0
+    assert run_eval(data, server.base_url, out) == 2
     assert "--resume" in capsys.readouterr().err
 
 
@@ -215,38 +142,11 @@ def test_second_evaluator_on_same_directory_is_locked_out(tmp_path, synthetic, s
     data = synthetic(200)
     server = sim_process("--dataset", str(data), "--latency-ms", "50")
     out = tmp_path / "run"
-    first = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            out,
-            "--concurrency",
-            "2",
-            "--judge-concurrency",
-            "2",
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    caps = ("--concurrency", "2", "--judge-concurrency", "2")
+    first = spawn_run(data, server.base_url, out, *caps, stderr=subprocess.DEVNULL)
     try:
         _wait_for_done(out / DB_NAME, 1, first)
-        second = subprocess.run(
-            evaluator_cmd("--resume", "--out", out),
-            cwd=ROOT,
-            env=SUBPROCESS_ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        second = run_evaluator("--resume", "--out", out, timeout=60)
         assert second.returncode == 2
         assert "in use by another evaluator" in second.stderr
         assert "Traceback" not in second.stderr
@@ -260,35 +160,14 @@ def test_signal_stops_cleanly_and_resume_completes(tmp_path, synthetic, sim_proc
     data = synthetic(150)
     server = sim_process("--dataset", str(data), "--latency-ms", "30")
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        evaluator_cmd(
-            "run",
-            "--data",
-            data,
-            "--model",
-            "m",
-            "--base-url",
-            server.base_url,
-            "--out",
-            out,
-            "--concurrency",
-            "4",
-            "--judge-concurrency",
-            "4",
-            "--quiet",
-        ),
-        cwd=ROOT,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn_run(data, server.base_url, out, "--concurrency", "4", "--judge-concurrency", "4")
     _wait_for_done(out / DB_NAME, 20, proc)
     proc.send_signal(sig)
     assert proc.wait(60) == 75
     partial = read_summary(out)
     assert partial["complete"] is False and partial["n_pending"] > 0
     assert "INCOMPLETE" in (out / "report.md").read_text()
-    done = _done_shas(out / DB_NAME)
+    done = _shas(out / DB_NAME)
     assert run_cli("--resume", "--out", out, "--quiet") == 0
     bodies = server.stats(bodies=True)["bodies"]
     # A graceful stop records every call it sent: nothing at all is sent twice.

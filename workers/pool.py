@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -227,8 +228,17 @@ class EndpointPool:
         cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
         return cap / 2 + random.uniform(0, cap / 2)
 
-    async def chat(self, body: bytes, max_tokens: int = 0) -> Completion | CallFailure:
+    async def chat(
+        self,
+        body: bytes,
+        max_tokens: int = 0,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> Completion | CallFailure:
         """Send one request with retries across the pool.
+
+        `before_send` is awaited once, when the first attempt holds its slot and
+        has passed the rate buckets, just before the request leaves: the caller
+        records its intent there, so "started" means really about to be sent.
 
         Returns a Completion, or a CallFailure once retries are spent or the
         error is final. Raises FatalEndpointError for auth/quota failures.
@@ -254,6 +264,9 @@ class EndpointPool:
             observer = self.observer
             try:
                 await ep.limits.pace(len(body), max_tokens)
+                if before_send is not None:
+                    await before_send()
+                    before_send = None
                 ep.stats.sent += 1
                 if observer is not None:
                     observer.attempt_started(ep)
