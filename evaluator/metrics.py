@@ -12,8 +12,9 @@ scrape time, so they cost nothing between scrapes.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -24,6 +25,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 if TYPE_CHECKING:
     from workers.openai_compat import Attempt
@@ -45,53 +47,10 @@ class RunMetrics:
             ["model", "judge_model", "simulated"],
             registry=r,
         )
-        self.requests_started = Counter(
-            "valbench_requests_started", "HTTP attempts sent", ep, registry=r
-        )
-        self.requests_finished = Counter(
-            "valbench_requests_finished",
-            "HTTP attempts finished, by outcome class",
-            [*ep, "outcome"],
-            registry=r,
-        )
-        self.retries = Counter(
-            "valbench_retries",
-            "Attempts retried, by the error class that caused it",
-            [*ep, "error_class"],
-            registry=r,
-        )
-        self.rate_limited = Counter(
-            "valbench_http_429", "Answers with HTTP 429 (rate limited)", ep, registry=r
-        )
-        self.retry_after = Counter(
-            "valbench_retry_after_wait_seconds",
-            "Seconds the endpoint was paused on the provider's word (Retry-After, reset headers)",
-            ep,
-            registry=r,
-        )
-        self.latency = Histogram(
-            "valbench_request_duration_seconds",
-            "Duration of one HTTP attempt",
-            ep,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.input_tokens = Counter(
-            "valbench_input_tokens", "Prompt tokens reported by the endpoints", ep, registry=r
-        )
-        self.output_tokens = Counter(
-            "valbench_output_tokens", "Completion tokens reported by the endpoints", ep, registry=r
-        )
         self.cost = Counter(
             "valbench_estimated_cost_usd",
             "Estimated cost from token usage and the configured prices",
             ["stage"],
-            registry=r,
-        )
-        self.pairs = Counter(
-            "valbench_pairs_finished",
-            "Pairs finished in this session, by outcome",
-            ["outcome"],
             registry=r,
         )
         self.pairs_expected = Gauge(
@@ -139,7 +98,12 @@ class RunMetrics:
         self._queue = Gauge(
             "valbench_queue_depth", "Calls waiting for a worker", ["stage"], registry=r
         )
-        self._children: dict[tuple[str, int], dict[str, Any]] = {}
+        # Hot-path counts are plain numbers, turned into metric families only when
+        # scraped (_TallyCollector): a labelled prometheus_client child costs
+        # microseconds per update, which at thousands of calls/s is several percent.
+        self._tallies: dict[tuple[str, int], _EndpointTally] = {}
+        self._pairs: dict[str, int] = {}
+        r.register(_TallyCollector(self))
         self.expected: int | None = None
         self._prices: dict[str, tuple[float, float]] = {}
 
@@ -174,22 +138,12 @@ class RunMetrics:
     def watch_queue(self, stage: str, depth: Callable[[], int]) -> None:
         self._queue.labels(stage).set_function(depth)
 
-    def _child(self, stage: str, ep: Endpoint) -> dict[str, Any]:
-        # Bound children per endpoint: the hot path then skips the label lookup.
+    def _tally(self, stage: str, ep: Endpoint) -> _EndpointTally:
         key = (stage, id(ep))
-        c = self._children.get(key)
-        if c is None:
-            labels = (stage, ep.name)
-            c = self._children[key] = {
-                "started": self.requests_started.labels(*labels),
-                "latency": self.latency.labels(*labels),
-                "in": self.input_tokens.labels(*labels),
-                "out": self.output_tokens.labels(*labels),
-                "429": self.rate_limited.labels(*labels),
-                "wait": self.retry_after.labels(*labels),
-                "labels": labels,
-            }
-        return c
+        t = self._tallies.get(key)
+        if t is None:
+            t = self._tallies[key] = _EndpointTally(stage, ep.name)
+        return t
 
     # -- the pool's observer interface -------------------------------------------
     def stage_observer(self, stage: str) -> _StageObserver:
@@ -197,7 +151,7 @@ class RunMetrics:
 
     # -- scheduler and store ---------------------------------------------------
     def pair_finished(self, outcome: str) -> None:
-        self.pairs.labels(outcome).inc()
+        self._pairs[outcome] = self._pairs.get(outcome, 0) + 1
 
     def commit(self, seconds: float, oldest_age_s: float) -> None:
         self.commit_latency.observe(seconds)
@@ -216,38 +170,134 @@ def _available(ep: Endpoint, bucket: str) -> float:
     return max(0.0, limiter.max_rate - level)
 
 
+class _EndpointTally:
+    __slots__ = (
+        "stage",
+        "endpoint",
+        "started",
+        "finished",
+        "retries",
+        "http_429",
+        "waited_s",
+        "buckets",
+        "latency_sum",
+        "tokens_in",
+        "tokens_out",
+    )
+
+    def __init__(self, stage: str, endpoint: str) -> None:
+        self.stage, self.endpoint = stage, endpoint
+        self.started = 0
+        self.finished: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.http_429 = 0
+        self.waited_s = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last is +Inf
+        self.latency_sum = 0.0
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+
+class _TallyCollector:
+    """Exports the tallies as Prometheus metric families at scrape time."""
+
+    def __init__(self, metrics: RunMetrics) -> None:
+        self.m = metrics
+
+    def describe(self) -> list:
+        return []  # families are built per scrape; nothing to pre-register
+
+    def collect(self):
+        ep = ["stage", "endpoint"]
+        started = CounterMetricFamily("valbench_requests_started", "HTTP attempts sent", labels=ep)
+        finished = CounterMetricFamily(
+            "valbench_requests_finished",
+            "HTTP attempts finished, by outcome class",
+            labels=[*ep, "outcome"],
+        )
+        retries = CounterMetricFamily(
+            "valbench_retries",
+            "Attempts retried, by the error class that caused it",
+            labels=[*ep, "error_class"],
+        )
+        limited = CounterMetricFamily(
+            "valbench_http_429", "Answers with HTTP 429 (rate limited)", labels=ep
+        )
+        waited = CounterMetricFamily(
+            "valbench_retry_after_wait_seconds",
+            "Seconds the endpoint was paused on the provider's word (Retry-After, reset headers)",
+            labels=ep,
+        )
+        latency = HistogramMetricFamily(
+            "valbench_request_duration_seconds", "Duration of one HTTP attempt", labels=ep
+        )
+        tin = CounterMetricFamily(
+            "valbench_input_tokens", "Prompt tokens reported by the endpoints", labels=ep
+        )
+        tout = CounterMetricFamily(
+            "valbench_output_tokens", "Completion tokens reported by the endpoints", labels=ep
+        )
+        for t in list(self.m._tallies.values()):
+            labels = [t.stage, t.endpoint]
+            started.add_metric(labels, t.started)
+            for outcome, n in list(t.finished.items()):
+                finished.add_metric([*labels, outcome], n)
+            for cls, n in list(t.retries.items()):
+                retries.add_metric([*labels, cls], n)
+            limited.add_metric(labels, t.http_429)
+            waited.add_metric(labels, t.waited_s)
+            cumulative, running = [], 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), t.buckets, strict=True):
+                running += n
+                cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+            latency.add_metric(labels, cumulative, t.latency_sum)
+            tin.add_metric(labels, t.tokens_in)
+            tout.add_metric(labels, t.tokens_out)
+        pairs = CounterMetricFamily(
+            "valbench_pairs_finished",
+            "Pairs finished in this session, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, n in list(self.m._pairs.items()):
+            pairs.add_metric([outcome], n)
+        yield from (started, finished, retries, limited, waited, latency, tin, tout, pairs)
+
+
 class _StageObserver:
-    """What an EndpointPool reports, turned into one stage's metrics."""
+    """What an EndpointPool reports, turned into one stage's counts (cheap: plain arithmetic)."""
 
     def __init__(self, metrics: RunMetrics, stage: str) -> None:
         self.m = metrics
         self.stage = stage
 
     def attempt_started(self, ep: Endpoint) -> None:
-        self.m._child(self.stage, ep)["started"].inc()
+        self.m._tally(self.stage, ep).started += 1
 
     def attempt_finished(self, ep: Endpoint, outcome: Attempt) -> None:
-        m, c = self.m, self.m._child(self.stage, ep)
+        t = self.m._tally(self.stage, ep)
         result = outcome.result
-        c["latency"].observe(result.latency_s)
+        t.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.latency_s)] += 1
+        t.latency_sum += result.latency_s
         usage = getattr(result, "usage", None)
         if usage:
-            tin, tout = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-            c["in"].inc(tin)
-            c["out"].inc(tout)
-            price = m._prices.get(self.stage)
+            tokens_in = usage.get("prompt_tokens") or 0
+            tokens_out = usage.get("completion_tokens") or 0
+            t.tokens_in += tokens_in
+            t.tokens_out += tokens_out
+            price = self.m._prices.get(self.stage)
             if price is not None:
-                m.cost.labels(self.stage).inc(tin * price[0] + tout * price[1])
-        label = "ok" if getattr(result, "error_class", None) is None else result.error_class.value
-        m.requests_finished.labels(*c["labels"], label).inc()
+                self.m.cost.labels(self.stage).inc(tokens_in * price[0] + tokens_out * price[1])
+        error = getattr(result, "error_class", None)
+        label = "ok" if error is None else error.value
+        t.finished[label] = t.finished.get(label, 0) + 1
         if label == "rate_limit":
-            c["429"].inc()
+            t.http_429 += 1
 
     def retrying(self, ep: Endpoint, error_class: str, wait_s: float) -> None:
-        c = self.m._child(self.stage, ep)
-        self.m.retries.labels(*c["labels"], error_class).inc()
+        t = self.m._tally(self.stage, ep)
+        t.retries[error_class] = t.retries.get(error_class, 0) + 1
         if error_class == "rate_limit":
-            c["wait"].inc(wait_s)
+            t.waited_s += wait_s
 
 
 async def start_server(metrics: RunMetrics, host: str, port: int) -> web.AppRunner:
