@@ -1,0 +1,150 @@
+"""What watching a run costs: throughput with Prometheus metrics and progress on vs. off.
+
+    python benchmarks/observability_cost.py [--pairs 3000] [--repeats 5]
+
+Against the SIMULATED server at zero latency (the client is the bottleneck, so
+any cost of the metrics or the progress display shows up in calls/s), the same
+run is made with everything off (`--quiet`) and with everything on
+(`--metrics-port` scraped every second by a thread here, plus progress bars
+redrawn twice a second, `--progress bar`). Runs alternate; the medians of the
+in-session rate (`summary.json` `last_session.calls_per_s`: the pipeline only,
+without start-up and the final report) are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int, stop: threading.Event, counter: list[int]) -> None:
+    while not stop.wait(1.0):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                r.read()
+                counter[0] += 1
+        except OSError:
+            pass
+
+
+def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, int]:
+    out = Path(tempfile.mkdtemp(dir=work))
+    cmd = [
+        sys.executable,
+        "-m",
+        "evaluator",
+        "run",
+        "--data",
+        str(data),
+        "--model",
+        "m",
+        "--base-url",
+        url,
+        "--out",
+        str(out),
+        "--concurrency",
+        "64",
+        "--judge-concurrency",
+        "64",
+    ]
+    scrapes = [0]
+    stop = threading.Event()
+    if observed:
+        port = _free_port()
+        cmd += ["--metrics-port", str(port), "--progress", "bar"]
+        thread = threading.Thread(target=_scrape, args=(port, stop, scrapes), daemon=True)
+        thread.start()
+    else:
+        cmd += ["--quiet"]
+    subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop.set()
+    session = orjson.loads((out / "summary.json").read_bytes())["last_session"]
+    return session["calls_per_s"], scrapes[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=3000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from workers.simulated.data import write_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = write_synthetic_dataset(work / "pairs.jsonl", args.pairs)
+        port_file = work / "port"
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "workers.simulated",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                "--dataset",
+                str(data),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while not port_file.exists():
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            scrapes = []
+            for i in range(args.repeats):
+                for observed in (False, True) if i % 2 == 0 else (True, False):
+                    rate, n = one_run(data, url, work, observed)
+                    rates[observed].append(rate)
+                    if observed:
+                        scrapes.append(n)
+                    print(
+                        f"run {i + 1} {'on ' if observed else 'off'}: {rate:.0f} calls/s",
+                        file=sys.stderr,
+                    )
+        finally:
+            server.terminate()
+            server.wait(10)
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    print(f"| observability | calls/s (median of {args.repeats}, in session) | runs |")
+    print("| --- | ---: | --- |")
+    print(
+        f"| off (`--quiet`, no metrics) | {off:.0f} | {', '.join(f'{r:.0f}' for r in rates[False])} |"
+    )
+    print(
+        f"| on (`--metrics-port` scraped every 1 s, `--progress bar`) | {on:.0f} | "
+        f"{', '.join(f'{r:.0f}' for r in rates[True])} |"
+    )
+    print(
+        f"\ncost: {100 * (off - on) / off:+.1f}% of calls/s ({args.pairs} pairs, "
+        f"{3 * args.pairs} calls per run; scrapes per observed run: {scrapes})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
