@@ -13,6 +13,8 @@ import math
 import time
 from collections.abc import Callable
 
+from workers.base import cancel_and_wait
+
 # Upper bounds in milliseconds: 0.1 ms to ~100 s, 10 buckets per decade.
 BOUNDS_MS = [0.1 * 10 ** (i / 10) for i in range(61)]
 
@@ -34,13 +36,8 @@ class LoopLagMonitor:
         self._task = asyncio.create_task(self._run(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def record(self, lag_ms: float) -> None:
         self.samples += 1

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
+from workers.base import cancel_and_wait
+
 if TYPE_CHECKING:
     from evaluator.scheduler import RunStats
 
@@ -74,13 +76,8 @@ class Progress:
         self._task = asyncio.create_task(self._run(), name="progress")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._update()
         for bar in self._bars.values():
             bar.close()

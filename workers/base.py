@@ -21,6 +21,8 @@ by the caller, not a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -82,6 +84,15 @@ class FatalEndpointError(Exception):
         super().__init__(f"{endpoint}: {failure.message}")
         self.endpoint = endpoint
         self.failure = failure
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has really finished."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 _SECRET_PATTERNS = [

@@ -25,7 +25,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, RetryBudget
+from workers.base import (
+    CallFailure,
+    Completion,
+    ErrorClass,
+    FatalEndpointError,
+    RetryBudget,
+    cancel_and_wait,
+)
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.openai_compat import (
     Attempt,
@@ -142,11 +149,8 @@ class EndpointPool:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
-            self._health_task = None
+        await cancel_and_wait(self._health_task)
+        self._health_task = None
         for ep in self.endpoints:
             await ep.client.close()
 
