@@ -59,6 +59,9 @@ class Progress:
 
     def start(self) -> None:
         if self.mode == "bar":
+            # tqdm's own monitor thread is not needed (this task refreshes the bars) and
+            # competes with the event loop for the GIL.
+            tqdm.monitor_interval = 0
             for position, (stage, label, per_pair) in enumerate(
                 (("gen", "generation", 2), ("judge", "judge", self.orders))
             ):
