@@ -317,36 +317,24 @@ class Scheduler:
         self, spec: CallSpec, result: Completion | CallFailure, **extra: object
     ) -> CallRecord:
         stage = "gen" if spec.role.startswith("gen") else "judge"
+        rec = CallRecord(
+            key=spec.key,
+            pair_id=spec.pair_id,
+            role=spec.role,
+            status="done" if isinstance(result, Completion) else "failed",
+            body_sha=spec.body_sha,
+            attempts=result.attempts,
+            latency_s=result.latency_s,
+        )
         if isinstance(result, Completion):
             self._count_usage(stage, result.usage)
             self.stats.done[stage] += 1
-            rec = CallRecord(
-                key=spec.key,
-                pair_id=spec.pair_id,
-                role=spec.role,
-                status="done",
-                body_sha=spec.body_sha,
-                content=result.content,
-                reasoning=result.reasoning,
-                finish_reason=result.finish_reason,
-                usage=result.usage,
-                attempts=result.attempts,
-                latency_s=result.latency_s,
-            )
+            rec.content, rec.reasoning = result.content, result.reasoning
+            rec.finish_reason, rec.usage = result.finish_reason, result.usage
         else:
             self.stats.calls_failed += 1
             self.stats.failed[stage] += 1
-            rec = CallRecord(
-                key=spec.key,
-                pair_id=spec.pair_id,
-                role=spec.role,
-                status="failed",
-                body_sha=spec.body_sha,
-                attempts=result.attempts,
-                latency_s=result.latency_s,
-                error_class=result.error_class.value,
-                error=result.message,
-            )
+            rec.error_class, rec.error = result.error_class.value, result.message
         for name, value in extra.items():
             setattr(rec, name, value)
         self.writer.put(rec)
@@ -412,7 +400,3 @@ class Scheduler:
             self.stats.tokens_out += tout
             price_in, price_out = self._prices[stage]
             self.stats.cost_usd += (tin * price_in + tout * price_out) / 1e6
-
-    @property
-    def in_flight_pairs(self) -> int:
-        return self._active

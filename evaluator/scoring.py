@@ -7,7 +7,6 @@ failed pairs are counted and reported, never folded into the metrics.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,12 +147,3 @@ class Scorer:
 
 def _sort_key(value: str) -> tuple[int, Any]:
     return (0, int(value)) if value.lstrip("-").isdigit() else (1, value)
-
-
-def summarize(
-    observations: Iterable[Observation], *, resamples: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    scorer = Scorer()
-    for o in observations:
-        scorer.add(o)
-    return scorer.summary(resamples, seed)

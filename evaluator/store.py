@@ -18,7 +18,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,11 +298,6 @@ class Store:
     def bad_rows(self) -> list[tuple[str, str]]:
         assert self._read is not None
         return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()
-
-    def iter_calls(self) -> Iterator[CallRecord]:
-        assert self._read is not None
-        for row in self._read.execute(f"SELECT {', '.join(_COLUMNS)} FROM calls"):
-            yield _record_from_row(row)
 
 
 def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
