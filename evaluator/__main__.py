@@ -268,6 +268,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    values = _flatten_stage_tables(values, path)
     known = set(RUN_FIELDS) | set(FILE_ONLY)
     unknown = sorted(set(values) - known)
     if unknown:
@@ -287,6 +288,28 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         if name in values:
             values[name] = path.parent / values[name]
     return values
+
+
+def _flatten_stage_tables(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`[model]` and `[judge]` tables as flat RunConfig keys.
+
+    In `[model]`, `name` is `model` and any other key K is K (`base_url`, `rpm`, `vllm`...);
+    in `[judge]`, `name` is `judge_model` and K is `judge_K` (`mode` -> `judge_mode`).
+    Flat keys keep working; giving one setting both ways is an error.
+    """
+    out = {k: v for k, v in values.items() if not (k in ("model", "judge") and isinstance(v, dict))}
+    for table, name_key, prefix in (("model", "model", ""), ("judge", "judge_model", "judge_")):
+        section = values.get(table)
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            flat = name_key if key == "name" else prefix + key
+            if flat in out:
+                raise UserError(
+                    f"config file {path}: [{table}] {key} repeats the top-level key {flat}"
+                )
+            out[flat] = value
+    return out
 
 
 _FIELD_TYPES: dict[str, Any] = {

@@ -130,10 +130,27 @@ def test_config_file_sets_the_run_and_flags_override_it(tmp_path, synthetic, sim
     assert stored["concurrency"] == 2 and stored["judge_model"] == "j"
 
 
+def test_config_file_model_and_judge_tables(tmp_path, synthetic, sim_server):
+    server = sim_server()
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'data = "{synthetic(4)}"\n[model]\nname = "m"\nbase_url = "{server.base_url}"\n'
+        'concurrency = 3\n[judge]\nname = "j"\nconcurrency = 5\n'
+    )
+    out = tmp_path / "run"
+    assert run_cli("run", "--config", cfg, "--out", out, "--quiet") == 0
+    with Store.open(out, create=False, lock=False) as store:
+        stored = store.get_meta("config")
+    assert (stored["model"], stored["judge_model"]) == ("m", "j")
+    assert (stored["concurrency"], stored["judge_concurrency"]) == (3, 5)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ('model = "m"\nmodle = "x"\n', "unknown key(s) modle"),
+        ('judge_model = "a"\n[judge]\nname = "b"\n', "[judge] name repeats"),
+        ('[judge]\ncolour = "b"\n', "unknown key(s) judge_colour"),
         ('model = "m"\nconcurrency = "many"\n', "concurrency must be int"),
         ('model = "m\n', "not valid TOML"),
     ],
