@@ -12,7 +12,7 @@ import io
 import math
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,11 @@ class Pair:
     category: str | None
 
     def columns(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field and costs ~100 us a row.
+        return {name: getattr(self, name) for name in _PAIR_FIELDS}
+
+
+_PAIR_FIELDS = tuple(f.name for f in fields(Pair))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -31,6 +31,7 @@ from evaluator.dataset import (
     parquet_rows,
 )
 from evaluator.protocol import VerdictError, parse_verdict
+from evaluator.report_child import ReportChild
 from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
 from evaluator.store import CallRecord, Store
 
@@ -210,17 +211,28 @@ class _Tally:
 
 def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[str, Any]:
     """Write every output file of a run from its store; return summary.json's content."""
+    tmp = run_dir / "results.jsonl.tmp"
+    with tmp.open("wb") as out:
+        side = ReportChild(run_dir, tmp, config.judge_orders)  # results.parquet and the plots
+        try:
+            summary = _build_run_outputs(run_dir, config, store, out, tmp)
+            write_summary_files(run_dir, summary, side)
+            return summary
+        finally:
+            side.close()
+
+
+def _build_run_outputs(
+    run_dir: Path, config: RunConfig, store: Store, out: BinaryIO, tmp: Path
+) -> dict[str, Any]:
+    """results.jsonl (written through `out`, then renamed) and the summary."""
     tally = _Tally(config.judge_orders)
     n_pairs = 0
-    tmp = run_dir / "results.jsonl.tmp"
-    parquet = ParquetSink(run_dir / "results.parquet.tmp", config.judge_orders)
-    with tmp.open("wb") as out:
-        for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
-            n_pairs += 1
-            row = tally.pair_row(config, pair, store.calls_for_pair(pair.id))
-            out.write(orjson.dumps(row) + b"\n")
-            parquet.add(row)
-    parquet.close(run_dir / "results.parquet")
+    for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
+        n_pairs += 1
+        out.write(orjson.dumps(tally.pair_row(config, pair, store.calls_for_pair(pair.id))))
+        out.write(b"\n")
+    out.flush()
     tmp.replace(run_dir / "results.jsonl")
 
     orders = config.judge_orders
@@ -246,7 +258,6 @@ def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[st
     summary.update(tally.pooled.summary())
     if len(orders) > 1:
         summary["by_judge_order"] = {o: tally.scorers[o].summary() for o in orders}
-    write_summary_files(run_dir, summary)
     return summary
 
 
@@ -393,7 +404,11 @@ def _write_csv(
             w.writerow([name, m["n"], *(m[k] for k in METRIC_KEYS)])
 
 
-def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
+def write_summary_files(
+    out_dir: Path, summary: dict[str, Any], side: ReportChild | None = None
+) -> None:
+    """summary.json, the CSVs, the plots, report.md and report.html. With `side`, the
+    plots (and results.parquet) come from the report's side process."""
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
@@ -401,9 +416,12 @@ def write_summary_files(out_dir: Path, summary: dict[str, Any]) -> None:
         out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary
     )
     _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
-    from evaluator.plots import write_plots  # matplotlib costs ~0.5 s to import: only here
+    if side is None:
+        from evaluator.plots import write_plots  # matplotlib costs ~0.5 s to import: only here
 
-    images = write_plots(out_dir, summary)
+        images = write_plots(out_dir, summary)
+    else:
+        images = side.finish(summary)
     markdown = render_markdown(summary, images)
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(markdown, out_dir), encoding="utf-8")

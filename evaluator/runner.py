@@ -19,19 +19,21 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluator import report
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
 from evaluator.dataset import DatasetError, count_rows, iter_pairs
 from evaluator.looplag import LoopLagMonitor
-from evaluator.metrics import RunMetrics, start_server
 from evaluator.progress import Progress
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, PoolConfig
+
+if TYPE_CHECKING:
+    from evaluator.metrics import RunMetrics
 
 log = logging.getLogger("evaluator")
 
@@ -157,10 +159,14 @@ def _session_summary(
 ) -> dict[str, Any]:
     """What this session did, for summary.json: calls, client health, endpoint behaviour."""
     wall = time.monotonic() - stats.started
+    cpu = time.process_time() - stats.started_cpu
     return {
         "wall_s": round(wall, 3),
         "calls_sent": stats.calls_sent,
         "calls_per_s": round(stats.calls_sent / wall, 2) if wall > 0 else None,
+        # The client's own cost, steadier than calls/s on a shared machine.
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_call": round(1000 * cpu / stats.calls_sent, 4) if stats.calls_sent else None,
         "calls_reused": stats.calls_reused,
         "judge_reasks": stats.judge_reasks,
         "tokens_in": stats.tokens_in,
@@ -288,8 +294,12 @@ async def _execute(
         budget,
         shared_limits,
     )
-    metrics = RunMetrics() if options.metrics_port is not None else None
-    if metrics is not None:
+    metrics = None
+    if options.metrics_port is not None:
+        # Imported only when asked for: the HTTP server and prometheus_client cost start-up time.
+        from evaluator.metrics import RunMetrics, start_server
+
+        metrics = RunMetrics()
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
         metrics.set_expected(_expected_pairs(config))

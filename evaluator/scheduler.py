@@ -85,6 +85,8 @@ class RunStats:
     interrupted: bool = False
     fatal: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
+    # Process CPU (all threads: the loop and the store writer) at the start of the session.
+    started_cpu: float = field(default_factory=time.process_time)
 
 
 class _PairState:
@@ -136,6 +138,9 @@ class Scheduler:
             metrics.watch_finished(lambda: self.stats.pairs_finished)
             metrics.watch_queue("generation", self._gen_q.qsize)
             metrics.watch_queue("judge", self._judge_q.qsize)
+        # A fresh run has nothing to look up: skip a query per admitted pair. (Each pair
+        # is admitted once, so rows this session writes are never needed at admission.)
+        self._lookup = store.has_calls()
         self._active = 0
         self._reader_done = False
         self._finished = asyncio.Event()
@@ -220,7 +225,7 @@ class Scheduler:
             self._finished.set()
 
     def _admit(self, pair: Pair) -> None:
-        state = _PairState(pair, self.store.calls_for_pair(pair.id))
+        state = _PairState(pair, self.store.calls_for_pair(pair.id) if self._lookup else {})
         to_send = []
         for spec in generation_calls(self.config, pair):
             rec = self._known(state, spec.key)

@@ -178,6 +178,11 @@ class Store:
         self._write.commit()
 
     # -- calls --------------------------------------------------------------
+    def has_calls(self) -> bool:
+        """Whether any call is recorded (False for a fresh run)."""
+        assert self._read is not None
+        return self._read.execute("SELECT 1 FROM calls LIMIT 1").fetchone() is not None
+
     def calls_for_pair(self, pair_id: int) -> dict[str, CallRecord]:
         """Latest record per role for one pair (keys are unique per request content)."""
         assert self._read is not None
