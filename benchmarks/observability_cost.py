@@ -1,6 +1,6 @@
 """What watching a run costs: throughput with Prometheus metrics and progress on vs. off.
 
-    python benchmarks/observability_cost.py [--pairs 3000] [--repeats 5]
+    python benchmarks/observability_cost.py [--pairs 6667] [--repeats 7]
 
 Against the SIMULATED server at zero latency (the client is the bottleneck, so
 any cost of the metrics or the progress display shows up in calls/s), the same
@@ -8,7 +8,9 @@ run is made with everything off (`--quiet`) and with everything on
 (`--metrics-port` scraped every second by a thread here, plus progress bars
 redrawn twice a second, `--progress bar`). Runs alternate; the medians of the
 in-session rate (`summary.json` `last_session.calls_per_s`: the pipeline only,
-without start-up and the final report) are compared.
+without start-up and the final report) are compared, and so are the medians of
+the in-session client CPU per call (`last_session.cpu_ms_per_call`), which a
+shared, noisy machine disturbs much less than calls/s.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _scrape(port: int, stop: threading.Event, counter: list[int]) -> None:
             pass
 
 
-def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, int]:
+def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, float, int]:
     out = Path(tempfile.mkdtemp(dir=work))
     cmd = [
         sys.executable,
@@ -63,9 +65,9 @@ def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, in
         "--out",
         str(out),
         "--concurrency",
-        "64",
+        "128",
         "--judge-concurrency",
-        "64",
+        "128",
     ]
     scrapes = [0]
     stop = threading.Event()
@@ -79,13 +81,13 @@ def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, in
     subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop.set()
     session = orjson.loads((out / "summary.json").read_bytes())["last_session"]
-    return session["calls_per_s"], scrapes[0]
+    return session["calls_per_s"], session["cpu_ms_per_call"], scrapes[0]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=3000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=6667)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from workers.simulated.data import write_synthetic_dataset
@@ -115,33 +117,43 @@ def main() -> int:
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port_file.read_text()}/v1"
             rates: dict[bool, list[float]] = {False: [], True: []}
+            cpus: dict[bool, list[float]] = {False: [], True: []}
             scrapes = []
             for i in range(args.repeats):
                 for observed in (False, True) if i % 2 == 0 else (True, False):
-                    rate, n = one_run(data, url, work, observed)
+                    rate, cpu, n = one_run(data, url, work, observed)
                     rates[observed].append(rate)
+                    cpus[observed].append(cpu)
                     if observed:
                         scrapes.append(n)
                     print(
-                        f"run {i + 1} {'on ' if observed else 'off'}: {rate:.0f} calls/s",
+                        f"run {i + 1} {'on ' if observed else 'off'}: {rate:.0f} calls/s, "
+                        f"{cpu:.4f} ms CPU/call",
                         file=sys.stderr,
                     )
         finally:
             server.terminate()
             server.wait(10)
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"| observability | calls/s (median of {args.repeats}, in session) | runs |")
-    print("| --- | ---: | --- |")
+    cpu_off, cpu_on = statistics.median(cpus[False]), statistics.median(cpus[True])
     print(
-        f"| off (`--quiet`, no metrics) | {off:.0f} | {', '.join(f'{r:.0f}' for r in rates[False])} |"
+        f"| observability | calls/s (median of {args.repeats}, in session) | "
+        "client CPU ms/call (median, in session) | calls/s of each run |"
     )
+    print("| --- | ---: | ---: | --- |")
+    for label, observed in (
+        ("off (`--quiet`, no metrics)", False),
+        ("on (`--metrics-port` scraped every 1 s, `--progress bar`)", True),
+    ):
+        print(
+            f"| {label} | {statistics.median(rates[observed]):.0f} | "
+            f"{statistics.median(cpus[observed]):.4f} | "
+            f"{', '.join(f'{r:.0f}' for r in rates[observed])} |"
+        )
     print(
-        f"| on (`--metrics-port` scraped every 1 s, `--progress bar`) | {on:.0f} | "
-        f"{', '.join(f'{r:.0f}' for r in rates[True])} |"
-    )
-    print(
-        f"\ncost: {100 * (off - on) / off:+.1f}% of calls/s ({args.pairs} pairs, "
-        f"{3 * args.pairs} calls per run; scrapes per observed run: {scrapes})"
+        f"\ncost: {100 * (off - on) / off:+.1f}% of calls/s, {100 * (cpu_on - cpu_off) / cpu_off:+.1f}% "
+        f"of client CPU per call ({args.pairs} pairs, {3 * args.pairs} calls per run; "
+        f"scrapes per observed run: {scrapes})"
     )
     return 0
 

@@ -126,4 +126,3 @@ def write_plots(out_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
         draw(summary, plot_dir / PLOT_FILES[name])
         written[name] = f"plots/{PLOT_FILES[name]}"
     return written
-
