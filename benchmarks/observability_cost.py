@@ -30,7 +30,11 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT)
+    + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+}
 
 
 def _free_port() -> int:
