@@ -1488,7 +1488,9 @@ def _host() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs ({model or platform.machine()}), {platform.system()}"
+    usable = len(os.sched_getaffinity(0))  # `taskset -c 0,1` shows as 2 of the host's CPUs
+    cpus = f"{usable} CPUs" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} CPUs"
+    return f"{cpus} ({model or platform.machine()}), {platform.system()}"
 
 
 def run_benchmark(args: argparse.Namespace, command: str) -> str:
