@@ -437,7 +437,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     for table, name in (("vllm", "model"), ("judge_vllm", "judge_model")):
         if values.get(table) and isinstance(values[table].get("model"), str):
             values.setdefault(name, values[table]["model"])
-    needed = ["data", "model"] + ([] if values.get("vllm") else ["base_url"])
+    if values.get("vllm"):
+        values.setdefault("base_url", [])  # filled in by the servers once they answer
+    needed = ["data", "model", "base_url"]
     missing = [f"--{n.replace('_', '-')}" for n in needed if n not in values]
     if missing:
         raise UserError(
