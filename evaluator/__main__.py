@@ -446,9 +446,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
             f"run needs {', '.join(missing)} (as flags or in --config)"
             + (" or --vllm" if "--base-url" in missing else "")
         )
-    if "judge_base_url" not in values and not values.get("judge_vllm"):
+    if values.get("judge_vllm"):
+        values.setdefault("judge_base_url", [])  # filled in by the judge's servers
+    elif "judge_base_url" not in values:
         # The judge shares the model's endpoints (or its managed servers): same key too.
-        values["judge_base_url"] = values.get("base_url", [])
+        values["judge_base_url"] = values["base_url"]
         values.setdefault("judge_api_key_env", values.get("api_key_env"))
     judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
     if judge_prompt is not None:
