@@ -102,6 +102,14 @@ class RunConfig:
             except ShardError as exc:
                 raise ConfigError(str(exc)) from None
         self._validate_servers()
+        for name, managed, flag in (
+            ("base_url", self.vllm, "--vllm"),
+            ("judge_base_url", self.judge_vllm, "--judge-vllm"),
+        ):
+            if managed is not None and getattr(self, name):
+                raise ConfigError(
+                    f"give --{name.replace('_', '-')} or {flag} (managed servers), not both"
+                )
         for name, managed in (("base_url", self.vllm), ("judge_base_url", self.judge_vllm)):
             urls = getattr(self, name)
             if not urls and managed is None and not (name == "judge_base_url" and self.vllm):
