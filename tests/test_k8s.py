@@ -285,3 +285,24 @@ def test_render_refuses_a_bad_config_naming_the_fault(tmp_path, config, flags, m
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line
     assert not out.exists()
+
+
+def test_model_served_by_vllm_inside_each_shard_pod(tmp_path):
+    # [model.vllm]: every shard pod starts its own model servers, so it asks for their
+    # GPUs, and the config it reads numbers them as the pod sees them (0..k-1).
+    config = (
+        'data = "sample"\nshard = "0/2"\n\n[model]\nname = "org/model-7b"\n\n'
+        '[model.vllm]\ngpus = "4-7"\ntensor_parallel = 2\n\n[judge]\nname = "org/judge"\n'
+    )
+    out = tmp_path / "k8s"
+    proc = render(tmp_path, config, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    docs = rendered_docs(out)
+    assert_valid(docs)
+    job = by_kind(docs, "Job", "valbench-shards")
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 4
+    pod_config = tomllib.loads(by_kind(docs, "ConfigMap")["data"]["run.toml"])
+    assert pod_config["model"]["vllm"] == {"gpus": "0-3", "tensor_parallel": 2}
+    judge = container(by_kind(docs, "Deployment", "valbench-judge"))
+    assert judge["args"][0] == "org/judge"
+    assert judge["resources"]["limits"]["nvidia.com/gpu"] == 1

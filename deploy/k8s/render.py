@@ -28,6 +28,7 @@ import argparse
 import copy
 import re
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_run_config(path: Path, judge_url: str | None) -> Any:
-    """The run config as `python -m evaluator run --config PATH` builds it.
-
-    `judge_url` is the in-cluster judge the pods are pointed at (the Job passes the
-    same flag), so a config without a judge endpoint of its own is accepted.
-    """
+def load_run_config(path: Path, judge_url: str | None = None) -> Any:
+    """The run config as `python -m evaluator run --config PATH [--judge-base-url URL]`
+    builds it (`judge_url`: the flag the Job gives the pods)."""
     from evaluator.__main__ import build_parser, config_from_args
     from evaluator.config import ConfigError
     from evaluator.runner import UserError
@@ -104,6 +102,17 @@ def load_run_config(path: Path, judge_url: str | None) -> Any:
     except (UserError, ConfigError) as exc:
         raise RenderError(str(exc)) from None
     return config
+
+
+def check_pod_config(text: str, judge_url: str | None) -> None:
+    """Refuse to render a config the pods' `run` command would refuse."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_run_config(path, judge_url)
+        except RenderError as exc:
+            raise RenderError(f"the pods' run config would be refused: {exc}") from None
 
 
 def judge_settings(config: Any) -> Any:
@@ -179,7 +188,7 @@ def render(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
         if value is not None and value < 1:
             raise RenderError(f"{flag} must be at least 1, got {value}")
     in_cluster = not args.external_judge
-    config = load_run_config(args.config, JUDGE_SERVICE_URL if in_cluster else None)
+    config = load_run_config(args.config)
     shards = shard_count(config, args.shards)
     model_gpus = None
     if config.vllm is not None:
@@ -190,6 +199,7 @@ def render(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
         config_text = pod_config_text(args.config, in_cluster, model_gpus)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RenderError(f"cannot read config file {args.config}: {exc}") from None
+    check_pod_config(config_text, JUDGE_SERVICE_URL if in_cluster else None)
 
     base = copy.deepcopy(load_base())
     out: dict[str, list[dict[str, Any]]] = {}
