@@ -324,6 +324,9 @@ def _server_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _merge_server_flags(values: dict[str, Any], flags: dict[str, dict[str, Any]]) -> None:
+    if flags and all(set(t) == {"command"} for t in flags.values()):
+        if not any(values.get(t) for t in SERVER_TABLES):
+            raise UserError("--vllm-command needs --vllm or --judge-vllm (or a [*.vllm] table)")
     for table, given in flags.items():
         stage = "--vllm" if table == "vllm" else "--judge-vllm"
         if table not in values and "model" not in given:

@@ -170,7 +170,8 @@ def merge_shards(out: Path, shard_dirs: list[Path]) -> dict[str, Any]:
         _check_same_run(shards)
         _check_indices(shards)
         shards.sort(key=lambda s: s.index)
-        config = dataclasses.replace(shards[0].config, shard=None)
+        # The merged run is the unsharded run; it starts no servers of its own.
+        config = dataclasses.replace(shards[0].config, shard=None, vllm=None, judge_vllm=None)
         _check_coverage(shards, config)
         _prepare_out(out, shards)
         try:

@@ -104,13 +104,15 @@ def prepare_config(
     if new is None:
         if not overrides:
             return stored
-        # Managed-server flags adjust the stored [model.vllm] / [judge.vllm] tables.
-        tables = {
-            k: {**(getattr(stored, k) or {}), **overrides[k]}
-            for k in ("vllm", "judge_vllm")
-            if k in overrides
-        }
-        new = dataclasses.replace(stored, **{**overrides, **tables})
+        # Managed-server flags adjust the stored [model.vllm] / [judge.vllm] tables; a launch
+        # command alone adjusts only the stages that have servers.
+        given = dict(overrides)
+        for k in ("vllm", "judge_vllm"):
+            table = given.pop(k, None)
+            stored_table = getattr(stored, k)
+            if table is not None and (stored_table is not None or set(table) != {"command"}):
+                given[k] = {**(stored_table or {}), **table}
+        new = dataclasses.replace(stored, **given)
     diffs = request_differences(stored, new)
     if diffs:
         raise UserError(
