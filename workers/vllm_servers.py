@@ -25,11 +25,12 @@ config gives no `command`.
 Nothing here imports vllm: the module works (and is tested) without it; only
 the default command needs the `vllm` extra installed.
 
-vLLM flag names follow the `vllm serve` engine-argument docs
-(https://docs.vllm.ai/en/latest/configuration/engine_args/) and, for the
-structured-output backend, docs/features/structured_outputs.md of the vLLM
-repository: `--structured-outputs-config.backend` (it replaced
-`--guided-decoding-backend`, which releases before 0.11 used).
+vLLM flag names follow vLLM's CLI guide (https://docs.vllm.ai/en/v0.31.0/cli/,
+`vllm serve --help=all`: --host, --port, --served-model-name,
+--tensor-parallel-size, --max-num-seqs, --max-model-len, --enable-prefix-caching)
+and, for the structured-output backend, docs/features/structured_outputs.md of
+the vLLM repository: `--structured-outputs-config.backend` (it replaced
+`--guided-decoding-backend`, which older releases used).
 
 Each server's stdout and stderr go to `LOG_DIR/{stage}-{index}.log` (appended
 across restarts, one header line per start); `LOG_DIR/{stage}-{index}.pid`
