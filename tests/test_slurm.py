@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -67,7 +69,7 @@ def job_env() -> dict[str, str]:
     }
 
 
-def submit(config: Path, out: Path, shards: int) -> tuple[str, str]:
+def submit(config: Path, out: Path, shards: int, **env: str) -> tuple[str, str]:
     proc = subprocess.run(
         [
             "bash",
@@ -79,7 +81,7 @@ def submit(config: Path, out: Path, shards: int) -> tuple[str, str]:
             "--shards",
             str(shards),
         ],
-        env=job_env(),
+        env={**job_env(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -124,6 +126,21 @@ def write_config(path: Path, data: Path, model_url: str, judge: str, **extra) ->
     lines += ["", "[judge]", 'name = "sim-judge"', judge]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free on this machine now (for two tasks' metrics)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("0.0.0.0", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 def by_id(results: list[dict]) -> dict[int, dict]:
@@ -194,7 +211,8 @@ def test_term_to_running_shards_drains_requeues_and_resumes(
         judge_concurrency=2,
     )
     out = tmp_path / "sharded"
-    array_id, merge_id = submit(config, out, shards)
+    metrics_base = free_port_pair()
+    array_id, merge_id = submit(config, out, shards, VALBENCH_METRICS_PORT=str(metrics_base))
 
     # Once both shards are running and have answers recorded, TERM each: shard 0 the
     # way `scancel --full` does it (every process of the job), shard 1 as the time
@@ -206,6 +224,16 @@ def test_term_to_running_shards_drains_requeues_and_resumes(
         while len(checkpoint_calls_so_far(db, "done")) < 4:
             assert time.monotonic() < deadline, f"shard {i} made no progress:\n{logs(out)}"
             time.sleep(0.1)
+    # While they run, each task serves Prometheus metrics at the target it announced.
+    for i, task in enumerate(tasks):
+        announced = out / "metrics-targets" / f"valbench-{task}.json"
+        (target,) = orjson.loads(announced.read_bytes())
+        (address,) = target["targets"]
+        assert address.endswith(f":{metrics_base + i}")
+        assert target["labels"]["run_dir"] == str(out / "shards" / f"shard-{i}")
+        url = f"http://127.0.0.1:{address.rsplit(':', 1)[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"valbench_pairs_remaining" in resp.read()
     done_before = {}
     for i, (task, how) in enumerate(zip(tasks, ("--full", "--batch"), strict=True)):
         subprocess.run(["scancel", "--signal=TERM", how, task], check=True, timeout=30)
@@ -227,6 +255,7 @@ def test_term_to_running_shards_drains_requeues_and_resumes(
     merged = read_summary(out / "merged")
     assert merged["complete"] and merged["n_valid"] == n, text
     assert merged["possibly_duplicated_calls"] == 0
+    assert list((out / "metrics-targets").iterdir()) == []  # ended tasks are not scraped
     # Two generations and one verdict per pair, each sent exactly once over both starts.
     assert sim.stats()["requests_total"] == 3 * n
 
@@ -250,3 +279,16 @@ def test_submit_refuses_bad_arguments_before_queueing_anything(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert fault in proc.stderr.splitlines()[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(
+    not shutil.which("promtool"), reason="promtool (Debian's prometheus) not installed"
+)
+def test_slurm_scrape_config_is_valid_prometheus_config():
+    proc = subprocess.run(
+        ["promtool", "check", "config", str(SLURM / "prometheus-slurm.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,8 +5,14 @@
 #   run-evaluator.sh RUN_DIR [more `run` flags, e.g. --shard 2/8]
 #
 # Environment: VALBENCH_CONFIG (the run config TOML, required), VALBENCH_RUN_ARGS
-# (more `run` flags, split on spaces, e.g. "--metrics-port 9464"),
+# (more `run` flags, split on spaces), VALBENCH_METRICS_PORT (below),
 # VALBENCH_MAX_REQUEUES (20), and those of valbench-env.sh.
+#
+# Metrics: with VALBENCH_METRICS_PORT=P the evaluator serves Prometheus metrics on
+# all interfaces at port P + the array task id (tasks sharing a node do not
+# collide), and the target is announced for Prometheus's file-based discovery as
+# a JSON file in VALBENCH_METRICS_DIR (default $VALBENCH_OUT/metrics-targets)
+# while the run lasts (deploy/slurm/prometheus-slurm.yml reads them).
 #
 # Every start passes --resume: the first start begins the run, a restart continues
 # it from the checkpoint in RUN_DIR, so the job always runs the same command.
@@ -40,6 +46,23 @@ echo "valbench: job ${SLURM_JOB_ID:-none} (restart ${SLURM_RESTART_COUNT:-0}) on
 # some preemption set-ups), and bash cannot tell which. A small watcher child can:
 # if it was signalled too, the evaluator already has its TERM, so it is not sent
 # a second one.
+metrics=()
+target_file=
+if [ -n "${VALBENCH_METRICS_PORT:-}" ]; then
+    port=$((VALBENCH_METRICS_PORT + ${SLURM_ARRAY_TASK_ID:-0}))
+    metrics=(--metrics-host 0.0.0.0 --metrics-port "$port")
+    job_name=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+    job_name=${job_name:-${SLURM_JOB_ID:-$$}}
+    targets=${VALBENCH_METRICS_DIR:-${VALBENCH_OUT:-$(dirname "$out")}/metrics-targets}
+    target_file=$targets/valbench-$job_name.json
+    mkdir -p "$targets"
+    run_dir=$(cd "$out" && pwd)
+    printf '[{"targets": ["%s:%s"], "labels": {"run_dir": "%s", "slurm_job": "%s"}}]\n' \
+        "$(hostname)" "$port" "$run_dir" "$job_name" >"$target_file.tmp"
+    mv "$target_file.tmp" "$target_file" # atomic: Prometheus never reads half a file
+    echo "valbench: metrics on http://$(hostname):$port/metrics"
+fi
+
 flag=$(mktemp "${TMPDIR:-/tmp}/valbench-term.XXXXXX")
 (
     trap 'echo term >"$flag"; exit 0' TERM
@@ -53,6 +76,7 @@ child=
 cleanup() {
     kill "$watcher" 2>/dev/null
     rm -f "$flag"
+    [ -z "$target_file" ] || rm -f "$target_file"
 }
 trap cleanup EXIT
 forward_term() {
@@ -65,7 +89,7 @@ forward_term() {
 trap forward_term TERM
 
 "$VALBENCH_PYTHON" -m evaluator run --config "$config" --out "$out" --resume \
-    --progress log "$@" "${extra[@]}" &
+    --progress log "${metrics[@]}" "$@" "${extra[@]}" &
 child=$!
 # `wait` returns early when a trapped signal arrives: wait again until the
 # evaluator has really exited.
