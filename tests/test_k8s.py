@@ -178,6 +178,8 @@ def test_rendered_from_a_run_config(tmp_path):
     assert job["spec"]["completions"] == 6 and job["spec"]["parallelism"] == 3
     c = container(job)
     assert c["image"] == "registry.example/valbench:1.2"
+    (wait,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert wait["image"] == c["image"] and "http://valbench-judge:8000/health" in wait["command"][2]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["VALBENCH_SHARDS"] == "6"
     # Index 5's pod, as the evaluator's own parser reads its command line.
@@ -256,6 +258,7 @@ def test_shard_count_from_the_config_and_an_external_judge(tmp_path):
     job = by_kind(docs, "Job", "valbench-shards")
     assert job["spec"]["completions"] == 3
     assert not any(a.startswith("--judge-base-url") for a in container(job)["args"])
+    assert "initContainers" not in job["spec"]["template"]["spec"]
     pod_config = tomllib.loads(by_kind(docs, "ConfigMap")["data"]["run.toml"])
     assert pod_config["judge_base_url"] == "https://judge.example/v1"
 
@@ -306,3 +309,16 @@ def test_model_served_by_vllm_inside_each_shard_pod(tmp_path):
     judge = container(by_kind(docs, "Deployment", "valbench-judge"))
     assert judge["args"][0] == "org/judge"
     assert judge["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_wait_for_judge_init_container_returns_once_the_judge_answers(sim_server):
+    job = by_kind(load_docs(K8S / "evaluator-shards.yaml"), "Job")
+    (wait,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert wait["command"][:2] == ["python", "-c"]
+    server = sim_server()  # a real HTTP server answering GET /health, as vLLM does
+    health = server.base_url.removesuffix("/v1") + "/health"
+    script = wait["command"][2].replace("http://valbench-judge:8000/health", health)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -243,8 +243,14 @@ def render(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     (job,) = base["evaluator-shards.yaml"]
     job["spec"]["completions"] = shards
     job["spec"]["parallelism"] = min(args.parallelism or shards, shards)
-    (evaluator,) = job["spec"]["template"]["spec"]["containers"]
+    pod = job["spec"]["template"]["spec"]
+    (evaluator,) = pod["containers"]
     evaluator["image"] = args.image
+    if in_cluster:
+        for init in pod["initContainers"]:
+            init["image"] = args.image
+    else:
+        del pod["initContainers"]  # waits for the in-cluster judge only
     for env in evaluator["env"]:
         if env["name"] == "VALBENCH_SHARDS":
             env["value"] = str(shards)
