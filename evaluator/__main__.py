@@ -1,10 +1,12 @@
-"""Command line: `python -m evaluator {run,demo,score,report}` and bare `--resume`."""
+"""Command line: `python -m evaluator {run,demo,score,report,status,compare,agreement,merge}`
+and bare `--resume`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import shlex
 import shutil
 import sys
 import tomllib
@@ -16,7 +18,7 @@ import orjson
 
 from evaluator import report
 from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
-from evaluator.dataset import SAMPLE, DatasetError, count_rows, describe_source, iter_pairs
+from evaluator.dataset import SAMPLE, DatasetError, describe_source, iter_pairs
 from evaluator.runner import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -26,6 +28,8 @@ from evaluator.runner import (
     UserError,
     execute,
 )
+from evaluator.servers import SERVER_LOG_DIR
+from evaluator.sharding import expected_pairs
 from evaluator.store import DB_NAME, Store, StoreError
 
 DEFAULT_OUT = Path("runs/latest")
@@ -52,6 +56,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--split", help="hub split (default: test)")
     g.add_argument("--limit", type=int, help="evaluate only the first N valid pairs")
+    g.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only shard I of N (0-based; pairs split by a hash of their id; --limit applies "
+        "first); combine the shards with `merge`",
+    )
     g.add_argument("--model", help="model under test (name the endpoint serves)")
     g.add_argument(
         "--base-url",
@@ -83,6 +93,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="DIR",
         help="earlier run directories: completed calls with the same request are copied, not sent",
+    )
+    v = p.add_argument_group(
+        "managed vLLM servers (GPU nodes, needs the vllm extra; more settings: [model.vllm] "
+        "and [judge.vllm] in --config)"
+    )
+    v.add_argument(
+        "--vllm",
+        metavar="MODEL",
+        help="start vLLM servers for the model under test; they replace --base-url",
+    )
+    v.add_argument("--gpus", help="GPUs for --vllm servers, e.g. 0-7 or 0,1 (default 0)")
+    v.add_argument("--tensor-parallel", type=int, metavar="N", help="GPUs per --vllm server (1)")
+    v.add_argument("--judge-vllm", metavar="MODEL", help="start vLLM servers for the judge")
+    v.add_argument("--judge-gpus", help="GPUs for --judge-vllm servers (default 0)")
+    v.add_argument(
+        "--judge-tensor-parallel", type=int, metavar="N", help="GPUs per judge server (1)"
+    )
+    v.add_argument(
+        "--vllm-command",
+        metavar="CMD",
+        help="launch command template instead of `vllm serve {model} {vllm_args}`, "
+        "e.g. a container wrapper (placeholders: see the README)",
     )
     t = p.add_argument_group("throughput and retries")
     t.add_argument("--concurrency", type=int, help="generation calls in flight (64)")
@@ -195,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("dir_b", type=Path, nargs="?")
     agr.add_argument("--out", type=Path, help="write agreement.json and agreement.md here")
 
+    mrg = sub.add_parser(
+        "merge", help="combine the finished shards of a --shard run into one run directory"
+    )
+    mrg.add_argument(
+        "out", type=Path, help="directory for the merged run (new, or an earlier merge)"
+    )
+    mrg.add_argument(
+        "shards", type=Path, nargs="+", metavar="SHARD_DIR", help="every shard's --out"
+    )
+
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
     return parser
@@ -240,8 +282,19 @@ RUN_FIELDS = (
     "price_out",
     "judge_price_in",
     "judge_price_out",
+    "shard",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
+SERVER_TABLES = ("vllm", "judge_vllm")  # [model.vllm] and [judge.vllm]
+# Flags that set keys of those tables: (flag attribute, table, key).
+SERVER_FLAGS = (
+    ("vllm", "vllm", "model"),
+    ("gpus", "vllm", "gpus"),
+    ("tensor_parallel", "vllm", "tensor_parallel"),
+    ("judge_vllm", "judge_vllm", "model"),
+    ("judge_gpus", "judge_vllm", "gpus"),
+    ("judge_tensor_parallel", "judge_vllm", "tensor_parallel"),
+)
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,9 +303,46 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _server_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The managed-server flags given, as partial `vllm` / `judge_vllm` tables."""
+    tables: dict[str, dict[str, Any]] = {}
+    for attr, table, key in SERVER_FLAGS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            tables.setdefault(table, {})[key] = value
+    command = getattr(args, "vllm_command", None)
+    if command is not None:
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise UserError(f"--vllm-command: {exc}") from None
+        if not argv:
+            raise UserError("--vllm-command is empty")
+        for table in SERVER_TABLES:
+            tables.setdefault(table, {})["command"] = argv
+    return tables
+
+
+def _merge_server_flags(values: dict[str, Any], flags: dict[str, dict[str, Any]]) -> None:
+    if flags and all(set(t) == {"command"} for t in flags.values()):
+        if not any(values.get(t) for t in SERVER_TABLES):
+            raise UserError("--vllm-command needs --vllm or --judge-vllm (or a [*.vllm] table)")
+    for table, given in flags.items():
+        stage = "--vllm" if table == "vllm" else "--judge-vllm"
+        if table not in values and "model" not in given:
+            if set(given) == {"command"}:
+                continue  # --vllm-command applies to whichever stage has servers
+            names = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            raise UserError(f"{names} need(s) {stage} (or [{table.replace('_', '.')}] in --config)")
+        values[table] = {**(values.get(table) or {}), **given}
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings given on a bare resume; resuming refuses any that would change requests."""
-    return {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
+    """Settings given on a bare resume; resuming refuses any that would change requests.
+    Managed-server flags come as partial tables, merged into the stored ones."""
+    out = {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
+    out.update(_server_flags(args))
+    return out
 
 
 def _type_name(expected: Any) -> str:
@@ -269,7 +359,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
     values = _flatten_stage_tables(values, path)
-    known = set(RUN_FIELDS) | set(FILE_ONLY)
+    known = set(RUN_FIELDS) | set(FILE_ONLY) | set(SERVER_TABLES)
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(
@@ -332,6 +422,8 @@ _FIELD_TYPES: dict[str, Any] = {
     "reuse": list,
     "base_url": (str, list),
     "judge_base_url": (str, list),
+    "vllm": dict,
+    "judge_vllm": dict,
 }
 
 
@@ -339,14 +431,30 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     """A RunConfig from `run` flags and --config; None when only --resume was asked for."""
     values = _load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(_given(args))
+    flags = _server_flags(args)
     if args.resume and not any(n in values for n in ("data", "model", "base_url")):
         return None
-    missing = [f"--{n.replace('_', '-')}" for n in ("data", "model", "base_url") if n not in values]
+    _merge_server_flags(values, flags)
+    # Managed servers serve their model under the stage's model name (by default the one
+    # they load), and stand in for the stage's URLs.
+    for table, name in (("vllm", "model"), ("judge_vllm", "judge_model")):
+        if values.get(table) and isinstance(values[table].get("model"), str):
+            values.setdefault(name, values[table]["model"])
+    if values.get("vllm"):
+        values.setdefault("base_url", [])  # filled in by the servers once they answer
+    needed = ["data", "model", "base_url"]
+    missing = [f"--{n.replace('_', '-')}" for n in needed if n not in values]
     if missing:
-        raise UserError(f"run needs {', '.join(missing)} (as flags or in --config)")
-    if "judge_base_url" not in values:
+        raise UserError(
+            f"run needs {', '.join(missing)} (as flags or in --config)"
+            + (" or --vllm" if "--base-url" in missing else "")
+        )
+    if values.get("judge_vllm"):
+        values.setdefault("judge_base_url", [])  # filled in by the judge's servers
+    elif "judge_base_url" not in values:
+        # The judge shares the model's endpoints (or its managed servers): same key too.
         values["judge_base_url"] = values["base_url"]
-        values.setdefault("judge_api_key_env", values.get("api_key_env"))  # same endpoint, same key
+        values.setdefault("judge_api_key_env", values.get("api_key_env"))
     judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
     if judge_prompt is not None:
         values["judge_prompt"] = judge_prompt
@@ -530,19 +638,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         pairs = store.pair_counts()
         session = store.get_meta("last_session") or {}
         duplicated = store.possibly_duplicated()
-    expected = count_rows(config.data, config.split)
-    if expected is not None and config.limit is not None:
-        expected = min(expected, config.limit)
+        merged = store.get_meta("merged_from")
+    expected = expected_pairs(config)
 
     def n(stage: str, status: str) -> int:
         return sum(v for k, v in counts.items() if k.startswith(stage) and k.endswith(":" + status))
 
     state = f"running (pid {pid})" if pid else "not running"
     label = " [SIMULATED backend]" if config.simulated else ""
-    total = f"/{expected}" if expected is not None else ""
+    total = f"/{'~' if config.shard else ''}{expected}" if expected is not None else ""
     print(f"run {args.dir}: {state}{label}")
     print(f"  model {config.model}; judge {config.judge_model} ({config.judge_order})")
     print(f"  dataset {describe_source(config.data)}")
+    if config.limit is not None:
+        print(f"  limit: the first {config.limit} valid pairs")
+    if config.shard is not None:
+        print(f"  shard {config.shard}: only the pairs whose id hashes to it")
+    if merged:
+        print(f"  merged from {len(merged)} shards: {', '.join(m['dir'] for m in merged)}")
+    if config.vllm or config.judge_vllm:
+        print(f"  managed servers: logs in {args.dir / SERVER_LOG_DIR}/")
     print(f"  pairs judged {pairs['judged']}{total}, with a failed call {pairs['failed']}")
     for stage, name in (("gen", "generation"), ("judge", "judge")):
         print(
@@ -587,6 +702,23 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from evaluator.merge import MergeError, merge_shards
+
+    try:
+        summary = merge_shards(args.out, args.shards)
+    except MergeError as exc:
+        raise UserError(f"merge: {exc}") from None
+    except (StoreError, DatasetError, ConfigError) as exc:
+        raise UserError(str(exc)) from None
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    print(
+        f"merged {len(args.shards)} shards ({summary['n_pairs']} pairs) into {args.out}/ "
+        "(summary.json, results.jsonl, report.md)"
+    )
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         with Store.open(args.dir, create=False) as store:
@@ -622,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         "compare": cmd_compare,
         "agreement": cmd_agreement,
+        "merge": cmd_merge,
     }
     try:
         return handlers[command](args)

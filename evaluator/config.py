@@ -20,6 +20,7 @@ REQUEST_SETTINGS = (
     "judge_prompt",
     "judge_order",
     "protocol",
+    "shard",  # another shard is another set of pairs: a different run
 )
 JUDGE_ORDERS = ("forward", "reverse", "both")
 PROTOCOL = (
@@ -64,6 +65,11 @@ class RunConfig:
     judge_price_in: float | None = None
     judge_price_out: float | None = None
     reuse: list[str] = field(default_factory=list)  # earlier run directories to take answers from
+    shard: str | None = None  # "I/N": only the pairs of shard I of N (evaluator/sharding.py)
+    # Managed vLLM servers for the model and for the judge (workers/vllm_servers.py):
+    # the settings of `[model.vllm]` / `[judge.vllm]`; their URLs become the stage's pool.
+    vllm: dict[str, Any] | None = None
+    judge_vllm: dict[str, Any] | None = None
     simulated: bool = False
     protocol: str = PROTOCOL
 
@@ -88,15 +94,43 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
-        for name in ("base_url", "judge_base_url"):
+        if self.shard is not None:
+            from evaluator.sharding import ShardError, parse_shard
+
+            try:
+                parse_shard(self.shard)
+            except ShardError as exc:
+                raise ConfigError(str(exc)) from None
+        self._validate_servers()
+        for name, managed, flag in (
+            ("base_url", self.vllm, "--vllm"),
+            ("judge_base_url", self.judge_vllm, "--judge-vllm"),
+        ):
+            if managed is not None and getattr(self, name):
+                raise ConfigError(
+                    f"give --{name.replace('_', '-')} or {flag} (managed servers), not both"
+                )
+        for name, managed in (("base_url", self.vllm), ("judge_base_url", self.judge_vllm)):
             urls = getattr(self, name)
-            if not urls:
+            if not urls and managed is None and not (name == "judge_base_url" and self.vllm):
                 raise ConfigError(f"--{name.replace('_', '-')} is required")
             for url in urls:
                 if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                     raise ConfigError(
                         f"--{name.replace('_', '-')} must be an http(s) URL, got {url!r}"
                     )
+
+    def _validate_servers(self) -> None:
+        from workers.vllm_servers import ServerSettings, ServerSettingsError
+
+        for name, flag in (("vllm", "model"), ("judge_vllm", "judge")):
+            raw = getattr(self, name)
+            if raw is None:
+                continue
+            try:
+                ServerSettings.from_dict(raw, where=f"[{flag}.vllm]")
+            except ServerSettingsError as exc:
+                raise ConfigError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

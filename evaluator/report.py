@@ -26,13 +26,13 @@ from evaluator.dataset import (
     Pair,
     _as_int,
     describe_source,
-    iter_pairs,
     jsonl_rows,
     parquet_rows,
 )
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.report_child import ReportChild
 from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
+from evaluator.sharding import run_pairs
 from evaluator.store import CallRecord, Store
 
 SIMULATION_BANNER = (
@@ -209,6 +209,17 @@ class _Tally:
         return status
 
 
+class PairStatus:
+    """A pair's status as the report counts it (scored, invalid, failed or pending)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._tally = _Tally(config.judge_orders)
+
+    def __call__(self, pair: Pair, records: dict[str, CallRecord]) -> str:
+        return self._tally.pair_row(self.config, pair, records)["status"]
+
+
 def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[str, Any]:
     """Write every output file of a run from its store; return summary.json's content."""
     tmp = run_dir / "results.jsonl.tmp"
@@ -228,7 +239,7 @@ def _build_run_outputs(
     """results.jsonl (written through `out`, then renamed) and the summary."""
     tally = _Tally(config.judge_orders)
     n_pairs = 0
-    for pair in iter_pairs(config.data, limit=config.limit, split=config.split):
+    for pair in run_pairs(config):
         n_pairs += 1
         out.write(orjson.dumps(tally.pair_row(config, pair, store.calls_for_pair(pair.id))))
         out.write(b"\n")
@@ -243,6 +254,8 @@ def _build_run_outputs(
         "model": config.model,
         "judge_model": config.judge_model,
         "judge_order": config.judge_order,
+        "limit": config.limit,
+        "shard": config.shard,
         "complete": tally.statuses["pending"] == 0,
         "n_pairs": n_pairs,
         "n_failed": tally.statuses["failed"],
@@ -255,6 +268,9 @@ def _build_run_outputs(
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "last_session": store.get_meta("last_session"),
     }
+    merged = store.get_meta("merged_from")
+    if merged:
+        summary["merged_from"] = merged
     summary.update(tally.pooled.summary())
     if len(orders) > 1:
         summary["by_judge_order"] = {o: tally.scorers[o].summary() for o in orders}
@@ -445,9 +461,21 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
         ("model", "Model"),
         ("judge_model", "Judge"),
         ("judge_order", "Judge order"),
+        ("limit", "Limit (first valid pairs)"),
     ):
-        if key in s:
+        if s.get(key) is not None:
             lines.append(f"- {label}: `{s[key]}`")
+    if s.get("shard"):
+        lines.append(
+            f"- Shard: `{s['shard']}` (only the pairs whose id hashes to this shard; "
+            "merge all shards with `python -m evaluator merge`)"
+        )
+    if s.get("merged_from"):
+        shards = s["merged_from"]
+        lines.append(
+            f"- Merged from {len(shards)} shards: "
+            + ", ".join(f"`{m['shard']}` {m['dir']}" for m in shards)
+        )
     counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
     if "n_failed" in s:
         counts += [

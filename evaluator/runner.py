@@ -4,8 +4,10 @@ Exit codes (documented in the README for batch schedulers):
     0   finished; every pair has an outcome
     1   internal error (a bug: please report it)
     2   user error: bad flags, config, dataset or run directory; nothing was sent
-    3   an endpoint refused us for good (auth, quota, billing): fix it, then --resume
-    4   an endpoint was unreachable at start-up: nothing was sent
+    3   an endpoint refused us for good (auth, quota, billing), or every managed server
+        of a stage kept dying: fix it, then --resume
+    4   an endpoint was unreachable at start-up, or a managed server did not become
+        ready: nothing was sent
     5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
     75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
 """
@@ -17,20 +19,23 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluator import report
+from evaluator import report, servers
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
-from evaluator.dataset import DatasetError, count_rows, iter_pairs
+from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.looplag import LoopLagMonitor
 from evaluator.progress import Progress
 from evaluator.scheduler import RunStats, Scheduler
+from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, PoolConfig
+from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
 
 if TYPE_CHECKING:
     from evaluator.metrics import RunMetrics
@@ -101,7 +106,15 @@ def prepare_config(
     if new is None:
         if not overrides:
             return stored
-        new = dataclasses.replace(stored, **overrides)
+        # Managed-server flags adjust the stored [model.vllm] / [judge.vllm] tables; a launch
+        # command alone adjusts only the stages that have servers.
+        given = dict(overrides)
+        for k in ("vllm", "judge_vllm"):
+            table = given.pop(k, None)
+            stored_table = getattr(stored, k)
+            if table is not None and (stored_table is not None or set(table) != {"command"}):
+                given[k] = {**(stored_table or {}), **table}
+        new = dataclasses.replace(stored, **given)
     diffs = request_differences(stored, new)
     if diffs:
         raise UserError(
@@ -145,13 +158,6 @@ def _pool(
         ),
         shared,
     )
-
-
-def _expected_pairs(config: RunConfig) -> int | None:
-    expected = count_rows(config.data, config.split)
-    if expected is not None and config.limit is not None:
-        expected = min(expected, config.limit)
-    return expected
 
 
 def _session_summary(
@@ -241,7 +247,6 @@ async def _execute(
     overrides: dict[str, Any],
     options: RunOptions,
 ) -> RunResult:
-    drain_timeout = options.drain_timeout
     config = prepare_config(run_dir, store, new_config, resume, overrides)
     try:
         config.validate()
@@ -252,8 +257,12 @@ async def _execute(
         raise UserError(str(exc)) from None
     try:  # a source that is not a dataset fails here, before any endpoint is contacted
         next(iter_pairs(config.data, split=config.split, limit=1), None)
+        fleet = servers.fleet_for(config, run_dir)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
+    except ServerSettingsError as exc:
+        raise UserError(str(exc)) from None
+    # Stored before any server starts, so a run whose servers fail to start can be resumed.
     store.set_meta("config", config.to_dict())
     interrupted = store.settle_interrupted()
     if interrupted:
@@ -269,7 +278,87 @@ async def _execute(
             run_dir,
             ", ".join(f"{k}={v}" for k, v in sorted(done.items())) or "no calls recorded yet",
         )
+    signals = _Signals()
+    signals.install()
+    try:
+        if fleet is None:
+            return await _with_endpoints(
+                run_dir, store, config, options, gen_key, judge_key, signals, None
+            )
+        log.info(
+            "starting %s; waiting until they answer (logs in %s)",
+            ", ".join(f"{len(g.settings.groups())} {g.stage} server(s)" for g in fleet.groups),
+            run_dir / servers.SERVER_LOG_DIR,
+        )
+        try:
+            async with fleet:  # every server process is stopped when this block exits
+                config = servers.with_server_urls(config, fleet)
+                return await _with_endpoints(
+                    run_dir, store, config, options, gen_key, judge_key, signals, fleet
+                )
+        except ServerStartError as exc:
+            log.error("%s; nothing was sent", exc)
+            return RunResult(EXIT_UNREACHABLE, None, None, run_dir)
+    except asyncio.CancelledError:
+        if not signals.count:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        log.warning("interrupted; nothing is lost: resume with --resume")
+        return RunResult(EXIT_INTERRUPTED, None, None, run_dir)
+    finally:
+        signals.remove()
 
+
+class _Signals:
+    """SIGINT/SIGTERM for the whole run, given to the handler of the phase in progress.
+
+    While the scheduler runs, its handler drains in-flight calls; in any other phase
+    (servers starting, endpoint checks, outputs, servers stopping) a signal cancels
+    the run's task, so every `finally` (server processes included) runs.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.count = 0
+        self.handler: Callable[[str], None] | None = None
+        self._installed: list[signal.Signals] = []
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(sig, self._on_signal, sig.name)
+                self._installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+
+    def _on_signal(self, signame: str) -> None:
+        self.count += 1
+        if self.handler is not None:
+            self.handler(signame)
+        elif self.task is not None:
+            log.warning("%s: stopping", signame)
+            self.task.cancel()
+
+    def remove(self) -> None:
+        for sig in self._installed:
+            self.loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+
+async def _with_endpoints(
+    run_dir: Path,
+    store: Store,
+    config: RunConfig,
+    options: RunOptions,
+    gen_key: str | None,
+    judge_key: str | None,
+    signals: _Signals,
+    fleet: ServerFleet | None,
+) -> RunResult:
+    drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
     shared_limits: dict = {}  # a model and its judge on one account share its rate limits
     gen_client = _pool(
@@ -302,7 +391,7 @@ async def _execute(
         metrics = RunMetrics()
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
-        metrics.set_expected(_expected_pairs(config))
+        metrics.set_expected(expected_pairs(config))
         if config.price_in is not None or config.price_out is not None:
             metrics.set_prices("generation", config.price_in or 0.0, config.price_out or 0.0)
         if config.judge_price_in is not None or config.judge_price_out is not None:
@@ -321,7 +410,16 @@ async def _execute(
         )
     try:
         return await _run_pools(
-            run_dir, store, config, options, gen_client, judge_client, metrics, drain_timeout
+            run_dir,
+            store,
+            config,
+            options,
+            gen_client,
+            judge_client,
+            metrics,
+            drain_timeout,
+            signals,
+            fleet,
         )
     finally:
         if metrics is not None:
@@ -337,6 +435,8 @@ async def _run_pools(
     judge_client: EndpointPool,
     metrics: RunMetrics | None,
     drain_timeout: float,
+    signals: _Signals,
+    fleet: ServerFleet | None,
 ) -> RunResult:
     async with gen_client, judge_client:
         try:
@@ -369,14 +469,16 @@ async def _run_pools(
             reuse=reuse,
             metrics=metrics,
         )
-        loop = asyncio.get_running_loop()
+        if fleet is not None:  # servers that keep dying stop the run (resumable)
+            for group in fleet.groups:
+                group.on_failed = scheduler.fail
         main = asyncio.current_task()
-        signals = 0
+        received = 0
 
         def on_signal(signame: str) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
+            nonlocal received
+            received += 1
+            if received == 1:
                 log.warning(
                     "%s: finishing in-flight calls (up to %gs), then stopping; "
                     "send again to stop at once",
@@ -387,13 +489,7 @@ async def _run_pools(
             elif main is not None:
                 main.cancel()
 
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal, sig.name)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+        signals.handler = on_signal
         lag = LoopLagMonitor(on_sample=metrics.loop_lag.set if metrics else None)
         lag.start()
         progress = None
@@ -401,7 +497,7 @@ async def _run_pools(
             mode = options.progress_mode
             progress = Progress(
                 scheduler.stats,
-                _expected_pairs(config),
+                expected_pairs(config),
                 len(config.judge_orders),
                 mode=Progress.choose_mode() if mode == "auto" else mode,
                 interval_s=options.progress_interval,
@@ -416,8 +512,10 @@ async def _run_pools(
             await lag.stop()
             if progress is not None:
                 await progress.stop()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            signals.handler = None
+            if fleet is not None:
+                for group in fleet.groups:
+                    group.on_failed = None
             await writer.close()  # every outcome received is committed, on every path
             for other in reuse:
                 other.close()
@@ -432,7 +530,7 @@ async def _run_pools(
             fatal,
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
-    if signals >= 2:  # "stop at once": the outputs can be rebuilt with `report DIR`
+    if received >= 2:  # "stop at once": the outputs can be rebuilt with `report DIR`
         return RunResult(EXIT_INTERRUPTED, None, stats, run_dir)
     try:
         summary = report.build_run_outputs(run_dir, config, store)
@@ -447,7 +545,7 @@ async def _run_pools(
             run_dir,
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
-    if isinstance(fatal, FatalEndpointError):
+    if isinstance(fatal, FatalEndpointError | ServersFailed):
         log.error("stopping: %s — fix this, then run with --resume (nothing is lost)", fatal)
         code = EXIT_FATAL_ENDPOINT
     elif isinstance(fatal, DatasetError):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from evaluator.calls import CallSpec, generation_calls, judge_call
 from evaluator.config import RunConfig
-from evaluator.dataset import BadRow, Pair, iter_pairs
+from evaluator.dataset import BadRow, Pair
 from evaluator.protocol import (
     GEN_MAX_TOKENS,
     JUDGE_MAX_TOKENS,
@@ -33,6 +33,7 @@ from evaluator.protocol import (
     parse_verdict,
     split_reasoning,
 )
+from evaluator.sharding import run_pairs
 from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 
@@ -202,12 +203,7 @@ class Scheduler:
 
     async def _read(self) -> None:
         try:
-            pairs = iter_pairs(
-                self.config.data,
-                limit=self.config.limit,
-                split=self.config.split,
-                on_bad_row=self._bad_row,
-            )
+            pairs = run_pairs(self.config, on_bad_row=self._bad_row)
             for n, pair in enumerate(pairs):
                 if self._stopping:
                     return

@@ -300,6 +300,28 @@ class Store:
             fcntl.flock(fh, fcntl.LOCK_UN)
             return None
 
+    def pair_ids(self) -> list[int]:
+        """Every pair with a recorded call."""
+        assert self._read is not None
+        return [r[0] for r in self._read.execute("SELECT DISTINCT pair_id FROM calls")]
+
+    def absorb(self, other: Path) -> int:
+        """Copy every call and bad input row of the checkpoint file `other` into this store
+        (merging shards, whose calls never share a key); returns the calls copied."""
+        assert self._write is not None
+        conn = self._write
+        conn.execute("ATTACH DATABASE ? AS other", (str(other),))  # not inside a transaction
+        try:
+            cols = ", ".join(_COLUMNS)
+            with conn:
+                n = conn.execute(
+                    f"INSERT INTO calls ({cols}) SELECT {cols} FROM other.calls"
+                ).rowcount
+                conn.execute("INSERT OR IGNORE INTO bad_rows SELECT * FROM other.bad_rows")
+        finally:
+            conn.execute("DETACH DATABASE other")
+        return n
+
     def bad_rows(self) -> list[tuple[str, str]]:
         assert self._read is not None
         return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()

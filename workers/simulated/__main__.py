@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rpm-limit", type=float, help="enforce requests/min (429 + x-ratelimit headers)"
     )
     p.add_argument("--tpm-limit", type=float, help="enforce tokens/min, counting max_tokens")
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        default=[],
+        help="also list this model name on /v1/models (repeatable), as vLLM does",
+    )
     return p.parse_args(argv)
 
 
@@ -74,6 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
         quota_after=args.quota_after,
         rpm_limit=args.rpm_limit,
         tpm_limit=args.tpm_limit,
+        served_names=tuple(args.served_model_name),
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

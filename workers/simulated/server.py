@@ -53,6 +53,8 @@ class SimConfig:
     # with 429s, announced in x-ratelimit-* headers on every answer.
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    # Extra names /v1/models lists (as vLLM lists its --served-model-name).
+    served_names: tuple[str, ...] = ()
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -138,7 +140,7 @@ class SimulatedServer:
             return denied
         data = [
             {"id": m, "object": "model", "owned_by": SIM_FINGERPRINT}
-            for m in ("simulated-model", "simulated-judge")
+            for m in ("simulated-model", "simulated-judge", *self.config.served_names)
         ]
         return web.json_response(
             {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
