@@ -303,9 +303,7 @@ class BatchStage:
         )
         await self._watch(row, ref.id, pairs)
 
-    async def _find(
-        self, marker: str, since: float, n: int, exclude: set[str]
-    ) -> BatchRef | None:
+    async def _find(self, marker: str, since: float, n: int, exclude: set[str]) -> BatchRef | None:
         while True:
             try:
                 return await self.api.find(marker, since, n, exclude)

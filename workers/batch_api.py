@@ -174,7 +174,9 @@ class BatchAPI:
                 last = self.redact(f"{type(exc).__name__}: {exc}")
             if attempt < self.http_attempts:
                 cap = self.backoff_base_s * 2 ** (attempt - 1)
-                await asyncio.sleep(wait if wait is not None else cap / 2 + random.uniform(0, cap / 2))
+                await asyncio.sleep(
+                    wait if wait is not None else cap / 2 + random.uniform(0, cap / 2)
+                )
         raise EndpointUnreachable(f"{self.name}: {method} {url} kept failing: {last}")
 
     async def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
@@ -395,9 +397,7 @@ class AnthropicBatchAPI(BatchAPI):
         # record's, is adopted provisionally: only results whose custom_id has our marker
         # are taken from it, and requests it turns out not to hold are submitted again once
         # it has ended (see workers.batch_client).
-        page = await self._json(
-            "GET", self.base_url + "/messages/batches", params={"limit": "100"}
-        )
+        page = await self._json("GET", self.base_url + "/messages/batches", params={"limit": "100"})
         for b in page.get("data") or []:
             if not isinstance(b, dict) or str(b.get("id")) in exclude:
                 continue

@@ -233,8 +233,10 @@ class EndpointPool:
         body: bytes,
         max_tokens: int = 0,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        key: str | None = None,
     ) -> Completion | CallFailure:
-        """Send one request with retries across the pool.
+        """Send one request with retries across the pool (`key`, the call's identity, is
+        for batch mode; an online call does not need it).
 
         `before_send` is awaited once, when the first attempt holds its slot and
         has passed the rate buckets, just before the request leaves: the caller

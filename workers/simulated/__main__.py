@@ -44,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rpm-limit", type=float, help="enforce requests/min (429 + x-ratelimit headers)"
     )
     p.add_argument("--tpm-limit", type=float, help="enforce tokens/min, counting max_tokens")
+    p.add_argument("--batch-delay", type=float, default=0.0, help="seconds until a batch ends")
+    p.add_argument(
+        "--batch-fail-every", type=int, default=0, help="fail every k-th new batch request once"
+    )
+    p.add_argument(
+        "--batch-expire-every", type=int, default=0, help="expire every k-th new batch request once"
+    )
+    p.add_argument("--batch-limit", type=int, help="refuse batches with more requests than this")
     return p.parse_args(argv)
 
 
@@ -74,6 +82,10 @@ async def serve(args: argparse.Namespace) -> None:
         quota_after=args.quota_after,
         rpm_limit=args.rpm_limit,
         tpm_limit=args.tpm_limit,
+        batch_delay_s=args.batch_delay,
+        batch_fail_every=args.batch_fail_every,
+        batch_expire_every=args.batch_expire_every,
+        batch_limit=args.batch_limit,
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from workers.simulated import personas, wire
+from workers.simulated.batches import SimBatches
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
     MARK_CONTENT_FILTER,
     MARK_JUDGE_GARBAGE,
@@ -60,6 +61,13 @@ class SimConfig:
     # with 429s, announced in x-ratelimit-* headers on every answer.
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    # Batch APIs (workers/simulated/batches.py): seconds until a batch ends; every k-th new
+    # request body fails (server error) or expires on its first submission; a lower limit
+    # on requests per batch.
+    batch_delay_s: float = 0.0
+    batch_fail_every: int = 0
+    batch_expire_every: int = 0
+    batch_limit: int | None = None
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -96,6 +104,7 @@ class SimulatedServer:
         self.cached_prefixes: set[str] = set()  # Anthropic prompt caching: prefixes seen
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self.batches = SimBatches(self)
 
     # -- app ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -105,6 +114,7 @@ class SimulatedServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/sim/stats", self._stats)
+        self.batches.install(app)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -129,6 +139,7 @@ class SimulatedServer:
         }
         if bodies:
             out["bodies"] = dict(self.bodies)
+        out["batches"] = self.batches.stats(bodies)
         return out
 
     # -- handlers -------------------------------------------------------------
