@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from evaluator import report
-from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
+from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
 from evaluator.dataset import SAMPLE, DatasetError, count_rows, describe_source, iter_pairs
 from evaluator.runner import (
     EXIT_INTERNAL,
@@ -106,6 +106,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="first retry wait in seconds, doubled each time (1)",
     )
     t.add_argument("--judge-retries", type=int, help="re-asks when a verdict is invalid (2)")
+    b = p.add_argument_group(
+        "batch mode (the provider's Batch API: half price, answers within 24h)"
+    )
+    b.add_argument("--mode", choices=MODES, help="how generation calls are sent (online)")
+    b.add_argument("--judge-mode", choices=MODES, help="how judge calls are sent (online)")
+    b.add_argument(
+        "--batch-max-requests", type=int, help="requests per batch (the provider's limit)"
+    )
+    b.add_argument("--batch-max-mb", type=float, help="MB per batch (the provider's limit)")
+    b.add_argument(
+        "--batch-capacity", type=int, help="a batch stage's calls waiting at once (10000)"
+    )
+    b.add_argument(
+        "--batch-window",
+        type=float,
+        dest="batch_window_s",
+        help="seconds a call may wait before its batch is submitted (300)",
+    )
+    b.add_argument(
+        "--batch-idle",
+        type=float,
+        dest="batch_idle_s",
+        help="submit the open batch after this many seconds without a new call (10)",
+    )
+    b.add_argument(
+        "--batch-poll", type=float, dest="batch_poll_s", help="seconds between status polls (30)"
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
@@ -240,6 +267,14 @@ RUN_FIELDS = (
     "price_out",
     "judge_price_in",
     "judge_price_out",
+    "mode",
+    "judge_mode",
+    "batch_max_requests",
+    "batch_max_mb",
+    "batch_capacity",
+    "batch_window_s",
+    "batch_idle_s",
+    "batch_poll_s",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
 
@@ -330,6 +365,12 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_price_in": (int, float),
     "judge_price_out": (int, float),
     "reuse": list,
+    "batch_max_requests": int,
+    "batch_capacity": int,
+    "batch_max_mb": (int, float),
+    "batch_window_s": (int, float),
+    "batch_idle_s": (int, float),
+    "batch_poll_s": (int, float),
     "base_url": (str, list),
     "judge_base_url": (str, list),
 }
@@ -530,6 +571,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         pairs = store.pair_counts()
         session = store.get_meta("last_session") or {}
         duplicated = store.possibly_duplicated()
+        batches = store.batch_counts()
     expected = count_rows(config.data, config.split)
     if expected is not None and config.limit is not None:
         expected = min(expected, config.limit)
@@ -550,6 +592,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{n(stage, 'started')} in flight, {n(stage, 'interrupted')} to re-send"
         )
     print(f"  calls possibly paid twice so far: {duplicated}")
+    if batches:
+        at = [batches.get(k, (0, 0)) for k in ("submitting", "submitted")]
+        done = [batches.get(k, (0, 0)) for k in ("ended", "settled")]
+        print(
+            f"  provider batches: {sum(b for b, _ in at)} at the provider "
+            f"({sum(r for _, r in at)} requests), {sum(b for b, _ in done)} ended"
+        )
     if session:
         print(
             f"  last session: {session.get('calls_sent', 0)} calls in {session.get('wall_s', 0):.0f}s "

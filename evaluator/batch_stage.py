@@ -283,7 +283,9 @@ class BatchStage:
             await self._void(row, pairs, exc.failure)
             return
         except BatchError as exc:
-            await self._void(row, pairs, exc.failure)
+            # The provider refused the batch as a whole (its size, its model, its format):
+            # the requests are not at fault, so none is recorded as failed; the run stops.
+            await self._void(row, pairs, _refused(exc.failure))
             return
         except EndpointUnreachable as exc:
             # The create may have reached the provider: look before giving the calls back.
@@ -418,3 +420,9 @@ class BatchStage:
             "resubmitted_after_failure": self.stats.resubmitted,
             "batch_ids": self.stats.ids[-20:],
         }
+
+
+def _refused(failure: CallFailure) -> CallFailure:
+    return CallFailure(
+        ErrorClass.FATAL, f"the provider refused the batch: {failure.message}", failure.status
+    )

@@ -22,6 +22,7 @@ REQUEST_SETTINGS = (
     "protocol",
 )
 JUDGE_ORDERS = ("forward", "reverse", "both")
+MODES = ("online", "batch")
 PROTOCOL = (
     f"gen:t={protocol.GEN_TEMPERATURE},p={protocol.GEN_TOP_P},max={protocol.GEN_MAX_TOKENS};"
     f"judge:t={protocol.JUDGE_TEMPERATURE},p={protocol.JUDGE_TOP_P},max={protocol.JUDGE_MAX_TOKENS};"
@@ -64,6 +65,16 @@ class RunConfig:
     judge_price_in: float | None = None
     judge_price_out: float | None = None
     reuse: list[str] = field(default_factory=list)  # earlier run directories to take answers from
+    # How each stage's calls are sent: "online" (one HTTP request each) or "batch" (the
+    # provider's Batch API: cheaper, answers within hours). See evaluator.batch_stage.
+    mode: str = "online"
+    judge_mode: str = "online"
+    batch_max_requests: int | None = None  # per batch; None: the provider's limit
+    batch_max_mb: float | None = None  # per batch; None: the provider's limit
+    batch_capacity: int = 10_000  # a batch stage's calls waiting at once (in all its batches)
+    batch_window_s: float = 300.0  # the longest a call waits before its batch is submitted
+    batch_idle_s: float = 10.0  # submit the open batch once no call has come for this long
+    batch_poll_s: float = 30.0  # seconds between status polls of a submitted batch
     simulated: bool = False
     protocol: str = PROTOCOL
 
@@ -88,6 +99,24 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
+        for name in ("mode", "judge_mode"):
+            if getattr(self, name) not in MODES:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(MODES)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        for name, urls in (("mode", self.base_url), ("judge_mode", self.judge_base_url)):
+            if getattr(self, name) == "batch" and len(urls) > 1:
+                flag = "--base-url" if name == "mode" else "--judge-base-url"
+                raise ConfigError(f"batch mode takes one {flag}, got {len(urls)}")
+        for name in ("batch_max_requests", "batch_capacity"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("batch_max_mb", "batch_window_s", "batch_idle_s", "batch_poll_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive")
         for name in ("base_url", "judge_base_url"):
             urls = getattr(self, name)
             if not urls:
@@ -112,6 +141,11 @@ class RunConfig:
     @property
     def judge_orders(self) -> tuple[str, ...]:
         return ("forward", "reverse") if self.judge_order == "both" else (self.judge_order,)
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a config field (`batch_window_s` -> `batch-window`)."""
+    return name.removesuffix("_s").replace("_", "-")
 
 
 def request_differences(stored: RunConfig, new: RunConfig) -> list[str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator import report
+from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
 from evaluator.dataset import DatasetError, count_rows, iter_pairs
 from evaluator.looplag import LoopLagMonitor
@@ -30,6 +31,7 @@ from evaluator.progress import Progress
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
+from workers.batch_api import batch_api_for
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, PoolConfig
 
@@ -145,6 +147,61 @@ def _pool(
     )
 
 
+def _batch_stage(
+    stage: str,
+    name: str,
+    provider: str,
+    urls: list[str],
+    key: str | None,
+    config: RunConfig,
+    store: Store,
+    budget: RetryBudget,
+) -> BatchStage:
+    """A stage in batch mode: the provider's Batch API at the stage's (single) endpoint."""
+    api = batch_api_for(
+        provider,
+        urls[0],
+        key,
+        name=name,
+        backoff_base_s=config.backoff_base_s,
+        timeout_s=config.timeout_s,
+    )
+    max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
+    max_bytes = api.max_bytes
+    if config.batch_max_mb is not None:
+        max_bytes = min(max_bytes, int(config.batch_max_mb * 1024 * 1024))
+    settings = BatchSettings(
+        max_requests=max_requests,
+        max_bytes=max_bytes,
+        capacity=config.batch_capacity,
+        window_s=config.batch_window_s,
+        idle_s=config.batch_idle_s,
+        poll_s=config.batch_poll_s,
+        max_attempts=config.max_attempts,
+        budget=budget,
+    )
+    return BatchStage(api, stage, store, settings)
+
+
+def _modes(config: RunConfig, store: Store) -> RunConfig:
+    """A stage with batches still owing results is re-attached in batch mode, whatever the
+    mode asked for now: sending those calls online would pay for them twice."""
+    for stage, name in (("gen", "mode"), ("judge", "judge_mode")):
+        if getattr(config, name) == "batch":
+            continue
+        owing = [r for r in store.open_batches(stage) if store.batch_unsettled(r.id)]
+        if owing:
+            log.warning(
+                "%d %s batch(es) of this run still owe results: the %s stage stays in batch "
+                "mode until they are read",
+                len(owing),
+                owing[0].provider,
+                "judge" if stage == "judge" else "generation",
+            )
+            config = dataclasses.replace(config, **{name: "batch"})
+    return config
+
+
 def _expected_pairs(config: RunConfig) -> int | None:
     expected = count_rows(config.data, config.split)
     if expected is not None and config.limit is not None:
@@ -153,11 +210,20 @@ def _expected_pairs(config: RunConfig) -> int | None:
 
 
 def _session_summary(
-    stats: RunStats, lag: LoopLagMonitor, gen: EndpointPool, judge: EndpointPool
+    stats: RunStats,
+    lag: LoopLagMonitor,
+    gen: EndpointPool | BatchStage,
+    judge: EndpointPool | BatchStage,
 ) -> dict[str, Any]:
     """What this session did, for summary.json: calls, client health, endpoint behaviour."""
     wall = time.monotonic() - stats.started
+    batches = {
+        stage: client.summary()
+        for stage, client in (("generation", gen), ("judge", judge))
+        if isinstance(client, BatchStage)
+    }
     return {
+        **({"batches": batches} if batches else {}),
         "wall_s": round(wall, 3),
         "calls_sent": stats.calls_sent,
         "calls_per_s": round(stats.calls_sent / wall, 2) if wall > 0 else None,
@@ -266,28 +332,55 @@ async def _execute(
 
     budget = RetryBudget(config.retry_budget)
     shared_limits: dict = {}  # a model and its judge on one account share its rate limits
-    gen_client = _pool(
-        "model endpoint",
-        config.base_url,
-        gen_key,
-        config,
-        config.concurrency,
-        config.rpm,
-        config.tpm,
-        budget,
-        shared_limits,
-    )
-    judge_client = _pool(
-        "judge endpoint",
-        config.judge_base_url,
-        judge_key,
-        config,
-        config.judge_concurrency,
-        config.judge_rpm,
-        config.judge_tpm,
-        budget,
-        shared_limits,
-    )
+    config = _modes(config, store)
+    gen_client: EndpointPool | BatchStage
+    judge_client: EndpointPool | BatchStage
+    if config.mode == "batch":
+        gen_client = _batch_stage(
+            "gen",
+            "model batch endpoint",
+            getattr(config, "provider", "openai"),
+            config.base_url,
+            gen_key,
+            config,
+            store,
+            budget,
+        )
+    else:
+        gen_client = _pool(
+            "model endpoint",
+            config.base_url,
+            gen_key,
+            config,
+            config.concurrency,
+            config.rpm,
+            config.tpm,
+            budget,
+            shared_limits,
+        )
+    if config.judge_mode == "batch":
+        judge_client = _batch_stage(
+            "judge",
+            "judge batch endpoint",
+            getattr(config, "judge_provider", "openai"),
+            config.judge_base_url,
+            judge_key,
+            config,
+            store,
+            budget,
+        )
+    else:
+        judge_client = _pool(
+            "judge endpoint",
+            config.judge_base_url,
+            judge_key,
+            config,
+            config.judge_concurrency,
+            config.judge_rpm,
+            config.judge_tpm,
+            budget,
+            shared_limits,
+        )
     metrics = RunMetrics() if options.metrics_port is not None else None
     if metrics is not None:
         metrics.describe_run(config.model, config.judge_model, config.simulated)
@@ -323,8 +416,8 @@ async def _run_pools(
     store: Store,
     config: RunConfig,
     options: RunOptions,
-    gen_client: EndpointPool,
-    judge_client: EndpointPool,
+    gen_client: EndpointPool | BatchStage,
+    judge_client: EndpointPool | BatchStage,
     metrics: RunMetrics | None,
     drain_timeout: float,
 ) -> RunResult:
@@ -349,6 +442,9 @@ async def _run_pools(
             store, on_error=on_store_error, on_commit=metrics.commit if metrics else None
         )
         writer.start()
+        for client in (gen_client, judge_client):
+            if isinstance(client, BatchStage):
+                await client.start(writer)  # re-attaches to this run's earlier batches
         scheduler = Scheduler(
             config,
             store,
@@ -408,6 +504,9 @@ async def _run_pools(
                 await progress.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            for client in (gen_client, judge_client):
+                if isinstance(client, BatchStage):
+                    await client.close()  # stop submitting; what is at the provider is recorded
             await writer.close()  # every outcome received is committed, on every path
             for other in reuse:
                 other.close()

@@ -52,7 +52,9 @@ FINAL_FAILURES = frozenset(
 
 
 class ChatClient(Protocol):
-    """What the scheduler needs of a stage's endpoints (workers.pool.EndpointPool)."""
+    """What the scheduler needs of a stage: workers.pool.EndpointPool (online) or
+    evaluator.batch_stage.BatchStage (batch mode, which uses `key` as the call's identity
+    at the provider; the online pool ignores it)."""
 
     @property
     def capacity(self) -> int: ...
@@ -62,6 +64,7 @@ class ChatClient(Protocol):
         body: bytes,
         max_tokens: int = 0,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        key: str | None = None,
     ) -> Completion | CallFailure: ...
 
 
@@ -346,7 +349,7 @@ class Scheduler:
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
         self.stats.calls_sent += 1
         result = await self.gen_client.chat(
-            spec.body, GEN_MAX_TOKENS, before_send=lambda: self._send_intent(spec)
+            spec.body, GEN_MAX_TOKENS, before_send=lambda: self._send_intent(spec), key=spec.key
         )
         if isinstance(result, Completion):
             answer, reasoning = split_reasoning(result.content, result.reasoning)
@@ -372,6 +375,7 @@ class Scheduler:
                 JUDGE_MAX_TOKENS,
                 # Recorded once: a re-ask is the same call.
                 before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
+                key=spec.key,
             )
             attempts += result.attempts
             if not isinstance(result, Completion):

@@ -334,8 +334,9 @@ class OpenAIBatchAPI(BatchAPI):
             text = "; ".join(
                 f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
             )
-            # A full queue of enqueued tokens is a wait, not a wrong request.
-            cls = ErrorClass.RATE_LIMIT if "limit" in text.lower() else ErrorClass.INVALID_REQUEST
+            # A full queue of enqueued tokens is a wait; anything else is the batch's input
+            # being refused as a whole, which retrying cannot fix: the run stops.
+            cls = ErrorClass.RATE_LIMIT if "limit" in text.lower() else ErrorClass.FATAL
             failure = CallFailure(cls, self.redact(f"the batch failed: {text or 'no reason'}"))
         ended = state in ("completed", "failed", "expired", "cancelled")
         return BatchStatus(batch_id, state, ended, failure, b)
