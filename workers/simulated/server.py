@@ -102,6 +102,7 @@ class SimulatedServer:
         )
         self._burst_kind: str | None = None
         self.cached_prefixes: set[str] = set()  # Anthropic prompt caching: prefixes seen
+        self.formats: Counter[str] = Counter()  # requests per wire format, web searches
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.batches = SimBatches(self)
@@ -136,6 +137,7 @@ class SimulatedServer:
             "simulated": True,
             "requests_total": sum(self.counts.values()),
             "by_kind": dict(self.counts),
+            "by_format": dict(self.formats),
         }
         if bodies:
             out["bodies"] = dict(self.bodies)
@@ -193,6 +195,7 @@ class SimulatedServer:
     async def _handle(self, request: web.Request, kind: str) -> web.StreamResponse:
         raw = await request.read()
         c = self.config
+        self.formats[kind] += 1
         if (denied := self._unauthorized(request, kind)) is not None:
             return denied
         if kind == "messages" and not request.headers.get("anthropic-version"):

@@ -248,7 +248,7 @@ def respond(server: SimulatedServer, kind: str, body: Any) -> tuple[int, dict[st
     server.counts[role] += 1
     citations = _citations(req.user) if req.web_search else []
     if citations:
-        server.counts["web_search"] += 1
+        server.formats["web_search"] += 1
     prompt = req.size // 4
     out_tokens = len(content) // 4 + (len(reasoning) // 4 if reasoning else 0)
     if kind == "chat":
