@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import shutil
 import sys
@@ -16,6 +17,7 @@ import orjson
 
 from evaluator import report
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
+from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import SAMPLE, DatasetError, count_rows, describe_source, iter_pairs
 from evaluator.runner import (
     EXIT_INTERNAL,
@@ -69,6 +71,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="judge endpoint (default: the model endpoint); repeat it for a pool",
     )
     g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
+    pr = p.add_argument_group("providers (wire formats) and their options; see README")
+    providers = ("openai", "openai-responses", "anthropic")
+    pr.add_argument(
+        "--provider",
+        choices=providers,
+        help="model endpoint's API: openai = chat completions (default; vLLM too)",
+    )
+    pr.add_argument(
+        "--judge-provider", choices=providers, help="judge endpoint's API (default: --provider)"
+    )
+    for prefix, who in (("", "model"), ("judge-", "judge")):
+        pr.add_argument(
+            f"--{prefix}reasoning-effort",
+            help=f"{who}: reasoning effort (openai-responses reasoning.effort; openai reasoning_effort)",
+        )
+        pr.add_argument(
+            f"--{prefix}thinking-budget",
+            type=int,
+            help=f"{who}: thinking budget in tokens (anthropic; >= 1024)",
+        )
+        pr.add_argument(
+            f"--{prefix}web-search",
+            action="store_const",
+            const=True,
+            help=f"{who}: give the model the provider's web search tool",
+        )
     g.add_argument(
         "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
     )
@@ -95,6 +123,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--price-out", type=float, help="model's output price")
     c.add_argument("--judge-price-in", type=float, help="judge's input price")
     c.add_argument("--judge-price-out", type=float, help="judge's output price")
+    c.add_argument(
+        "--prices",
+        help="price table (TOML) to use instead of the bundled evaluator/data/prices.toml",
+    )
+    c.add_argument(
+        "--max-cost",
+        type=float,
+        help="USD: stop cleanly (exit 76, resumable) before the run's cost would exceed this",
+    )
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
@@ -250,6 +287,16 @@ RUN_FIELDS = (
     "judge_model",
     "judge_base_url",
     "judge_api_key_env",
+    "provider",
+    "judge_provider",
+    "reasoning_effort",
+    "judge_reasoning_effort",
+    "thinking_budget",
+    "judge_thinking_budget",
+    "web_search",
+    "judge_web_search",
+    "prices",
+    "max_cost",
     "judge_order",
     "concurrency",
     "judge_concurrency",
@@ -349,6 +396,11 @@ def _flatten_stage_tables(values: dict[str, Any], path: Path) -> dict[str, Any]:
 
 _FIELD_TYPES: dict[str, Any] = {
     "limit": int,
+    "thinking_budget": int,
+    "judge_thinking_budget": int,
+    "web_search": bool,
+    "judge_web_search": bool,
+    "max_cost": (int, float),
     "concurrency": int,
     "judge_concurrency": int,
     "max_attempts": int,
@@ -387,6 +439,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
         raise UserError(f"run needs {', '.join(missing)} (as flags or in --config)")
     if "judge_base_url" not in values:
         values["judge_base_url"] = values["base_url"]
+        if "provider" in values:  # same endpoint, same API
+            values.setdefault("judge_provider", values["provider"])
         values.setdefault("judge_api_key_env", values.get("api_key_env"))  # same endpoint, same key
     judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
     if judge_prompt is not None:
@@ -423,6 +477,12 @@ def _finish(result: RunResult, print_report: bool) -> int:
             st.calls_failed,
             st.judge_reasks,
             st.pairs_already_complete,
+        )
+    if result.exit_code == 76:
+        log.warning(
+            "stopped before exceeding --max-cost: resume with a larger budget, e.g.  "
+            "python -m evaluator run --resume --out %s --max-cost USD",
+            result.run_dir,
         )
     if result.exit_code == 75:
         log.warning(
@@ -571,6 +631,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         pairs = store.pair_counts()
         session = store.get_meta("last_session") or {}
         duplicated = store.possibly_duplicated()
+        try:
+            cost = CostMeter.for_run(dataclasses.replace(config, max_cost=None), store.iter_usage())
+        except ConfigError as exc:
+            cost, cost_error = None, str(exc)
         batches = store.batch_counts()
     expected = count_rows(config.data, config.split)
     if expected is not None and config.limit is not None:
@@ -592,6 +656,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{n(stage, 'started')} in flight, {n(stage, 'interrupted')} to re-send"
         )
     print(f"  calls possibly paid twice so far: {duplicated}")
+    if cost is None:
+        print(f"  cost: unknown ({cost_error})")
+    else:
+        for stage, name in (("gen", "generation"), ("judge", "judge")):
+            c = cost.stages[stage]
+            usd = f"${c.usd:,.4f}" if cost.prices[stage] is not None else "unknown (no price)"
+            print(f"  {name} tokens: {c.tokens_in:,} in, {c.tokens_out:,} out; est. cost {usd}")
+        projected = cost.projected(expected_calls(expected, len(config.judge_orders)))
+        line = f"  est. cost so far ${cost.spent:,.4f}"
+        if projected is not None:
+            line += f", projected total ${projected:,.4f}"
+        if config.max_cost is not None:
+            line += f", budget (--max-cost) ${config.max_cost:g}"
+        print(line)
     if batches:
         at = [batches.get(k, (0, 0)) for k in ("submitting", "submitted")]
         done = [batches.get(k, (0, 0)) for k in ("ended", "settled")]

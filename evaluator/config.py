@@ -20,7 +20,17 @@ REQUEST_SETTINGS = (
     "judge_prompt",
     "judge_order",
     "protocol",
+    # The wire format and its options change the request bodies, hence the content keys.
+    "provider",
+    "judge_provider",
+    "reasoning_effort",
+    "judge_reasoning_effort",
+    "thinking_budget",
+    "judge_thinking_budget",
+    "web_search",
+    "judge_web_search",
 )
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 JUDGE_ORDERS = ("forward", "reverse", "both")
 MODES = ("online", "batch")
 PROTOCOL = (
@@ -45,6 +55,16 @@ class RunConfig:
     limit: int | None = None
     api_key_env: str | None = None
     judge_api_key_env: str | None = None
+    # Wire format per stage (workers.providers): "openai" (chat completions; vLLM and other
+    # compatible servers), "openai-responses", "anthropic"; and their options.
+    provider: str = "openai"
+    judge_provider: str = "openai"
+    reasoning_effort: str | None = None  # Responses reasoning.effort / chat reasoning_effort
+    judge_reasoning_effort: str | None = None
+    thinking_budget: int | None = None  # Anthropic thinking budget_tokens
+    judge_thinking_budget: int | None = None
+    web_search: bool = False  # the provider's web search tool
+    judge_web_search: bool = False
     system_prompt: str = protocol.DEFAULT_SYSTEM_PROMPT
     judge_prompt: str = protocol.DEFAULT_JUDGE_PROMPT
     judge_order: str = "forward"
@@ -65,6 +85,8 @@ class RunConfig:
     judge_price_in: float | None = None
     judge_price_out: float | None = None
     reuse: list[str] = field(default_factory=list)  # earlier run directories to take answers from
+    prices: str | None = None  # a price table (TOML) replacing the bundled one; see evaluator.costs
+    max_cost: float | None = None  # USD: stop before the run's estimated cost would exceed it
     # How each stage's calls are sent: "online" (one HTTP request each) or "batch" (the
     # provider's Batch API: cheaper, answers within hours). See evaluator.batch_stage.
     mode: str = "online"
@@ -99,6 +121,9 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
+        self._validate_providers()
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise ConfigError("--max-cost must be positive (USD)")
         for name in ("mode", "judge_mode"):
             if getattr(self, name) not in MODES:
                 raise ConfigError(
@@ -126,6 +151,45 @@ class RunConfig:
                     raise ConfigError(
                         f"--{name.replace('_', '-')} must be an http(s) URL, got {url!r}"
                     )
+
+    def _validate_providers(self) -> None:
+        from workers.providers import OPTIONS_BY_PROVIDER
+
+        for prefix in ("", "judge_"):
+            flag = "--" + prefix.replace("_", "-")
+            provider = getattr(self, f"{prefix}provider")
+            if provider not in OPTIONS_BY_PROVIDER:
+                raise ConfigError(
+                    f"{flag}provider must be one of {', '.join(OPTIONS_BY_PROVIDER)}, "
+                    f"got {provider!r}"
+                )
+            for option in ("reasoning_effort", "thinking_budget", "web_search"):
+                value = getattr(self, prefix + option)
+                if value not in (None, False) and option not in OPTIONS_BY_PROVIDER[provider]:
+                    raise ConfigError(
+                        f"{flag}{option.replace('_', '-')} is not an option of provider "
+                        f"{provider!r} (it takes: "
+                        f"{', '.join(sorted(OPTIONS_BY_PROVIDER[provider]))})"
+                    )
+            effort = getattr(self, prefix + "reasoning_effort")
+            if effort is not None and effort not in REASONING_EFFORTS:
+                raise ConfigError(
+                    f"{flag}reasoning-effort must be one of {', '.join(REASONING_EFFORTS)}"
+                )
+            budget = getattr(self, prefix + "thinking_budget")
+            if budget is not None and (isinstance(budget, bool) or budget < 1024):
+                raise ConfigError(
+                    f"{flag}thinking-budget must be at least 1024 tokens (the API's minimum)"
+                )
+
+    def stage_options(self, stage: str) -> dict[str, Any]:
+        """The provider options of a stage ("gen" or "judge"), as workers.providers takes them."""
+        prefix = "judge_" if stage == "judge" else ""
+        out = {
+            name: getattr(self, prefix + name)
+            for name in ("reasoning_effort", "thinking_budget", "web_search")
+        }
+        return {k: v for k, v in out.items() if v not in (None, False)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ from typing import Any
 from evaluator import report
 from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
+from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import DatasetError, count_rows, iter_pairs
 from evaluator.looplag import LoopLagMonitor
 from evaluator.metrics import RunMetrics, start_server
@@ -44,6 +45,7 @@ EXIT_FATAL_ENDPOINT = 3
 EXIT_UNREACHABLE = 4
 EXIT_STORE = 5
 EXIT_INTERRUPTED = 75
+EXIT_BUDGET = 76  # stopped before a call could take the run past --max-cost; resumable
 
 
 class UserError(Exception):
@@ -123,6 +125,8 @@ def _pool(
     shared: dict,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
+    # The stage's wire format: the judge pool is the one named "judge ...".
+    provider = config.judge_provider if name.startswith("judge") else config.provider
     endpoints = [
         EndpointConfig(
             base_url=url,
@@ -132,6 +136,7 @@ def _pool(
             rpm=rpm,
             tpm=tpm,
             timeout_s=config.timeout_s,
+            provider=provider,
         )
         for url in urls
     ]
@@ -232,6 +237,8 @@ def _session_summary(
         "tokens_in": stats.tokens_in,
         "tokens_out": stats.tokens_out,
         "estimated_cost_usd": round(stats.cost_usd, 6),
+        "estimated_cost_by_stage_usd": {k: round(v, 6) for k, v in stats.cost.items()},
+        "budget_exhausted": stats.budget_exhausted,
         "pairs_already_complete": stats.pairs_already_complete,
         **lag.summary(),
         "endpoints": {
@@ -308,6 +315,9 @@ async def _execute(
         dotenv = load_dotenv()
         gen_key = resolve_key(config.api_key_env, dotenv)
         judge_key = resolve_key(config.judge_api_key_env, dotenv)
+        # Prices (and a budget that can be kept) are checked before anything is sent; the
+        # spend of earlier sessions counts against --max-cost.
+        cost = CostMeter.for_run(config, store.iter_usage())
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     try:  # a source that is not a dataset fails here, before any endpoint is contacted
@@ -339,7 +349,7 @@ async def _execute(
         gen_client = _batch_stage(
             "gen",
             "model batch endpoint",
-            getattr(config, "provider", "openai"),
+            config.provider,
             config.base_url,
             gen_key,
             config,
@@ -362,7 +372,7 @@ async def _execute(
         judge_client = _batch_stage(
             "judge",
             "judge batch endpoint",
-            getattr(config, "judge_provider", "openai"),
+            config.judge_provider,
             config.judge_base_url,
             judge_key,
             config,
@@ -386,10 +396,8 @@ async def _execute(
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
         metrics.set_expected(_expected_pairs(config))
-        if config.price_in is not None or config.price_out is not None:
-            metrics.set_prices("generation", config.price_in or 0.0, config.price_out or 0.0)
-        if config.judge_price_in is not None or config.judge_price_out is not None:
-            metrics.set_prices("judge", config.judge_price_in or 0.0, config.judge_price_out or 0.0)
+        expected = expected_calls(_expected_pairs(config), len(config.judge_orders))
+        metrics.watch_cost(cost, lambda: expected)
         for stage, pool in (("generation", gen_client), ("judge", judge_client)):
             pool.observer = metrics.stage_observer(stage)
             metrics.watch_pool(stage, pool)
@@ -404,7 +412,15 @@ async def _execute(
         )
     try:
         return await _run_pools(
-            run_dir, store, config, options, gen_client, judge_client, metrics, drain_timeout
+            run_dir,
+            store,
+            config,
+            options,
+            gen_client,
+            judge_client,
+            metrics,
+            drain_timeout,
+            cost=cost,
         )
     finally:
         if metrics is not None:
@@ -420,6 +436,7 @@ async def _run_pools(
     judge_client: EndpointPool | BatchStage,
     metrics: RunMetrics | None,
     drain_timeout: float,
+    cost: CostMeter | None = None,
 ) -> RunResult:
     async with gen_client, judge_client:
         try:
@@ -454,6 +471,7 @@ async def _run_pools(
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
             reuse=reuse,
             metrics=metrics,
+            cost=cost,
         )
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
@@ -491,6 +509,7 @@ async def _run_pools(
                 len(config.judge_orders),
                 mode=Progress.choose_mode() if mode == "auto" else mode,
                 interval_s=options.progress_interval,
+                cost=cost,
             )
             progress.start()
         try:
@@ -545,6 +564,8 @@ async def _run_pools(
     elif fatal is not None:
         log.error("internal error: %r", fatal)
         code = EXIT_INTERNAL
+    elif stats.budget_exhausted:
+        code = EXIT_BUDGET
     elif stats.interrupted:
         code = EXIT_INTERRUPTED
     else:

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS calls (
     error_class TEXT,
     error TEXT,
     latency_s REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    citations TEXT                 -- JSON list of cited web sources (web search), or NULL
 );
 CREATE INDEX IF NOT EXISTS calls_pair ON calls(pair_id);
 CREATE TABLE IF NOT EXISTS bad_rows (location TEXT PRIMARY KEY, reason TEXT NOT NULL);
@@ -93,6 +94,7 @@ class CallRecord:
     error_class: str | None = None
     error: str | None = None
     latency_s: float | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -125,7 +127,7 @@ class Intent:
 
 _COLUMNS = (
     "key pair_id role status body_sha content reasoning finish_reason usage "
-    "attempts error_class error latency_s updated_at"
+    "attempts error_class error latency_s updated_at citations"
 ).split()
 
 
@@ -158,6 +160,7 @@ class Store:
             store._read = store._connect()
             store._write = store._connect(check_same_thread=False)
             store._write.executescript(_SCHEMA)
+            _add_missing_columns(store._write)
             store._write.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
@@ -270,6 +273,7 @@ class Store:
                             r.error,
                             r.latency_s,
                             now,
+                            orjson.dumps(r.citations).decode() if r.citations else None,
                         )
                         for r in records
                     ],
@@ -295,6 +299,17 @@ class Store:
                     (str(n), n),
                 )
         return n
+
+    def iter_usage(self):
+        """(role, usage) of every call with a recorded outcome (for the run's cost so far)."""
+        assert self._read is not None
+        cur = self._read.execute(
+            "SELECT role, usage FROM calls WHERE status IN ('done', 'failed') AND usage IS NOT NULL"
+        )
+        for role, usage in cur:
+            parsed = orjson.loads(usage) if usage else {}
+            if parsed:
+                yield role, parsed
 
     def possibly_duplicated(self) -> int:
         return int(self.get_meta("possibly_duplicated_calls") or 0)
@@ -408,10 +423,18 @@ class Store:
         return {k: (n, r or 0) for k, n, r in rows}
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Checkpoints written before a column existed get it (NULL for their rows)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    if "citations" not in have:
+        conn.execute("ALTER TABLE calls ADD COLUMN citations TEXT")
+
+
 def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
     d = dict(zip(_COLUMNS, row, strict=False))
     d.pop("updated_at")
     d["usage"] = orjson.loads(d["usage"]) if d["usage"] else {}
+    d["citations"] = orjson.loads(d["citations"]) if d["citations"] else []
     return CallRecord(**d)
 
 
