@@ -305,3 +305,17 @@ def test_batch_refused_as_a_whole_stops_the_run_and_resume_finishes(
     assert run_cli("run", "--out", out, "--resume", "--batch-max-requests", "5", "--quiet") == 0
     assert read_summary(out)["n_valid"] == n
     assert server.stats()["batches"]["requests_submitted"] == n
+
+
+def test_both_stages_in_batch_mode_send_nothing_online(tmp_path, synthetic, sim_server):
+    n = 8
+    data = synthetic(n)
+    server = sim_server(persona="consistent", batch_delay_s=0.1)
+    out = tmp_path / "run"
+    assert run_eval(data, server.base_url, out, "--judge-model", "j", "--mode", "batch", *FAST) == 0
+    stats = server.stats(bodies=True)
+    assert stats["bodies"] == {}  # no online request at all
+    assert stats["batches"]["requests_submitted"] == 3 * n
+    s = read_summary(out)
+    assert s["complete"] and s["n_valid"] == n
+    assert set(s["last_session"]["batches"]) == {"generation", "judge"}
