@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import shlex
 import shutil
@@ -17,7 +18,8 @@ from typing import Any
 import orjson
 
 from evaluator import report
-from evaluator.config import JUDGE_ORDERS, ConfigError, RunConfig
+from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
+from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import SAMPLE, DatasetError, describe_source, iter_pairs
 from evaluator.runner import (
     EXIT_INTERNAL,
@@ -79,6 +81,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="judge endpoint (default: the model endpoint); repeat it for a pool",
     )
     g.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
+    pr = p.add_argument_group("providers (wire formats) and their options; see README")
+    providers = ("openai", "openai-responses", "anthropic")
+    pr.add_argument(
+        "--provider",
+        choices=providers,
+        help="model endpoint's API: openai = chat completions (default; vLLM too)",
+    )
+    pr.add_argument(
+        "--judge-provider", choices=providers, help="judge endpoint's API (default: --provider)"
+    )
+    for prefix, who in (("", "model"), ("judge-", "judge")):
+        pr.add_argument(
+            f"--{prefix}reasoning-effort",
+            help=f"{who}: reasoning effort (openai-responses reasoning.effort; openai reasoning_effort)",
+        )
+        pr.add_argument(
+            f"--{prefix}thinking-budget",
+            type=int,
+            help=f"{who}: thinking budget in tokens (anthropic; >= 1024)",
+        )
+        pr.add_argument(
+            f"--{prefix}web-search",
+            action="store_const",
+            const=True,
+            help=f"{who}: give the model the provider's web search tool",
+        )
     g.add_argument(
         "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
     )
@@ -127,6 +155,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--price-out", type=float, help="model's output price")
     c.add_argument("--judge-price-in", type=float, help="judge's input price")
     c.add_argument("--judge-price-out", type=float, help="judge's output price")
+    c.add_argument(
+        "--prices",
+        help="price table (TOML) to use instead of the bundled evaluator/data/prices.toml",
+    )
+    c.add_argument(
+        "--max-cost",
+        type=float,
+        help="USD: stop cleanly (exit 76, resumable) before the run's cost would exceed this",
+    )
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
@@ -138,6 +175,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="first retry wait in seconds, doubled each time (1)",
     )
     t.add_argument("--judge-retries", type=int, help="re-asks when a verdict is invalid (2)")
+    b = p.add_argument_group(
+        "batch mode (the provider's Batch API: half price, answers within 24h)"
+    )
+    b.add_argument("--mode", choices=MODES, help="how generation calls are sent (online)")
+    b.add_argument("--judge-mode", choices=MODES, help="how judge calls are sent (online)")
+    b.add_argument(
+        "--batch-max-requests", type=int, help="requests per batch (the provider's limit)"
+    )
+    b.add_argument("--batch-max-mb", type=float, help="MB per batch (the provider's limit)")
+    b.add_argument(
+        "--batch-capacity", type=int, help="a batch stage's calls waiting at once (10000)"
+    )
+    b.add_argument(
+        "--batch-window",
+        type=float,
+        dest="batch_window_s",
+        help="seconds a call may wait before its batch is submitted (300)",
+    )
+    b.add_argument(
+        "--batch-idle",
+        type=float,
+        dest="batch_idle_s",
+        help="submit the open batch after this many seconds without a new call (10)",
+    )
+    b.add_argument(
+        "--batch-poll", type=float, dest="batch_poll_s", help="seconds between status polls (30)"
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
@@ -265,6 +329,16 @@ RUN_FIELDS = (
     "judge_model",
     "judge_base_url",
     "judge_api_key_env",
+    "provider",
+    "judge_provider",
+    "reasoning_effort",
+    "judge_reasoning_effort",
+    "thinking_budget",
+    "judge_thinking_budget",
+    "web_search",
+    "judge_web_search",
+    "prices",
+    "max_cost",
     "judge_order",
     "concurrency",
     "judge_concurrency",
@@ -283,6 +357,14 @@ RUN_FIELDS = (
     "judge_price_in",
     "judge_price_out",
     "shard",
+    "mode",
+    "judge_mode",
+    "batch_max_requests",
+    "batch_max_mb",
+    "batch_capacity",
+    "batch_window_s",
+    "batch_idle_s",
+    "batch_poll_s",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
 SERVER_TABLES = ("vllm", "judge_vllm")  # [model.vllm] and [judge.vllm]
@@ -404,6 +486,11 @@ def _flatten_stage_tables(values: dict[str, Any], path: Path) -> dict[str, Any]:
 
 _FIELD_TYPES: dict[str, Any] = {
     "limit": int,
+    "thinking_budget": int,
+    "judge_thinking_budget": int,
+    "web_search": bool,
+    "judge_web_search": bool,
+    "max_cost": (int, float),
     "concurrency": int,
     "judge_concurrency": int,
     "max_attempts": int,
@@ -420,6 +507,12 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_price_in": (int, float),
     "judge_price_out": (int, float),
     "reuse": list,
+    "batch_max_requests": int,
+    "batch_capacity": int,
+    "batch_max_mb": (int, float),
+    "batch_window_s": (int, float),
+    "batch_idle_s": (int, float),
+    "batch_poll_s": (int, float),
     "base_url": (str, list),
     "judge_base_url": (str, list),
     "vllm": dict,
@@ -454,6 +547,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     elif "judge_base_url" not in values:
         # The judge shares the model's endpoints (or its managed servers): same key too.
         values["judge_base_url"] = values["base_url"]
+        if "provider" in values:  # same endpoint, same API
+            values.setdefault("judge_provider", values["provider"])
         values.setdefault("judge_api_key_env", values.get("api_key_env"))
     judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
     if judge_prompt is not None:
@@ -490,6 +585,12 @@ def _finish(result: RunResult, print_report: bool) -> int:
             st.calls_failed,
             st.judge_reasks,
             st.pairs_already_complete,
+        )
+    if result.exit_code == 76:
+        log.warning(
+            "stopped before exceeding --max-cost: resume with a larger budget, e.g.  "
+            "python -m evaluator run --resume --out %s --max-cost USD",
+            result.run_dir,
         )
     if result.exit_code == 75:
         log.warning(
@@ -639,6 +740,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         session = store.get_meta("last_session") or {}
         duplicated = store.possibly_duplicated()
         merged = store.get_meta("merged_from")
+        try:
+            cost = CostMeter.for_run(dataclasses.replace(config, max_cost=None), store.iter_usage())
+        except ConfigError as exc:
+            cost, cost_error = None, str(exc)
+        batches = store.batch_counts()
     expected = expected_pairs(config)
 
     def n(stage: str, status: str) -> int:
@@ -665,6 +771,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{n(stage, 'started')} in flight, {n(stage, 'interrupted')} to re-send"
         )
     print(f"  calls possibly paid twice so far: {duplicated}")
+    if cost is None:
+        print(f"  cost: unknown ({cost_error})")
+    else:
+        for stage, name in (("gen", "generation"), ("judge", "judge")):
+            c = cost.stages[stage]
+            usd = f"${c.usd:,.4f}" if cost.prices[stage] is not None else "unknown (no price)"
+            print(f"  {name} tokens: {c.tokens_in:,} in, {c.tokens_out:,} out; est. cost {usd}")
+        projected = cost.projected(expected_calls(expected, len(config.judge_orders)))
+        line = f"  est. cost so far ${cost.spent:,.4f}"
+        if projected is not None:
+            line += f", projected total ${projected:,.4f}"
+        if config.max_cost is not None:
+            line += f", budget (--max-cost) ${config.max_cost:g}"
+        print(line)
+    if batches:
+        at = [batches.get(k, (0, 0)) for k in ("submitting", "submitted")]
+        done = [batches.get(k, (0, 0)) for k in ("ended", "settled")]
+        print(
+            f"  provider batches: {sum(b for b, _ in at)} at the provider "
+            f"({sum(r for _, r in at)} requests), {sum(b for b, _ in done)} ended"
+        )
     if session:
         print(
             f"  last session: {session.get('calls_sent', 0)} calls in {session.get('wall_s', 0):.0f}s "

@@ -3,7 +3,9 @@
 A key is a hash of (pair id, role, request body). The same pair, role and
 request always get the same key, whatever the worker count, ordering or shard
 layout; any change to what is sent (model, prompt, sampling, the answers shown
-to the judge) gives a new key, so a stale outcome is never reused.
+to the judge, the provider's wire format and its options) gives a new key, so a
+stale outcome is never reused. Bodies are built by the stage's provider
+(workers.providers); the default provider's bodies are those protocol.py describes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import orjson
 from evaluator import protocol
 from evaluator.config import RunConfig
 from evaluator.dataset import Pair
+from workers.providers import get_provider
 
 GEN_ROLES = ("gen_for", "gen_against")
 
@@ -27,13 +30,42 @@ class CallSpec:
     body: bytes
     key: str
     body_sha: str
+    max_tokens: int = 0  # the most output tokens the body allows (rate and cost limits)
 
 
 def _spec(pair_id: int, role: str, payload: dict) -> CallSpec:
     body = orjson.dumps(payload)
     body_sha = hashlib.sha256(body).hexdigest()
     key = hashlib.sha256(f"{pair_id}\0{role}\0{body_sha}".encode()).hexdigest()[:32]
-    return CallSpec(pair_id, role, body, key, body_sha)
+    max_tokens = payload.get("max_tokens") or payload.get("max_output_tokens") or 0
+    return CallSpec(pair_id, role, body, key, body_sha, int(max_tokens))
+
+
+def generation_body(config: RunConfig, question: str) -> dict:
+    """The model's request for one question, in the stage's wire format."""
+    return get_provider(config.provider).build_body(
+        config.model,
+        config.system_prompt,
+        question,
+        temperature=protocol.GEN_TEMPERATURE,
+        top_p=protocol.GEN_TOP_P,
+        max_tokens=protocol.GEN_MAX_TOKENS,
+        options=config.stage_options("gen"),
+    )
+
+
+def judge_body(config: RunConfig, user_message: str) -> dict:
+    """The judge's request, in the judge's wire format, asking for the verdict schema."""
+    return get_provider(config.judge_provider).build_body(
+        config.judge_model,
+        config.judge_prompt,
+        user_message,
+        temperature=protocol.JUDGE_TEMPERATURE,
+        top_p=protocol.JUDGE_TOP_P,
+        max_tokens=protocol.JUDGE_MAX_TOKENS,
+        json_schema=protocol.VERDICT_SCHEMA,
+        options=config.stage_options("judge"),
+    )
 
 
 def generation_calls(config: RunConfig, pair: Pair) -> tuple[CallSpec, CallSpec]:
@@ -41,12 +73,12 @@ def generation_calls(config: RunConfig, pair: Pair) -> tuple[CallSpec, CallSpec]
         _spec(
             pair.id,
             "gen_for",
-            protocol.generation_body(config.model, config.system_prompt, pair.for_question),
+            generation_body(config, pair.for_question),
         ),
         _spec(
             pair.id,
             "gen_against",
-            protocol.generation_body(config.model, config.system_prompt, pair.against_question),
+            generation_body(config, pair.against_question),
         ),
     )
 
@@ -63,5 +95,5 @@ def judge_call(
     return _spec(
         pair.id,
         f"judge_{order}",
-        protocol.judge_body(config.judge_model, config.judge_prompt, message),
+        judge_body(config, message),
     )

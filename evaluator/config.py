@@ -21,8 +21,19 @@ REQUEST_SETTINGS = (
     "judge_order",
     "protocol",
     "shard",  # another shard is another set of pairs: a different run
+    # The wire format and its options change the request bodies, hence the content keys.
+    "provider",
+    "judge_provider",
+    "reasoning_effort",
+    "judge_reasoning_effort",
+    "thinking_budget",
+    "judge_thinking_budget",
+    "web_search",
+    "judge_web_search",
 )
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 JUDGE_ORDERS = ("forward", "reverse", "both")
+MODES = ("online", "batch")
 PROTOCOL = (
     f"gen:t={protocol.GEN_TEMPERATURE},p={protocol.GEN_TOP_P},max={protocol.GEN_MAX_TOKENS};"
     f"judge:t={protocol.JUDGE_TEMPERATURE},p={protocol.JUDGE_TOP_P},max={protocol.JUDGE_MAX_TOKENS};"
@@ -45,6 +56,16 @@ class RunConfig:
     limit: int | None = None
     api_key_env: str | None = None
     judge_api_key_env: str | None = None
+    # Wire format per stage (workers.providers): "openai" (chat completions; vLLM and other
+    # compatible servers), "openai-responses", "anthropic"; and their options.
+    provider: str = "openai"
+    judge_provider: str = "openai"
+    reasoning_effort: str | None = None  # Responses reasoning.effort / chat reasoning_effort
+    judge_reasoning_effort: str | None = None
+    thinking_budget: int | None = None  # Anthropic thinking budget_tokens
+    judge_thinking_budget: int | None = None
+    web_search: bool = False  # the provider's web search tool
+    judge_web_search: bool = False
     system_prompt: str = protocol.DEFAULT_SYSTEM_PROMPT
     judge_prompt: str = protocol.DEFAULT_JUDGE_PROMPT
     judge_order: str = "forward"
@@ -70,6 +91,18 @@ class RunConfig:
     # the settings of `[model.vllm]` / `[judge.vllm]`; their URLs become the stage's pool.
     vllm: dict[str, Any] | None = None
     judge_vllm: dict[str, Any] | None = None
+    prices: str | None = None  # a price table (TOML) replacing the bundled one; see evaluator.costs
+    max_cost: float | None = None  # USD: stop before the run's estimated cost would exceed it
+    # How each stage's calls are sent: "online" (one HTTP request each) or "batch" (the
+    # provider's Batch API: cheaper, answers within hours). See evaluator.batch_stage.
+    mode: str = "online"
+    judge_mode: str = "online"
+    batch_max_requests: int | None = None  # per batch; None: the provider's limit
+    batch_max_mb: float | None = None  # per batch; None: the provider's limit
+    batch_capacity: int = 10_000  # a batch stage's calls waiting at once (in all its batches)
+    batch_window_s: float = 300.0  # the longest a call waits before its batch is submitted
+    batch_idle_s: float = 10.0  # submit the open batch once no call has come for this long
+    batch_poll_s: float = 30.0  # seconds between status polls of a submitted batch
     simulated: bool = False
     protocol: str = PROTOCOL
 
@@ -110,6 +143,27 @@ class RunConfig:
                 raise ConfigError(
                     f"give --{name.replace('_', '-')} or {flag} (managed servers), not both"
                 )
+        self._validate_providers()
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise ConfigError("--max-cost must be positive (USD)")
+        for name in ("mode", "judge_mode"):
+            if getattr(self, name) not in MODES:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(MODES)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        for name, urls in (("mode", self.base_url), ("judge_mode", self.judge_base_url)):
+            if getattr(self, name) == "batch" and len(urls) > 1:
+                flag = "--base-url" if name == "mode" else "--judge-base-url"
+                raise ConfigError(f"batch mode takes one {flag}, got {len(urls)}")
+        for name in ("batch_max_requests", "batch_capacity"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("batch_max_mb", "batch_window_s", "batch_idle_s", "batch_poll_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive")
         for name, managed in (("base_url", self.vllm), ("judge_base_url", self.judge_vllm)):
             urls = getattr(self, name)
             if not urls and managed is None and not (name == "judge_base_url" and self.vllm):
@@ -132,6 +186,45 @@ class RunConfig:
             except ServerSettingsError as exc:
                 raise ConfigError(str(exc)) from None
 
+    def _validate_providers(self) -> None:
+        from workers.providers import OPTIONS_BY_PROVIDER
+
+        for prefix in ("", "judge_"):
+            flag = "--" + prefix.replace("_", "-")
+            provider = getattr(self, f"{prefix}provider")
+            if provider not in OPTIONS_BY_PROVIDER:
+                raise ConfigError(
+                    f"{flag}provider must be one of {', '.join(OPTIONS_BY_PROVIDER)}, "
+                    f"got {provider!r}"
+                )
+            for option in ("reasoning_effort", "thinking_budget", "web_search"):
+                value = getattr(self, prefix + option)
+                if value not in (None, False) and option not in OPTIONS_BY_PROVIDER[provider]:
+                    raise ConfigError(
+                        f"{flag}{option.replace('_', '-')} is not an option of provider "
+                        f"{provider!r} (it takes: "
+                        f"{', '.join(sorted(OPTIONS_BY_PROVIDER[provider]))})"
+                    )
+            effort = getattr(self, prefix + "reasoning_effort")
+            if effort is not None and effort not in REASONING_EFFORTS:
+                raise ConfigError(
+                    f"{flag}reasoning-effort must be one of {', '.join(REASONING_EFFORTS)}"
+                )
+            budget = getattr(self, prefix + "thinking_budget")
+            if budget is not None and (isinstance(budget, bool) or budget < 1024):
+                raise ConfigError(
+                    f"{flag}thinking-budget must be at least 1024 tokens (the API's minimum)"
+                )
+
+    def stage_options(self, stage: str) -> dict[str, Any]:
+        """The provider options of a stage ("gen" or "judge"), as workers.providers takes them."""
+        prefix = "judge_" if stage == "judge" else ""
+        out = {
+            name: getattr(self, prefix + name)
+            for name in ("reasoning_effort", "thinking_budget", "web_search")
+        }
+        return {k: v for k, v in out.items() if v not in (None, False)}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -146,6 +239,11 @@ class RunConfig:
     @property
     def judge_orders(self) -> tuple[str, ...]:
         return ("forward", "reverse") if self.judge_order == "both" else (self.judge_order,)
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a config field (`batch_window_s` -> `batch-window`)."""
+    return name.removesuffix("_s").replace("_", "-")
 
 
 def request_differences(stored: RunConfig, new: RunConfig) -> list[str]:

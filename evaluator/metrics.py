@@ -28,7 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 if TYPE_CHECKING:
-    from workers.openai_compat import Attempt
+    from evaluator.costs import CostMeter
+    from workers.client import Attempt
     from workers.pool import Endpoint, EndpointPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -49,8 +50,29 @@ class RunMetrics:
         )
         self.cost = Counter(
             "valbench_estimated_cost_usd",
-            "Estimated cost from token usage and the configured prices",
+            "Estimated cost of this session's calls, from token usage and the price table",
             ["stage"],
+            registry=r,
+        )
+        self._run_cost = Gauge(
+            "valbench_run_cost_usd",
+            "Estimated cost of the whole run so far, earlier sessions included",
+            ["stage"],
+            registry=r,
+        )
+        self._projected = Gauge(
+            "valbench_projected_cost_usd",
+            "Projected cost of the whole run (cost per call so far x calls left; NaN if unknown)",
+            registry=r,
+        )
+        self._budget = Gauge(
+            "valbench_max_cost_usd",
+            "The run's --max-cost budget (NaN if none)",
+            registry=r,
+        )
+        self._reserved = Gauge(
+            "valbench_cost_reserved_usd",
+            "Worst-case cost reserved by the calls in flight (counted against --max-cost)",
             registry=r,
         )
         self.pairs_expected = Gauge(
@@ -105,14 +127,23 @@ class RunMetrics:
         self._pairs: dict[str, int] = {}
         r.register(_TallyCollector(self))
         self.expected: int | None = None
-        self._prices: dict[str, tuple[float, float]] = {}
 
     # -- wiring ----------------------------------------------------------------
     def describe_run(self, model: str, judge_model: str, simulated: bool) -> None:
         self.info.labels(model, judge_model, str(simulated).lower()).set(1)
 
-    def set_prices(self, stage: str, per_mtok_in: float, per_mtok_out: float) -> None:
-        self._prices[stage] = (per_mtok_in / 1e6, per_mtok_out / 1e6)
+    def watch_cost(self, meter: CostMeter, expected_calls: Callable[[], dict]) -> None:
+        """Run cost per stage, the projected total and the budget, read at scrape time."""
+        for stage, label in (("gen", "generation"), ("judge", "judge")):
+            self._run_cost.labels(label).set_function(lambda s=stage: meter.stages[s].usd)
+
+        def projected() -> float:
+            value = meter.projected(expected_calls())
+            return float("nan") if value is None else value
+
+        self._projected.set_function(projected)
+        self._budget.set_function(lambda: float("nan") if meter.limit is None else meter.limit)
+        self._reserved.set_function(lambda: meter.reserved)
 
     def watch_pool(self, stage: str, pool: EndpointPool) -> None:
         """Live gauges for a pool's endpoints, read at scrape time."""
@@ -284,9 +315,6 @@ class _StageObserver:
             tokens_out = usage.get("completion_tokens") or 0
             t.tokens_in += tokens_in
             t.tokens_out += tokens_out
-            price = self.m._prices.get(self.stage)
-            if price is not None:
-                self.m.cost.labels(self.stage).inc(tokens_in * price[0] + tokens_out * price[1])
         error = getattr(result, "error_class", None)
         label = "ok" if error is None else error.value
         t.finished[label] = t.finished.get(label, 0) + 1

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from workers.base import cancel_and_wait
 
 if TYPE_CHECKING:
+    from evaluator.costs import CostMeter
     from evaluator.scheduler import RunStats
 
 log = logging.getLogger("evaluator")
@@ -43,8 +44,10 @@ class Progress:
         mode: str,
         interval_s: float,
         stream: TextIO = sys.stderr,
+        cost: CostMeter | None = None,
     ) -> None:
         self.stats = stats
+        self.cost = cost
         self.expected = expected_pairs
         self.orders = judge_orders
         self.mode = mode  # "bar" | "log"
@@ -103,7 +106,7 @@ class Progress:
             bar.n = s.done[stage] + s.failed[stage]
             bar.set_postfix_str(
                 f"failed {s.failed[stage]}, {(s.tokens_in + s.tokens_out) / elapsed:,.0f} tok/s, "
-                f"${s.cost_usd:,.2f}",
+                f"{self._cost_text()}",
                 refresh=False,
             )
             bar.refresh()
@@ -123,5 +126,21 @@ class Progress:
             f"{s.failed['gen']} failed, judge {s.done['judge']} done {s.failed['judge']} failed, "
             f"{s.calls_sent / elapsed:.1f} calls/s, "
             f"{(s.tokens_in + s.tokens_out) / elapsed:,.0f} tokens/s, "
-            f"cost ${s.cost_usd:,.2f}, ETA {eta}"
+            f"cost {self._cost_text()}, ETA {eta}"
         )
+
+    def _cost_text(self) -> str:
+        """Session cost; with a meter, the run's total, its projection and the budget too."""
+        from evaluator.costs import expected_calls
+
+        text = f"${self.stats.cost_usd:,.4f}"
+        c = self.cost
+        if c is None:
+            return text
+        text += f" (run ${c.spent:,.4f}"
+        projected = c.projected(expected_calls(self.expected, self.orders))
+        if projected is not None:
+            text += f", projected ${projected:,.4f}"
+        if c.limit is not None:
+            text += f", budget ${c.limit:,.2f}"
+        return text + ")"

@@ -20,6 +20,7 @@ import orjson
 
 from evaluator.calls import generation_calls, judge_call
 from evaluator.config import RunConfig
+from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import (
     SAMPLE,
     DatasetError,
@@ -82,6 +83,8 @@ class ParquetSink:
             ("against_response", pa.string()),
             ("for_reasoning", pa.string()),
             ("against_reasoning", pa.string()),
+            ("for_citations", pa.string()),
+            ("against_citations", pa.string()),
         ]
         for order in orders:
             suffix = "" if order == orders[0] else f"_{order}"
@@ -93,7 +96,11 @@ class ParquetSink:
             ]
         fields += [("status", pa.string()), ("error", pa.string())]
         self.schema = pa.schema(fields)
-        self._json = {n for n in self.schema.names if n.startswith("verdict") and "error" not in n}
+        self._json = {
+            n
+            for n in self.schema.names
+            if (n.startswith("verdict") and "error" not in n) or n.endswith("_citations")
+        }
         self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self._count = 0
         self._writer = None
@@ -165,6 +172,8 @@ class _Tally:
             ok = rec is not None and rec.status == "done"
             row[f"{side}_response"] = rec.content if ok else None
             row[f"{side}_reasoning"] = rec.reasoning if ok else None
+            # Web sources the answer cites (web search), kept apart from the answer text.
+            row[f"{side}_citations"] = rec.citations if ok and rec.citations else None
             if rec is not None and rec.status == "failed":
                 errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
         if errors:
@@ -265,6 +274,9 @@ def _build_run_outputs(
         "possibly_duplicated_calls": store.possibly_duplicated(),
         "failures_by_class": tally.failures,
         "usage": tally.usage,
+        "cost": CostMeter.for_run(config, store.iter_usage()).summary(
+            expected_calls(n_pairs, len(orders))
+        ),
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "last_session": store.get_meta("last_session"),
     }
@@ -443,6 +455,33 @@ def write_summary_files(
     (out_dir / "report.html").write_text(render_html(markdown, out_dir), encoding="utf-8")
 
 
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:,.4f}"
+
+
+def _cost_lines(cost: dict[str, Any]) -> list[str]:
+    """Tokens and estimated cost per stage (prices: the price table or the --price flags)."""
+    lines = [
+        "| stage | calls | input tokens | output tokens | estimated cost | price (USD/M in, out) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage, label in (("gen", "generation"), ("judge", "judge")):
+        c = cost.get(stage) or {}
+        price = c.get("price")
+        price_text = f"{price['input']:g}, {price['output']:g}" if price else "unknown"
+        usd = _usd(c.get("usd")) if price else "unknown"
+        lines.append(
+            f"| {label} | {c.get('calls', 0)} | {c.get('tokens_in', 0)} | "
+            f"{c.get('tokens_out', 0)} | {usd} | {price_text} |"
+        )
+    total = f"- Estimated cost: {_usd(cost.get('total_usd'))}"
+    if cost.get("projected_total_usd") is not None:
+        total += f", projected for the whole run {_usd(cost['projected_total_usd'])}"
+    if cost.get("max_cost_usd") is not None:
+        total += f", budget (--max-cost) ${cost['max_cost_usd']:g}"
+    return [*lines, "", total, ""]
+
+
 def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> str:
     lines = ["# VAL-Bench report", ""]
     if s.get("simulated"):
@@ -488,6 +527,8 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
             failed = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_class"].items()))
             counts.append(f"failed calls by class: {failed}")
     lines += [f"- Counts: {', '.join(counts)}", ""]
+    if s.get("cost"):
+        lines += _cost_lines(s["cost"])
     ci = s["ci95"]
     lines += ["| metric | value (%) | 95% bootstrap interval |", "|---|---|---|"]
     names = {

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evaluator import report, servers
+from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
+from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.looplag import LoopLagMonitor
 from evaluator.progress import Progress
@@ -33,6 +35,7 @@ from evaluator.scheduler import RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
+from workers.batch_api import batch_api_for
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, PoolConfig
 from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
@@ -49,6 +52,7 @@ EXIT_FATAL_ENDPOINT = 3
 EXIT_UNREACHABLE = 4
 EXIT_STORE = 5
 EXIT_INTERRUPTED = 75
+EXIT_BUDGET = 76  # stopped before a call could take the run past --max-cost; resumable
 
 
 class UserError(Exception):
@@ -136,6 +140,8 @@ def _pool(
     shared: dict,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
+    # The stage's wire format: the judge pool is the one named "judge ...".
+    provider = config.judge_provider if name.startswith("judge") else config.provider
     endpoints = [
         EndpointConfig(
             base_url=url,
@@ -145,6 +151,7 @@ def _pool(
             rpm=rpm,
             tpm=tpm,
             timeout_s=config.timeout_s,
+            provider=provider,
         )
         for url in urls
     ]
@@ -160,13 +167,77 @@ def _pool(
     )
 
 
+def _batch_stage(
+    stage: str,
+    name: str,
+    provider: str,
+    urls: list[str],
+    key: str | None,
+    config: RunConfig,
+    store: Store,
+    budget: RetryBudget,
+) -> BatchStage:
+    """A stage in batch mode: the provider's Batch API at the stage's (single) endpoint."""
+    api = batch_api_for(
+        provider,
+        urls[0],
+        key,
+        name=name,
+        backoff_base_s=config.backoff_base_s,
+        timeout_s=config.timeout_s,
+    )
+    max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
+    max_bytes = api.max_bytes
+    if config.batch_max_mb is not None:
+        max_bytes = min(max_bytes, int(config.batch_max_mb * 1024 * 1024))
+    settings = BatchSettings(
+        max_requests=max_requests,
+        max_bytes=max_bytes,
+        capacity=config.batch_capacity,
+        window_s=config.batch_window_s,
+        idle_s=config.batch_idle_s,
+        poll_s=config.batch_poll_s,
+        max_attempts=config.max_attempts,
+        budget=budget,
+    )
+    return BatchStage(api, stage, store, settings)
+
+
+def _modes(config: RunConfig, store: Store) -> RunConfig:
+    """A stage with batches still owing results is re-attached in batch mode, whatever the
+    mode asked for now: sending those calls online would pay for them twice."""
+    for stage, name in (("gen", "mode"), ("judge", "judge_mode")):
+        if getattr(config, name) == "batch":
+            continue
+        owing = [r for r in store.open_batches(stage) if store.batch_unsettled(r.id)]
+        if owing:
+            log.warning(
+                "%d %s batch(es) of this run still owe results: the %s stage stays in batch "
+                "mode until they are read",
+                len(owing),
+                owing[0].provider,
+                "judge" if stage == "judge" else "generation",
+            )
+            config = dataclasses.replace(config, **{name: "batch"})
+    return config
+
+
 def _session_summary(
-    stats: RunStats, lag: LoopLagMonitor, gen: EndpointPool, judge: EndpointPool
+    stats: RunStats,
+    lag: LoopLagMonitor,
+    gen: EndpointPool | BatchStage,
+    judge: EndpointPool | BatchStage,
 ) -> dict[str, Any]:
     """What this session did, for summary.json: calls, client health, endpoint behaviour."""
     wall = time.monotonic() - stats.started
     cpu = time.process_time() - stats.started_cpu
+    batches = {
+        stage: client.summary()
+        for stage, client in (("generation", gen), ("judge", judge))
+        if isinstance(client, BatchStage)
+    }
     return {
+        **({"batches": batches} if batches else {}),
         "wall_s": round(wall, 3),
         "calls_sent": stats.calls_sent,
         "calls_per_s": round(stats.calls_sent / wall, 2) if wall > 0 else None,
@@ -178,6 +249,8 @@ def _session_summary(
         "tokens_in": stats.tokens_in,
         "tokens_out": stats.tokens_out,
         "estimated_cost_usd": round(stats.cost_usd, 6),
+        "estimated_cost_by_stage_usd": {k: round(v, 6) for k, v in stats.cost.items()},
+        "budget_exhausted": stats.budget_exhausted,
         "pairs_already_complete": stats.pairs_already_complete,
         **lag.summary(),
         "endpoints": {
@@ -253,6 +326,9 @@ async def _execute(
         dotenv = load_dotenv()
         gen_key = resolve_key(config.api_key_env, dotenv)
         judge_key = resolve_key(config.judge_api_key_env, dotenv)
+        # Prices (and a budget that can be kept) are checked before anything is sent; the
+        # spend of earlier sessions counts against --max-cost.
+        cost = CostMeter.for_run(config, store.iter_usage())
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     try:  # a source that is not a dataset fails here, before any endpoint is contacted
@@ -283,7 +359,7 @@ async def _execute(
     try:
         if fleet is None:
             return await _with_endpoints(
-                run_dir, store, config, options, gen_key, judge_key, signals, None
+                run_dir, store, config, options, gen_key, judge_key, signals, None, cost
             )
         log.info(
             "starting %s; waiting until they answer (logs in %s)",
@@ -294,7 +370,7 @@ async def _execute(
             async with fleet:  # every server process is stopped when this block exits
                 config = servers.with_server_urls(config, fleet)
                 return await _with_endpoints(
-                    run_dir, store, config, options, gen_key, judge_key, signals, fleet
+                    run_dir, store, config, options, gen_key, judge_key, signals, fleet, cost
                 )
         except ServerStartError as exc:
             log.error("%s; nothing was sent", exc)
@@ -357,32 +433,60 @@ async def _with_endpoints(
     judge_key: str | None,
     signals: _Signals,
     fleet: ServerFleet | None,
+    cost: CostMeter,
 ) -> RunResult:
     drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
     shared_limits: dict = {}  # a model and its judge on one account share its rate limits
-    gen_client = _pool(
-        "model endpoint",
-        config.base_url,
-        gen_key,
-        config,
-        config.concurrency,
-        config.rpm,
-        config.tpm,
-        budget,
-        shared_limits,
-    )
-    judge_client = _pool(
-        "judge endpoint",
-        config.judge_base_url,
-        judge_key,
-        config,
-        config.judge_concurrency,
-        config.judge_rpm,
-        config.judge_tpm,
-        budget,
-        shared_limits,
-    )
+    config = _modes(config, store)
+    gen_client: EndpointPool | BatchStage
+    judge_client: EndpointPool | BatchStage
+    if config.mode == "batch":
+        gen_client = _batch_stage(
+            "gen",
+            "model batch endpoint",
+            config.provider,
+            config.base_url,
+            gen_key,
+            config,
+            store,
+            budget,
+        )
+    else:
+        gen_client = _pool(
+            "model endpoint",
+            config.base_url,
+            gen_key,
+            config,
+            config.concurrency,
+            config.rpm,
+            config.tpm,
+            budget,
+            shared_limits,
+        )
+    if config.judge_mode == "batch":
+        judge_client = _batch_stage(
+            "judge",
+            "judge batch endpoint",
+            config.judge_provider,
+            config.judge_base_url,
+            judge_key,
+            config,
+            store,
+            budget,
+        )
+    else:
+        judge_client = _pool(
+            "judge endpoint",
+            config.judge_base_url,
+            judge_key,
+            config,
+            config.judge_concurrency,
+            config.judge_rpm,
+            config.judge_tpm,
+            budget,
+            shared_limits,
+        )
     metrics = None
     if options.metrics_port is not None:
         # Imported only when asked for: the HTTP server and prometheus_client cost start-up time.
@@ -392,10 +496,8 @@ async def _with_endpoints(
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
         metrics.set_expected(expected_pairs(config))
-        if config.price_in is not None or config.price_out is not None:
-            metrics.set_prices("generation", config.price_in or 0.0, config.price_out or 0.0)
-        if config.judge_price_in is not None or config.judge_price_out is not None:
-            metrics.set_prices("judge", config.judge_price_in or 0.0, config.judge_price_out or 0.0)
+        expected = expected_calls(expected_pairs(config), len(config.judge_orders))
+        metrics.watch_cost(cost, lambda: expected)
         for stage, pool in (("generation", gen_client), ("judge", judge_client)):
             pool.observer = metrics.stage_observer(stage)
             metrics.watch_pool(stage, pool)
@@ -420,6 +522,7 @@ async def _with_endpoints(
             drain_timeout,
             signals,
             fleet,
+            cost=cost,
         )
     finally:
         if metrics is not None:
@@ -431,12 +534,13 @@ async def _run_pools(
     store: Store,
     config: RunConfig,
     options: RunOptions,
-    gen_client: EndpointPool,
-    judge_client: EndpointPool,
+    gen_client: EndpointPool | BatchStage,
+    judge_client: EndpointPool | BatchStage,
     metrics: RunMetrics | None,
     drain_timeout: float,
     signals: _Signals,
     fleet: ServerFleet | None,
+    cost: CostMeter | None = None,
 ) -> RunResult:
     async with gen_client, judge_client:
         try:
@@ -459,6 +563,9 @@ async def _run_pools(
             store, on_error=on_store_error, on_commit=metrics.commit if metrics else None
         )
         writer.start()
+        for client in (gen_client, judge_client):
+            if isinstance(client, BatchStage):
+                await client.start(writer)  # re-attaches to this run's earlier batches
         scheduler = Scheduler(
             config,
             store,
@@ -468,6 +575,7 @@ async def _run_pools(
             on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
             reuse=reuse,
             metrics=metrics,
+            cost=cost,
         )
         if fleet is not None:  # servers that keep dying stop the run (resumable)
             for group in fleet.groups:
@@ -501,6 +609,7 @@ async def _run_pools(
                 len(config.judge_orders),
                 mode=Progress.choose_mode() if mode == "auto" else mode,
                 interval_s=options.progress_interval,
+                cost=cost,
             )
             progress.start()
         try:
@@ -516,6 +625,9 @@ async def _run_pools(
             if fleet is not None:
                 for group in fleet.groups:
                     group.on_failed = None
+            for client in (gen_client, judge_client):
+                if isinstance(client, BatchStage):
+                    await client.close()  # stop submitting; what is at the provider is recorded
             await writer.close()  # every outcome received is committed, on every path
             for other in reuse:
                 other.close()
@@ -554,6 +666,8 @@ async def _run_pools(
     elif fatal is not None:
         log.error("internal error: %r", fatal)
         code = EXIT_INTERNAL
+    elif stats.budget_exhausted:
+        code = EXIT_BUDGET
     elif stats.interrupted:
         code = EXIT_INTERRUPTED
     else:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from evaluator.calls import CallSpec, generation_calls, judge_call
 from evaluator.config import RunConfig
+from evaluator.costs import CostMeter
 from evaluator.dataset import BadRow, Pair
 from evaluator.protocol import (
     GEN_MAX_TOKENS,
@@ -53,7 +54,9 @@ FINAL_FAILURES = frozenset(
 
 
 class ChatClient(Protocol):
-    """What the scheduler needs of a stage's endpoints (workers.pool.EndpointPool)."""
+    """What the scheduler needs of a stage: workers.pool.EndpointPool (online) or
+    evaluator.batch_stage.BatchStage (batch mode, which uses `key` as the call's identity
+    at the provider; the online pool ignores it)."""
 
     @property
     def capacity(self) -> int: ...
@@ -63,6 +66,7 @@ class ChatClient(Protocol):
         body: bytes,
         max_tokens: int = 0,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        key: str | None = None,
     ) -> Completion | CallFailure: ...
 
 
@@ -82,7 +86,9 @@ class RunStats:
     failed: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
     tokens_in: int = 0
     tokens_out: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # this session's estimated cost (the run's total: Scheduler.cost)
+    cost: dict[str, float] = field(default_factory=lambda: {"gen": 0.0, "judge": 0.0})
+    budget_exhausted: bool = False  # stopped before a call that could exceed --max-cost
     interrupted: bool = False
     fatal: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
@@ -114,17 +120,16 @@ class Scheduler:
         on_bad_row: Callable[[BadRow], None] | None = None,
         reuse: list[Store] | None = None,
         metrics: RunMetrics | None = None,
+        cost: CostMeter | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.writer = writer
-        self.gen_client = gen_client
-        self.judge_client = judge_client
         self.stats = RunStats()
-        self._prices = {
-            "gen": (config.price_in or 0.0, config.price_out or 0.0),
-            "judge": (config.judge_price_in or 0.0, config.judge_price_out or 0.0),
-        }
+        # Every call passes the cost meter: reserved before it is sent, charged when it ends.
+        self.cost = cost if cost is not None else CostMeter.for_run(config)
+        self.gen_client = _Metered(gen_client, "gen", self)
+        self.judge_client = _Metered(judge_client, "judge", self)
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
         self.metrics = metrics
@@ -292,6 +297,21 @@ class Scheduler:
         if self._reader_done and self._active == 0:
             self._finished.set()
 
+    def _budget_stop(self) -> None:
+        if not self.stats.budget_exhausted:
+            self.stats.budget_exhausted = True
+            c = self.cost
+            log.warning(
+                "stopping before the budget is exceeded: spent $%.4f, $%.4f reserved by %d "
+                "calls in flight, --max-cost $%g; the next call could cost more. Resume with a "
+                "larger --max-cost",
+                c.spent,
+                c.reserved,
+                c.in_flight,
+                c.limit or 0.0,
+            )
+        self.request_stop()
+
     def fail(self, exc: BaseException) -> None:
         """Stop the run because of `exc` (the first cause is kept)."""
         if self.stats.fatal is None:
@@ -306,6 +326,9 @@ class Scheduler:
                 return
             try:
                 await handle(*job)
+            except BudgetExhausted:
+                self._budget_stop()
+                return
             except (FatalEndpointError, StoreError) as exc:
                 self.fail(exc)  # the call stays "started": counted and re-sent on resume
                 return
@@ -331,6 +354,7 @@ class Scheduler:
             self._count_usage(stage, result.usage)
             self.stats.done[stage] += 1
             rec.content, rec.reasoning = result.content, result.reasoning
+            rec.citations = result.citations
             rec.finish_reason, rec.usage = result.finish_reason, result.usage
         else:
             self.stats.calls_failed += 1
@@ -347,7 +371,10 @@ class Scheduler:
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
         self.stats.calls_sent += 1
         result = await self.gen_client.chat(
-            spec.body, GEN_MAX_TOKENS, before_send=lambda: self._send_intent(spec)
+            spec.body,
+            spec.max_tokens or GEN_MAX_TOKENS,
+            before_send=lambda: self._send_intent(spec),
+            key=spec.key,
         )
         if isinstance(result, Completion):
             answer, reasoning = split_reasoning(result.content, result.reasoning)
@@ -370,9 +397,10 @@ class Scheduler:
             self.stats.calls_sent += 1
             result = await self.judge_client.chat(
                 spec.body,
-                JUDGE_MAX_TOKENS,
+                spec.max_tokens or JUDGE_MAX_TOKENS,
                 # Recorded once: a re-ask is the same call.
                 before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
+                key=spec.key,
             )
             attempts += result.attempts
             if not isinstance(result, Completion):
@@ -399,5 +427,38 @@ class Scheduler:
         if isinstance(tin, int) and isinstance(tout, int):
             self.stats.tokens_in += tin
             self.stats.tokens_out += tout
-            price_in, price_out = self._prices[stage]
-            self.stats.cost_usd += (tin * price_in + tout * price_out) / 1e6
+
+    def _charged(self, stage: str, usd: float) -> None:
+        self.stats.cost_usd += usd
+        self.stats.cost[stage] += usd
+        if self.metrics is not None and usd:
+            self.metrics.cost.labels("generation" if stage == "gen" else "judge").inc(usd)
+
+
+class BudgetExhausted(Exception):
+    """The next call could take the run past --max-cost: it is not sent."""
+
+
+class _Metered:
+    """A stage's client with the cost meter around each call (reserve, send, charge)."""
+
+    def __init__(self, client: ChatClient, stage: str, scheduler: Scheduler) -> None:
+        self.client = client
+        self.stage = stage
+        self._scheduler = scheduler
+
+    def __getattr__(self, name: str):  # capacity, summary(), ... of the wrapped client
+        return getattr(self.client, name)
+
+    async def chat(self, body: bytes, max_tokens: int = 0, **kwargs) -> Completion | CallFailure:
+        meter = self._scheduler.cost
+        reservation = meter.reserve(self.stage, len(body), max_tokens)
+        if reservation is None:
+            raise BudgetExhausted
+        usage = None
+        try:
+            result = await self.client.chat(body, max_tokens, **kwargs)
+            usage = result.usage if isinstance(result, Completion) else None
+            return result
+        finally:
+            self._scheduler._charged(self.stage, meter.settle(self.stage, reservation, usage))

@@ -45,10 +45,33 @@ CREATE TABLE IF NOT EXISTS calls (
     error_class TEXT,
     error TEXT,
     latency_s REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    citations TEXT                 -- JSON list of cited web sources (web search), or NULL
 );
 CREATE INDEX IF NOT EXISTS calls_pair ON calls(pair_id);
 CREATE TABLE IF NOT EXISTS bad_rows (location TEXT PRIMARY KEY, reason TEXT NOT NULL);
+-- Provider batches (batch mode). A row and its request keys are committed before anything
+-- is sent, so a restart re-attaches to a batch instead of submitting its requests again.
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    marker TEXT NOT NULL UNIQUE,   -- also in the batch's metadata and in each custom_id
+    provider TEXT NOT NULL,        -- openai | openai-responses | anthropic
+    stage TEXT NOT NULL,           -- gen | judge
+    state TEXT NOT NULL,           -- submitting | submitted | ended | void
+    provider_batch_id TEXT,
+    input_file_id TEXT,
+    n_requests INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS batch_requests (
+    batch INTEGER NOT NULL,        -- batches.id
+    custom_id TEXT NOT NULL,
+    key TEXT NOT NULL,             -- calls.key
+    PRIMARY KEY (batch, custom_id)
+);
+CREATE INDEX IF NOT EXISTS batch_requests_key ON batch_requests(key);
 """
 
 
@@ -71,6 +94,27 @@ class CallRecord:
     error_class: str | None = None
     error: str | None = None
     latency_s: float | None = None
+    citations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchRow:
+    """One provider batch as the store knows it (see the `batches` table)."""
+
+    id: int
+    marker: str
+    provider: str
+    stage: str
+    state: str
+    provider_batch_id: str | None
+    input_file_id: str | None
+    n_requests: int
+    created_at: float
+
+
+_BATCH_COLUMNS = (
+    "id, marker, provider, stage, state, provider_batch_id, input_file_id, n_requests, created_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +127,7 @@ class Intent:
 
 _COLUMNS = (
     "key pair_id role status body_sha content reasoning finish_reason usage "
-    "attempts error_class error latency_s updated_at"
+    "attempts error_class error latency_s updated_at citations"
 ).split()
 
 
@@ -116,6 +160,7 @@ class Store:
             store._read = store._connect()
             store._write = store._connect(check_same_thread=False)
             store._write.executescript(_SCHEMA)
+            _add_missing_columns(store._write)
             store._write.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
             )
@@ -233,6 +278,7 @@ class Store:
                             r.error,
                             r.latency_s,
                             now,
+                            orjson.dumps(r.citations).decode() if r.citations else None,
                         )
                         for r in records
                     ],
@@ -258,6 +304,17 @@ class Store:
                     (str(n), n),
                 )
         return n
+
+    def iter_usage(self):
+        """(role, usage) of every call with a recorded outcome (for the run's cost so far)."""
+        assert self._read is not None
+        cur = self._read.execute(
+            "SELECT role, usage FROM calls WHERE status IN ('done', 'failed') AND usage IS NOT NULL"
+        )
+        for role, usage in cur:
+            parsed = orjson.loads(usage) if usage else {}
+            if parsed:
+                yield role, parsed
 
     def possibly_duplicated(self) -> int:
         return int(self.get_meta("possibly_duplicated_calls") or 0)
@@ -326,12 +383,92 @@ class Store:
         assert self._read is not None
         return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()
 
+    # -- batches (writes: from the writer thread only, through StoreWriter.run) --
+    def batch_submitting(
+        self, marker: str, provider: str, stage: str, requests: list[tuple[str, str]]
+    ) -> int:
+        """Record a batch about to be submitted with its (custom_id, call key) pairs; its id."""
+        assert self._write is not None
+        now = time.time()
+        with self._write:
+            cur = self._write.execute(
+                "INSERT INTO batches (marker, provider, stage, state, n_requests, created_at, "
+                "updated_at) VALUES (?, ?, ?, 'submitting', ?, ?, ?)",
+                (marker, provider, stage, len(requests), now, now),
+            )
+            batch = cur.lastrowid
+            self._write.executemany(
+                "INSERT INTO batch_requests (batch, custom_id, key) VALUES (?, ?, ?)",
+                [(batch, cid, key) for cid, key in requests],
+            )
+        assert batch is not None
+        return batch
+
+    def batch_update(
+        self,
+        batch: int,
+        state: str,
+        provider_batch_id: str | None = None,
+        input_file_id: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        assert self._write is not None
+        with self._write:
+            self._write.execute(
+                "UPDATE batches SET state = ?, provider_batch_id = COALESCE(?, provider_batch_id), "
+                "input_file_id = COALESCE(?, input_file_id), note = COALESCE(?, note), "
+                "updated_at = ? WHERE id = ?",
+                (state, provider_batch_id, input_file_id, note, time.time(), batch),
+            )
+
+    # -- batches (reads) ----------------------------------------------------
+    def open_batches(self, stage: str | None = None) -> list[BatchRow]:
+        """Batches that may still owe results (not void), oldest first."""
+        assert self._read is not None
+        sql = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'void'"
+        args: tuple[Any, ...] = ()
+        if stage is not None:
+            sql += " AND stage = ?"
+            args = (stage,)
+        return [BatchRow(*row) for row in self._read.execute(sql + " ORDER BY id", args)]
+
+    def batch_unsettled(self, batch: int) -> list[tuple[str, str]]:
+        """(custom_id, key) of a batch's requests whose call has no recorded outcome yet."""
+        assert self._read is not None
+        return self._read.execute(
+            "SELECT r.custom_id, r.key FROM batch_requests r LEFT JOIN calls c ON c.key = r.key "
+            "WHERE r.batch = ? AND (c.status IS NULL OR c.status NOT IN ('done', 'failed'))",
+            (batch,),
+        ).fetchall()
+
+    def batch_counts(self) -> dict[str, tuple[int, int]]:
+        """(batches, requests) by batch state (for `status`)."""
+        assert self._read is not None
+        rows = self._read.execute(
+            "SELECT state, COUNT(*), SUM(n_requests) FROM batches GROUP BY state"
+        ).fetchall()
+        return {k: (n, r or 0) for k, n, r in rows}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Checkpoints written before a column existed get it (NULL for their rows)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+    if "citations" not in have:
+        conn.execute("ALTER TABLE calls ADD COLUMN citations TEXT")
+
 
 def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
     d = dict(zip(_COLUMNS, row, strict=False))
     d.pop("updated_at")
     d["usage"] = orjson.loads(d["usage"]) if d["usage"] else {}
+    d["citations"] = orjson.loads(d["citations"]) if d["citations"] else []
     return CallRecord(**d)
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[Store], Any]
+    fut: asyncio.Future
 
 
 class StoreWriter:
@@ -371,6 +508,18 @@ class StoreWriter:
         if self.error is None:
             self._queue.put_nowait((time.monotonic(), item))
 
+    async def run(self, fn: Callable[[Store], Any]) -> Any:
+        """Run `fn(store)` on the writer thread, in commit order; returns once it has committed.
+
+        For the few writes that are not call outcomes (batch bookkeeping): one writer
+        thread owns the write connection, so they go through it too.
+        """
+        if self.error is not None:
+            raise StoreError(f"the checkpoint cannot be written: {self.error}")
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((time.monotonic(), _Job(fn, done)))
+        return await done
+
     async def intent(self, intent: Intent) -> None:
         """Record that a call is about to be sent; returns once that is committed."""
         if self.error is not None:
@@ -393,7 +542,8 @@ class StoreWriter:
                 i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)
             ]
             intents = [i for i in items if isinstance(i, tuple) and isinstance(i[0], Intent)]
-            if not (records or bad or intents):
+            jobs = [i for i in items if isinstance(i, _Job)]
+            if not (records or bad or intents or jobs):
                 continue
             began = time.monotonic()
             try:
@@ -401,8 +551,16 @@ class StoreWriter:
                     self._store.write_batch, records, bad, [i for i, _ in intents]
                 )
             except (sqlite3.Error, OSError) as exc:
-                self._fail(exc, intents)
+                self._fail(exc, intents, jobs)
                 return
+            for job in jobs:
+                try:
+                    result = await asyncio.to_thread(job.fn, self._store)
+                except (sqlite3.Error, OSError) as exc:
+                    self._fail(exc, intents, jobs)
+                    return
+                if not job.fut.done():
+                    job.fut.set_result(result)
             self.committed += len(records)
             if self._on_commit is not None and oldest is not None:
                 self._on_commit(time.monotonic() - began, began - oldest)
@@ -410,14 +568,22 @@ class StoreWriter:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _fail(self, exc: BaseException, intents: list[tuple[Intent, asyncio.Future]]) -> None:
+    def _fail(
+        self,
+        exc: BaseException,
+        intents: list[tuple[Intent, asyncio.Future]],
+        jobs: list[_Job] = (),
+    ) -> None:
         self.error = StoreError(f"cannot write the checkpoint {self._store.path}: {exc}")
+        futures = [fut for _, fut in intents] + [job.fut for job in jobs]
         while not self._queue.empty():  # nothing more can be saved; wake every waiter
             stamped = self._queue.get_nowait()
             item = stamped[1] if stamped is not None else None
             if isinstance(item, tuple) and isinstance(item[0], Intent):
-                intents.append(item)
-        for _, fut in intents:
+                futures.append(item[1])
+            elif isinstance(item, _Job):
+                futures.append(item.fut)
+        for fut in futures:
             if not fut.done():
                 fut.set_exception(self.error)
         if self._on_error is not None:

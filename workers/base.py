@@ -16,7 +16,9 @@ Error classes:
     fatal             401/402/403, exhausted quota or billing: stop the whole run
 
 A truncated answer (finish_reason "length") is a Completion, kept and flagged
-by the caller, not a failure.
+by the caller, not a failure. Every wire format reports truncation as "length"
+and fills `usage["prompt_tokens"]` and `usage["completion_tokens"]` (beside the
+provider's own fields), so callers count tokens one way.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Completion:
     usage: dict[str, Any] = field(default_factory=dict)
     attempts: int = 1
     latency_s: float = 0.0
+    # Web sources the answer cites (web search tools): dicts with at least "url", kept apart
+    # from the answer text so the judge sees only the answer.
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

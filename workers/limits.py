@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from aiolimiter import AsyncLimiter
 
@@ -147,9 +148,31 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def rfc3339_seconds_from_now(text: str | None, now: float | None = None) -> float | None:
+    """Seconds until an RFC 3339 time ("2025-08-21T12:40:59Z"), as Anthropic's reset headers give."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
 @dataclass
 class RateLimitHeaders:
-    """The `x-ratelimit-*` headers of one response (OpenAI's names; others copy them)."""
+    """A response's rate-limit headers, in one shape whatever the provider.
+
+    OpenAI (and servers copying it) send `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+    with reset durations; Anthropic sends `anthropic-ratelimit-{requests,tokens,input-tokens,
+    output-tokens}-{limit,remaining,reset}` with RFC 3339 reset times (its "Rate limits"
+    page, docs.anthropic.com/en/api/rate-limits). Anthropic's `tokens-*` headers describe
+    the most restrictive token limit in effect, which is what the token bucket follows;
+    the input and output limits are kept for reference.
+    """
 
     limit_requests: float | None = None
     remaining_requests: float | None = None
@@ -157,6 +180,10 @@ class RateLimitHeaders:
     limit_tokens: float | None = None
     remaining_tokens: float | None = None
     reset_tokens_s: float | None = None
+    limit_input_tokens: float | None = None
+    remaining_input_tokens: float | None = None
+    limit_output_tokens: float | None = None
+    remaining_output_tokens: float | None = None
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], duration) -> RateLimitHeaders:
@@ -171,6 +198,27 @@ class RateLimitHeaders:
             limit_tokens=_number(headers.get("x-ratelimit-limit-tokens")),
             remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
             reset_tokens_s=reset("x-ratelimit-reset-tokens"),
+        )
+
+    @classmethod
+    def parse_anthropic(
+        cls, headers: Mapping[str, str], now: float | None = None
+    ) -> RateLimitHeaders:
+        def h(kind: str, field: str) -> str | None:
+            return headers.get(f"anthropic-ratelimit-{kind}-{field}")
+
+        tokens = "tokens" if h("tokens", "limit") is not None else "input-tokens"
+        return cls(
+            limit_requests=_number(h("requests", "limit")),
+            remaining_requests=_number(h("requests", "remaining")),
+            reset_requests_s=rfc3339_seconds_from_now(h("requests", "reset"), now),
+            limit_tokens=_number(h(tokens, "limit")),
+            remaining_tokens=_number(h(tokens, "remaining")),
+            reset_tokens_s=rfc3339_seconds_from_now(h(tokens, "reset"), now),
+            limit_input_tokens=_number(h("input-tokens", "limit")),
+            remaining_input_tokens=_number(h("input-tokens", "remaining")),
+            limit_output_tokens=_number(h("output-tokens", "limit")),
+            remaining_output_tokens=_number(h("output-tokens", "remaining")),
         )
 
 

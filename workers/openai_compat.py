@@ -1,60 +1,36 @@
-"""Client for OpenAI-compatible chat completions (vLLM, OpenAI, and the many servers that copy it).
+"""OpenAI-compatible chat completions (vLLM, OpenAI, and the many servers that copy it).
 
 Wire format: POST {base_url}/chat/completions with a JSON body; the answer is
 `choices[0].message.content`, with reasoning in `message.reasoning_content`
 (vLLM's reasoning parsers) or `message.reasoning` (some other servers), and
 `usage` with prompt/completion token counts. Followed: the OpenAI API reference
-for chat completions and vLLM's "OpenAI-Compatible Server" page.
+for chat completions (platform.openai.com/docs/api-reference/chat/create) and
+vLLM's "OpenAI-Compatible Server" page. Rate-limit headers: OpenAI's "Rate
+limits" guide (x-ratelimit-*, durations such as "6m0s").
 
-One aiohttp session per endpoint; requests are pre-serialised bytes so the
-caller can fingerprint exactly what was sent.
+The helpers for OpenAI's error bodies and headers are shared with the
+Responses API (workers.openai_responses), which uses the same conventions.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.base import CallFailure, Completion, ErrorClass
+from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
 from workers.limits import RateLimitHeaders
 
 __all__ = [
     "Attempt",
+    "ChatWire",
     "EndpointConfig",
     "EndpointUnreachable",
     "OpenAICompatClient",
     "classify_http_error",
 ]
-
-
-@dataclass(slots=True)
-class EndpointConfig:
-    base_url: str
-    api_key: str | None = None
-    name: str = "endpoint"
-    concurrency: int = 64  # the most calls in flight (AIMD may hold fewer)
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout_s: float = 600.0
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One HTTP exchange: its result and what the response said about limits."""
-
-    result: Completion | CallFailure
-    retry_after_s: float | None = None
-    limits: RateLimitHeaders | None = None
-    connection_failed: bool = False  # no HTTP answer at all (refused, reset, timeout)
-
-
-class EndpointUnreachable(Exception):
-    """The endpoint could not be reached or rejected us before any paid call."""
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -110,9 +86,14 @@ def _error_message(status: int, raw: bytes) -> tuple[str, str]:
 
 
 def classify_http_error(status: int, message: str, code: str) -> ErrorClass:
-    """Map an HTTP error status (and the provider's code/message) to an error class."""
+    """Map an HTTP error status (and the provider's code/message) to an error class.
+
+    Also used for Anthropic's error types (workers.anthropic): `billing_error`,
+    a spend limit (`enforced_spend_limit_reached`, sent as a 429) and a low credit
+    balance are fatal; "prompt is too long" is its context-length message.
+    """
     text = f"{code} {message}".lower()
-    if "insufficient_quota" in text or "billing" in text:
+    if any(s in text for s in ("insufficient_quota", "billing", "spend_limit", "credit balance")):
         return ErrorClass.FATAL
     if status == 429:
         return ErrorClass.RATE_LIMIT
@@ -120,21 +101,23 @@ def classify_http_error(status: int, message: str, code: str) -> ErrorClass:
         return ErrorClass.FATAL
     if status in (408, 409) or status >= 500:
         return ErrorClass.TRANSIENT
-    if "context_length" in text or "context length" in text or "maximum context" in text:
+    if any(
+        s in text
+        for s in ("context_length", "context length", "maximum context", "prompt is too long")
+    ):
         return ErrorClass.CONTEXT_LENGTH
     if "content_filter" in text or "content_policy" in text or "content management policy" in text:
         return ErrorClass.CONTENT_FILTER
     return ErrorClass.INVALID_REQUEST
 
 
-def _parse_completion(raw: bytes) -> Completion | CallFailure | str:
-    """A Completion from a 200 body, a final CallFailure, or a string saying why the body is unusable."""
+def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
+    """A Completion from a chat-completions body, a final CallFailure, or why the body is unusable."""
     try:
-        body = orjson.loads(raw)
         choice = body["choices"][0]
         message = choice["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+    except (KeyError, IndexError, TypeError):
+        return f"unusable response body: {orjson.dumps(body)[:200].decode('utf-8', 'replace')!r}"
     finish = choice.get("finish_reason")
     if finish == "content_filter":
         return CallFailure(
@@ -144,110 +127,46 @@ def _parse_completion(raw: bytes) -> Completion | CallFailure | str:
     if not isinstance(content, str):
         return "response message has no text content"
     reasoning = message.get("reasoning_content") or message.get("reasoning")
+    citations = [
+        {"url": a["url_citation"].get("url"), "title": a["url_citation"].get("title")}
+        for a in message.get("annotations") or []
+        if isinstance(a, dict) and isinstance(a.get("url_citation"), dict)
+    ]
     return Completion(
         content=content,
         reasoning=reasoning if isinstance(reasoning, str) else None,
         finish_reason=finish,
         usage=body.get("usage") or {},
+        citations=citations,
     )
 
 
-class OpenAICompatClient:
-    """One endpoint's wire protocol: a session, a start-up check, and single attempts.
+class OpenAIErrors:
+    """OpenAI's error bodies, rate-limit headers and Retry-After conventions (chat and Responses)."""
 
-    Retries, routing and pacing live in workers.pool, which may spread one
-    call's attempts over several endpoints.
-    """
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def error(self, status: int, raw: bytes) -> tuple[ErrorClass, str]:
+        msg, code = _error_message(status, raw)
+        return classify_http_error(status, msg, code), f"HTTP {status}: {msg}"
+
+    def rate_limits(self, headers: Any) -> RateLimitHeaders:
+        return RateLimitHeaders.parse(headers, _duration_seconds)
+
+    def retry_after(self, headers: Any) -> float | None:
+        return _retry_after_seconds(headers)
+
+
+class ChatWire(OpenAIErrors):
+    path = "/chat/completions"
+
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str:
+        return parse_chat(body)
+
+
+class OpenAICompatClient(HTTPClient):
+    """A chat-completions endpoint (the default provider)."""
 
     def __init__(self, config: EndpointConfig) -> None:
-        self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self._session: aiohttp.ClientSession | None = None
-        self._secrets = (config.api_key,) if config.api_key else ()
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-
-    async def __aenter__(self) -> OpenAICompatClient:
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(headers=headers, connector=connector)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._secrets)
-
-    async def check(self, timeout_s: float = 15.0) -> list[str]:
-        """Fail fast before any paid call: GET /models must answer. Returns the served model ids.
-
-        Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
-        """
-        assert self._session is not None, "use the client as an async context manager"
-        url = self.config.base_url.rstrip("/") + "/models"
-        try:
-            async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                raw = await resp.read()
-                if resp.status in (401, 403):
-                    msg, _ = _error_message(resp.status, raw)
-                    failure = CallFailure(
-                        ErrorClass.FATAL,
-                        f"rejected the API key ({self.config.base_url}): "
-                        f"HTTP {resp.status} {self.redact(msg)}",
-                        resp.status,
-                    )
-                    raise FatalEndpointError(self.config.name, failure)
-                if resp.status >= 400:
-                    # Some compatible APIs do not implement /models; reachability is what matters.
-                    return []
-                try:
-                    return [m.get("id", "") for m in orjson.loads(raw).get("data", [])]
-                except (orjson.JSONDecodeError, AttributeError):
-                    return []
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise EndpointUnreachable(
-                f"{self.config.name} ({self.config.base_url}) is unreachable: "
-                f"{self.redact(str(exc) or type(exc).__name__)}"
-            ) from None
-
-    async def attempt(self, body: bytes) -> Attempt:
-        """Send one request (already serialised) once; never raises for HTTP or network errors."""
-        assert self._session is not None, "use the client as an async context manager"
-        start = time.monotonic()
-        try:
-            async with self._session.post(self.url, data=body, timeout=self._timeout) as resp:
-                raw = await resp.read()
-                limits = RateLimitHeaders.parse(resp.headers, _duration_seconds)
-                if resp.status == 200:
-                    parsed = _parse_completion(raw)
-                    if isinstance(parsed, str):
-                        parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
-                    parsed.latency_s = time.monotonic() - start
-                    return Attempt(parsed, None, limits)
-                msg, code = _error_message(resp.status, raw)
-                failure = CallFailure(
-                    classify_http_error(resp.status, msg, code),
-                    self.redact(f"HTTP {resp.status}: {msg}"),
-                    resp.status,
-                )
-                failure.latency_s = time.monotonic() - start
-                return Attempt(failure, _retry_after_seconds(resp.headers), limits)
-        except TimeoutError:
-            failure = CallFailure(
-                ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = CallFailure(
-                ErrorClass.TRANSIENT, self.redact(f"{type(exc).__name__}: {exc}"), None
-            )
-        failure.latency_s = time.monotonic() - start
-        return Attempt(failure, None, None, connection_failed=True)
+        super().__init__(config, ChatWire())

@@ -33,13 +33,9 @@ from workers.base import (
     RetryBudget,
     cancel_and_wait,
 )
+from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
 from workers.limits import AdaptiveConcurrency, EndpointLimits
-from workers.openai_compat import (
-    Attempt,
-    EndpointConfig,
-    EndpointUnreachable,
-    OpenAICompatClient,
-)
+from workers.providers import get_provider
 
 log = logging.getLogger("evaluator")
 
@@ -70,7 +66,7 @@ class EndpointStats:
 
 @dataclass
 class Endpoint:
-    client: OpenAICompatClient
+    client: HTTPClient  # the endpoint's provider's client (workers.providers)
     limits: EndpointLimits  # may be shared with another stage's endpoint (same URL and key)
     concurrency: AdaptiveConcurrency
     healthy: bool = True
@@ -128,7 +124,7 @@ class EndpointPool:
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
             self.endpoints.append(
                 Endpoint(
-                    OpenAICompatClient(ep),
+                    get_provider(ep.provider).client(ep),
                     limits,
                     AdaptiveConcurrency(ep.concurrency, initial=initial),
                 )
@@ -237,8 +233,10 @@ class EndpointPool:
         body: bytes,
         max_tokens: int = 0,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        key: str | None = None,
     ) -> Completion | CallFailure:
-        """Send one request with retries across the pool.
+        """Send one request with retries across the pool (`key`, the call's identity, is
+        for batch mode; an online call does not need it).
 
         `before_send` is awaited once, when the first attempt holds its slot and
         has passed the rate buckets, just before the request leaves: the caller

@@ -50,6 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="also list this model name on /v1/models (repeatable), as vLLM does",
     )
+    p.add_argument("--batch-delay", type=float, default=0.0, help="seconds until a batch ends")
+    p.add_argument(
+        "--batch-fail-every", type=int, default=0, help="fail every k-th new batch request once"
+    )
+    p.add_argument(
+        "--batch-expire-every", type=int, default=0, help="expire every k-th new batch request once"
+    )
+    p.add_argument("--batch-limit", type=int, help="refuse batches with more requests than this")
     return p.parse_args(argv)
 
 
@@ -81,6 +89,10 @@ async def serve(args: argparse.Namespace) -> None:
         rpm_limit=args.rpm_limit,
         tpm_limit=args.tpm_limit,
         served_names=tuple(args.served_model_name),
+        batch_delay_s=args.batch_delay,
+        batch_fail_every=args.batch_fail_every,
+        batch_expire_every=args.batch_expire_every,
+        batch_limit=args.batch_limit,
     )
     server = SimulatedServer(config)
     url = await server.start(args.host, args.port)

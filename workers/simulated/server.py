@@ -1,4 +1,4 @@
-"""A SIMULATED OpenAI-compatible chat-completions server (aiohttp) for demos, tests and benchmarks.
+"""A SIMULATED LLM API server (aiohttp) for demos, tests and benchmarks.
 
 It is not a language model. Its "model" answers with a stance chosen by a
 persona; its "judge" returns schema-valid verdicts computed from those stances.
@@ -7,8 +7,10 @@ latency (lognormal), 429s with Retry-After, 5xx errors and malformed verdicts,
 and it counts every request it receives, keyed by the sha256 of the body, so
 tests can prove what was (not) sent twice.
 
-Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health,
-GET /sim/stats (add ?bodies=1 for the per-body counts).
+Endpoints: POST /v1/chat/completions (OpenAI-compatible), POST /v1/responses
+(OpenAI Responses), POST /v1/messages (Anthropic Messages; key in x-api-key),
+GET /v1/models, GET /health, GET /sim/stats (add ?bodies=1 for the per-body
+counts). Each format's bodies, errors and rate-limit headers are in wire.py.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from workers.simulated import personas
-
-SIM_FINGERPRINT = "simulated-backend"
+from workers.simulated import personas, wire
+from workers.simulated.batches import SimBatches
+from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
+    MARK_CONTENT_FILTER,
+    MARK_JUDGE_GARBAGE,
+    MARK_TRUNCATE,
+    MODEL_ERROR_MARKERS,
+    SIM_FINGERPRINT,
+)
 
 
 @dataclass
@@ -55,6 +63,13 @@ class SimConfig:
     tpm_limit: float | None = None
     # Extra names /v1/models lists (as vLLM lists its --served-model-name).
     served_names: tuple[str, ...] = ()
+    # Batch APIs (workers/simulated/batches.py): seconds until a batch ends; every k-th new
+    # request body fails (server error) or expires on its first submission; a lower limit
+    # on requests per batch.
+    batch_delay_s: float = 0.0
+    batch_fail_every: int = 0
+    batch_expire_every: int = 0
+    batch_limit: int | None = None
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -88,16 +103,21 @@ class SimulatedServer:
             else None
         )
         self._burst_kind: str | None = None
+        self.cached_prefixes: set[str] = set()  # Anthropic prompt caching: prefixes seen
+        self.formats: Counter[str] = Counter()  # requests per wire format, web searches
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self.batches = SimBatches(self)
 
     # -- app ------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._chat)
+        for kind, path in wire.PATHS.items():
+            app.router.add_post(path, self._handler(kind))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/sim/stats", self._stats)
+        self.batches.install(app)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -119,20 +139,26 @@ class SimulatedServer:
             "simulated": True,
             "requests_total": sum(self.counts.values()),
             "by_kind": dict(self.counts),
+            "by_format": dict(self.formats),
         }
         if bodies:
             out["bodies"] = dict(self.bodies)
+        out["batches"] = self.batches.stats(bodies)
         return out
 
     # -- handlers -------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok (simulated backend)")
 
-    def _unauthorized(self, request: web.Request) -> web.Response | None:
+    def _unauthorized(self, request: web.Request, kind: str = "chat") -> web.Response | None:
+        """401 in the format's own shape when the key is wrong (Anthropic: x-api-key)."""
         key = self.config.api_key
-        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        if key is None:
+            return None
+        given = request.headers.get("x-api-key") or request.headers.get("Authorization", "")
+        if given not in (key, f"Bearer {key}"):
             self.counts["unauthorized"] += 1
-            return _error(401, "invalid_api_key", "simulated server: incorrect API key provided")
+            return _error(kind, 401, "invalid_api_key", "simulated server: incorrect API key")
         return None
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -158,86 +184,74 @@ class SimulatedServer:
             return 0.0
         return c.latency_median_ms / 1000.0 * math.exp(self._rng.gauss(0.0, c.latency_sigma))
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    def respond(self, kind: str, body: object) -> tuple[int, dict]:
+        """One request body answered without HTTP faults: (status, body). Batch lines use it."""
+        return wire.respond(self, kind, body)
+
+    def _handler(self, kind: str):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, kind)
+
+        return handle
+
+    async def _handle(self, request: web.Request, kind: str) -> web.StreamResponse:
         raw = await request.read()
         c = self.config
-        if (denied := self._unauthorized(request)) is not None:
+        self.formats[kind] += 1
+        if (denied := self._unauthorized(request, kind)) is not None:
             return denied
+        if kind == "messages" and not request.headers.get("anthropic-version"):
+            self.counts["bad_request"] += 1
+            return _error(
+                kind, 400, "invalid_request_error", "anthropic-version header is required"
+            )
         if c.fail_auth_after is not None and self.received >= c.fail_auth_after:
             self.counts["unauthorized"] += 1
-            return _error(401, "invalid_api_key", "simulated server: key revoked")
+            return _error(kind, 401, "invalid_api_key", "simulated server: key revoked")
         if c.quota_after is not None and self.received >= c.quota_after:
             self.counts["quota"] += 1
             return _error(
-                429, "insufficient_quota", "simulated server: you exceeded your current quota"
+                kind, 429, "insufficient_quota", "simulated server: you exceeded your current quota"
             )
         self.received += 1
         self.bodies[hashlib.sha256(raw).hexdigest()] += 1
         try:
             body = orjson.loads(raw)
-            messages = body["messages"]
-            user = next(m["content"] for m in reversed(messages) if m.get("role") == "user")
-            model = str(body.get("model", "simulated"))
-            max_tokens = int(body.get("max_tokens") or 0)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
+            req = wire.extract(kind, body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration) as exc:
             self.counts["bad_request"] += 1
-            return _error(
-                400,
-                "invalid_request_error",
-                "simulated server: body must have messages with a user turn",
-            )
-        judge = personas.is_judge_prompt(user)
-        kind = "judge" if judge else "model"
-        limited = self._limits.admit(len(raw) // 4 + max_tokens) if self._limits else None
+            return _error(kind, 400, "invalid_request_error", f"simulated server: {exc}")
+        role = "judge" if personas.is_judge_prompt(req.user) else "model"
+        limited = self._limits.admit(len(raw) // 4 + req.max_tokens) if self._limits else None
         if limited is not None:
-            self.counts[f"{kind}_429"] += 1
-            resp = _error(429, "rate_limit_exceeded", "simulated: rate limit reached")
-            resp.headers.update(limited)
+            self.counts[f"{role}_429"] += 1
+            resp = _error(kind, 429, "rate_limit_exceeded", "simulated: rate limit reached")
+            resp.headers.update(self._limits.headers(kind))
+            resp.headers.update(wire.retry_headers(kind, limited))
             return resp
         delay = self._latency()
         if c.rate_stall and self._rng.random() < c.rate_stall:
-            self.counts[f"{kind}_stall"] += 1
+            self.counts[f"{role}_stall"] += 1
             delay += c.stall_s
         if delay:
             await asyncio.sleep(delay)
         fault = self._transient_fault()
         if fault == "429":
-            self.counts[f"{kind}_429"] += 1
-            resp = _error(429, "rate_limit_exceeded", "simulated rate limit")
-            resp.headers["Retry-After"] = f"{c.retry_after_s:g}"
-            resp.headers["retry-after-ms"] = str(int(c.retry_after_s * 1000))
+            self.counts[f"{role}_429"] += 1
+            resp = _error(kind, 429, "rate_limit_exceeded", "simulated rate limit")
+            resp.headers.update(wire.retry_headers(kind, c.retry_after_s))
             return resp
         if fault == "5xx":
-            self.counts[f"{kind}_5xx"] += 1
-            return _error(503, "server_error", "simulated overload")
-        finish = "stop"
-        if judge:
-            verdict = personas.verdict(user)
-            content = orjson.dumps(verdict).decode()
-            if MARK_JUDGE_GARBAGE in user:
-                content = "(simulated) I cannot produce a verdict for this pair."
-                self.counts["judge_malformed"] += 1
-            elif self._rng.random() < c.malformed_rate:
-                self.counts["judge_malformed"] += 1
-                content = content[: len(content) // 2]  # truncated JSON
-        else:
-            for marker, (status, code, message) in MODEL_ERROR_MARKERS.items():
-                if marker in user:
-                    self.counts[f"model_{code}"] += 1
-                    return _error(status, code, message)
-            content = self._answer(user)
-            if MARK_CONTENT_FILTER in user:
-                self.counts["model_content_filter"] += 1
-                content, finish = "", "content_filter"
-            elif MARK_TRUNCATE in user:
-                self.counts["model_truncated"] += 1
-                content, finish = content[: len(content) // 2], "length"
-        self.counts[kind] += 1
-        response = _completion(model, content, prompt_chars=len(raw), finish_reason=finish)
+            self.counts[f"{role}_5xx"] += 1
+            return _error(kind, 503, "server_error", "simulated overload")
+        status, answer = wire.respond(self, kind, body)
+        response = web.Response(
+            status=status, body=orjson.dumps(answer), content_type="application/json"
+        )
         if self._limits is not None:
-            response.headers.update(self._limits.headers())
-        if c.rate_reset and self._rng.random() < c.rate_reset:
-            self.counts[f"{kind}_reset"] += 1
+            response.headers.update(self._limits.headers(kind))
+        if status == 200 and c.rate_reset and self._rng.random() < c.rate_reset:
+            self.counts[f"{role}_reset"] += 1
             return await _cut_off(request, response)
         return response
 
@@ -253,7 +267,7 @@ class SimulatedServer:
             self._burst_kind, self._burst_left = kind, c.burst - 1
         return kind
 
-    def _answer(self, question: str) -> str:
+    def _answer(self, question: str, think: bool = True) -> str:
         c = self.config
         known = c.sides.get(question)
         if known is not None:
@@ -264,7 +278,7 @@ class SimulatedServer:
         text = personas.answer_text(
             personas.stance(c.persona, side, pair_key, c.share, c.seed), question
         )
-        if c.reasoning:
+        if c.reasoning and think:  # chat completions: vLLM-style reasoning in the content
             text = f"<think>(simulated reasoning) Weighing both sides before answering.</think>\n{text}"
         return text
 
@@ -292,42 +306,19 @@ class _ProviderLimits:
             b[2] = min(capacity, level + (now - last) * limit / 60.0)
             b[3] = now
 
-    def admit(self, tokens: int) -> dict[str, str] | None:
-        """None if the request fits (and is charged); else the 429's headers."""
+    def admit(self, tokens: int) -> float | None:
+        """None if the request fits (and is charged); else the seconds to wait."""
         self._refill()
         need = {"requests": 1, "tokens": tokens}
         short = {n: need[n] - b[2] for n, b in self.buckets.items() if b[2] < need[n]}
         if short:
-            wait = max(s * 60.0 / self.buckets[n][0] for n, s in short.items())
-            headers = self.headers()
-            headers["Retry-After"] = f"{wait:.3f}"
-            headers["retry-after-ms"] = str(int(wait * 1000) + 1)
-            return headers
+            return max(s * 60.0 / self.buckets[n][0] for n, s in short.items())
         for n, b in self.buckets.items():
             b[2] -= need[n]
         return None
 
-    def headers(self) -> dict[str, str]:
-        out = {}
-        for name, (limit, capacity, level, _) in self.buckets.items():
-            out[f"x-ratelimit-limit-{name}"] = f"{limit:g}"
-            out[f"x-ratelimit-remaining-{name}"] = str(max(0, int(level)))
-            out[f"x-ratelimit-reset-{name}"] = f"{(capacity - level) * 60.0 / limit:.3f}s"
-        return out
-
-
-# Markers a test puts in a question to get one deterministic outcome for that call.
-MARK_CONTENT_FILTER = "[[sim:content_filter]]"
-MARK_TRUNCATE = "[[sim:truncate]]"
-MARK_JUDGE_GARBAGE = "[[sim:judge_garbage]]"
-MODEL_ERROR_MARKERS = {
-    "[[sim:context_length]]": (
-        400,
-        "context_length_exceeded",
-        "simulated: this model's maximum context length is 8192 tokens",
-    ),
-    "[[sim:invalid_request]]": (400, "invalid_request_error", "simulated: invalid parameter"),
-}
+    def headers(self, kind: str = "chat") -> dict[str, str]:
+        return wire.limit_headers(kind, self.buckets)
 
 
 async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
@@ -342,34 +333,9 @@ async def _cut_off(request: web.Request, response: web.Response) -> web.StreamRe
     return stream
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    body = {"error": {"message": message, "type": code, "code": code}}
+def _error(kind: str, status: int, code: str, message: str) -> web.Response:
+    status, body = wire.error_body(kind, status, code, message)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _completion(
-    model: str, content: str, prompt_chars: int, finish_reason: str = "stop"
-) -> web.Response:
-    body = {
-        "id": f"simcmpl-{time.monotonic_ns()}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": SIM_FINGERPRINT,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_chars // 4,
-            "completion_tokens": len(content) // 4,
-            "total_tokens": prompt_chars // 4 + len(content) // 4,
-        },
-    }
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 class ThreadedServer:

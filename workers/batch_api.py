@@ -1,0 +1,460 @@
+"""Provider Batch APIs on the wire: submit a set of requests, poll, read each request's result.
+
+Two providers, one shape (`BatchAPI`):
+
+OpenAI Batch (providers "openai" and "openai-responses"). Followed: the API
+reference for batches (platform.openai.com/docs/api-reference/batch: create,
+retrieve, list; the "request input" and "request output" objects) and files
+(platform.openai.com/docs/api-reference/files: upload with `purpose=batch`,
+retrieve content). The requests go in a JSONL file, one
+`{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}` per
+line, uploaded with POST /files (multipart). POST /batches takes
+`{input_file_id, endpoint, completion_window: "24h", metadata}`; GET
+/batches/{id} reports `status` (validating, in_progress, finalizing, completed,
+failed, expired, cancelling, cancelled) and, once done, `output_file_id` and
+`error_file_id`, read with GET /files/{id}/content. Each result line is
+`{"custom_id", "response": {"status_code", "body"} | null, "error": {"code",
+"message"} | null}`; `error.code` is `batch_expired` or `batch_cancelled` for a
+request that never ran. An input file holds at most 50,000 requests and 200 MB.
+
+Anthropic Message Batches (provider "anthropic"). Followed: the API reference
+"Create a Message Batch", "Retrieve a Message Batch", "List Message Batches" and
+"Retrieve Message Batch results" (docs.anthropic.com/en/api/creating-message-batches
+and its siblings) and the batch processing guide
+(docs.anthropic.com/en/docs/build-with-claude/batch-processing). POST
+/messages/batches takes `{"requests": [{"custom_id", "params"}]}` (params: a
+Messages request body); GET /messages/batches/{id} reports `processing_status`
+(in_progress, canceling, ended) and `results_url`, a JSONL file of
+`{"custom_id", "result": {"type": "succeeded", "message"} | {"type": "errored",
+"error"} | {"type": "canceled"} | {"type": "expired"}}`. A batch holds at most
+100,000 requests and 256 MB; a custom_id is 1-64 characters of [a-zA-Z0-9_-].
+
+Request bodies are the exact bytes the online client would send; results are
+read with the provider's own `Wire.parse` and error classification, so a batch
+answer becomes the same Completion or CallFailure an online call would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.client import EndpointConfig, EndpointUnreachable, Wire
+from workers.providers import get_provider
+
+log = logging.getLogger("evaluator")
+
+__all__ = [
+    "BATCH_PROVIDERS",
+    "AnthropicBatchAPI",
+    "BatchAPI",
+    "BatchError",
+    "BatchRef",
+    "BatchStatus",
+    "OpenAIBatchAPI",
+]
+
+CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Anthropic's rule; OpenAI accepts it too
+
+
+class BatchError(Exception):
+    """A batch operation failed in a way retrying it will not fix (the request is wrong)."""
+
+    def __init__(self, failure: CallFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(slots=True)
+class BatchRef:
+    id: str
+    input_file_id: str | None = None
+
+
+@dataclass(slots=True)
+class BatchStatus:
+    id: str
+    status: str  # the provider's word
+    ended: bool
+    # Set when the whole batch failed (OpenAI "failed": its input was rejected).
+    failure: CallFailure | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+# Provider error types as HTTP statuses, so one classifier serves both providers
+# (Anthropic's "Errors" page: docs.anthropic.com/en/api/errors).
+_ANTHROPIC_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class BatchAPI:
+    """The shared HTTP machinery; subclasses know one provider's batch endpoints."""
+
+    provider = ""
+    max_requests = 0
+    max_bytes = 0
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        wire: Wire,
+        *,
+        name: str = "batch endpoint",
+        http_attempts: int = 6,
+        backoff_base_s: float = 1.0,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.wire = wire
+        self.name = name
+        self.http_attempts = http_attempts
+        self.backoff_base_s = backoff_base_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._secrets = (api_key,) if api_key else ()
+
+    async def __aenter__(self) -> BatchAPI:
+        self._session = aiohttp.ClientSession(headers=self.wire.auth_headers(self.api_key))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    # -- one HTTP exchange, retried while the provider says "later" ---------------
+    async def _http(self, method: str, url: str, **kwargs: Any) -> bytes:
+        """The body of a 2xx answer. Raises FatalEndpointError (key, quota), BatchError
+        (a final error), or EndpointUnreachable once transient failures are spent."""
+        assert self._session is not None, "use the batch API as an async context manager"
+        last = ""
+        for attempt in range(1, self.http_attempts + 1):
+            wait: float | None = None
+            try:
+                async with self._session.request(
+                    method, url, timeout=self._timeout, **kwargs
+                ) as resp:
+                    raw = await resp.read()
+                    if resp.status < 300:
+                        return raw
+                    error_class, msg = self.wire.error(resp.status, raw)
+                    failure = CallFailure(error_class, self.redact(msg), resp.status)
+                    if error_class is ErrorClass.FATAL:
+                        raise FatalEndpointError(self.name, failure)
+                    if not error_class.retryable:
+                        raise BatchError(failure)
+                    wait = self.wire.retry_after(resp.headers)
+                    last = failure.message
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                last = self.redact(f"{type(exc).__name__}: {exc}")
+            if attempt < self.http_attempts:
+                cap = self.backoff_base_s * 2 ** (attempt - 1)
+                await asyncio.sleep(
+                    wait if wait is not None else cap / 2 + random.uniform(0, cap / 2)
+                )
+        raise EndpointUnreachable(f"{self.name}: {method} {url} kept failing: {last}")
+
+    async def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        raw = await self._http(method, url, **kwargs)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise EndpointUnreachable(f"{self.name}: {url} answered with a body that is not JSON")
+        return body
+
+    list_path = ""  # the provider's "list batches" path, probed by check()
+
+    async def check(self) -> None:
+        """Before anything is submitted: the provider must answer, accept the key and
+        have a Batch API (an OpenAI-compatible server often has only the online one)."""
+        try:
+            await self._http("GET", self.base_url + self.list_path, params={"limit": "1"})
+        except BatchError as exc:
+            raise FatalEndpointError(
+                self.name,
+                CallFailure(
+                    ErrorClass.FATAL,
+                    f"{self.base_url} offers no usable Batch API "
+                    f"(GET {self.list_path}: {exc.failure.message})",
+                    exc.failure.status,
+                ),
+            ) from None
+        except EndpointUnreachable as exc:
+            raise EndpointUnreachable(
+                f"{self.name} ({self.base_url}) is unreachable: {exc}"
+            ) from None
+
+    # -- per provider -----------------------------------------------------------------
+    def line(self, custom_id: str, body: bytes) -> bytes:
+        """One request as it travels in the batch (its size counts toward max_bytes)."""
+        raise NotImplementedError
+
+    async def create(self, lines: list[bytes], marker: str) -> BatchRef:
+        raise NotImplementedError
+
+    async def find(
+        self, marker: str, since: float, n_requests: int, exclude: Collection[str]
+    ) -> BatchRef | None:
+        """The batch created with `marker` (a restart between create and record), or None.
+
+        `since`: when the record was written (Unix time); `exclude`: batch ids already
+        known to belong to other records.
+        """
+        raise NotImplementedError
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        raise NotImplementedError
+
+    async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]:
+        raise NotImplementedError
+
+    # -- shared result reading ----------------------------------------------------------
+    def _from_body(self, body: Any) -> Completion | CallFailure:
+        if not isinstance(body, dict):
+            return CallFailure(ErrorClass.TRANSIENT, "batch result without a response body", 200)
+        parsed = self.wire.parse(body)
+        if isinstance(parsed, str):
+            return CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+        return parsed
+
+    def _from_error(self, status: int, body: Any) -> CallFailure:
+        error_class, msg = self.wire.error(status, orjson.dumps(body))
+        return CallFailure(error_class, self.redact(msg), status)
+
+
+def _jsonl(raw: bytes) -> Iterator[dict[str, Any]]:
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("skipping an unreadable line in a batch result file")
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
+class OpenAIBatchAPI(BatchAPI):
+    provider = "openai"
+    list_path = "/batches"
+    max_requests = 50_000
+    max_bytes = 200 * 1024 * 1024
+
+    def __init__(
+        self, base_url: str, api_key: str | None, wire: Wire, endpoint: str, **kwargs: Any
+    ) -> None:
+        super().__init__(base_url, api_key, wire, **kwargs)
+        self.endpoint = endpoint  # the line's `url` and the batch's `endpoint`
+
+    def line(self, custom_id: str, body: bytes) -> bytes:
+        # The body bytes are spliced in as they are: the batch sends exactly what an online
+        # call would, and the body is not parsed and re-serialised per request.
+        head = orjson.dumps({"custom_id": custom_id, "method": "POST", "url": self.endpoint})
+        return head[:-1] + b',"body":' + body + b"}"
+
+    async def create(self, lines: list[bytes], marker: str) -> BatchRef:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field(
+            "file",
+            b"\n".join(lines) + b"\n",
+            filename=f"valbench-{marker}.jsonl",
+            content_type="application/jsonl",
+        )
+        uploaded = await self._json("POST", self.base_url + "/files", data=form)
+        file_id = str(uploaded.get("id") or "")
+        if not file_id:
+            raise EndpointUnreachable(f"{self.name}: the file upload returned no id")
+        created = await self._json(
+            "POST",
+            self.base_url + "/batches",
+            json={
+                "input_file_id": file_id,
+                "endpoint": self.endpoint,
+                "completion_window": "24h",
+                "metadata": {"valbench_marker": marker},
+            },
+        )
+        return BatchRef(str(created["id"]), file_id)
+
+    async def find(
+        self, marker: str, since: float, n_requests: int, exclude: Collection[str]
+    ) -> BatchRef | None:
+        after: str | None = None
+        while True:
+            params = {"limit": "100"}
+            if after:
+                params["after"] = after
+            page = await self._json("GET", self.base_url + "/batches", params=params)
+            data = [b for b in page.get("data") or [] if isinstance(b, dict)]
+            for b in data:
+                if (b.get("metadata") or {}).get("valbench_marker") == marker:
+                    return BatchRef(str(b["id"]), b.get("input_file_id"))
+            # Newest first: once batches are older than the record (give or take clock
+            # skew), ours is not there.
+            oldest = min((b.get("created_at") or 0 for b in data), default=0)
+            if not page.get("has_more") or not data or oldest < since - 300:
+                return None
+            after = str(data[-1]["id"])
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        b = await self._json("GET", f"{self.base_url}/batches/{batch_id}")
+        state = str(b.get("status") or "")
+        failure = None
+        if state == "failed":
+            errors = (b.get("errors") or {}).get("data") or []
+            text = "; ".join(
+                f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
+            )
+            # A full queue of enqueued tokens is a wait; anything else is the batch's input
+            # being refused as a whole, which retrying cannot fix: the run stops.
+            cls = ErrorClass.RATE_LIMIT if "limit" in text.lower() else ErrorClass.FATAL
+            failure = CallFailure(cls, self.redact(f"the batch failed: {text or 'no reason'}"))
+        ended = state in ("completed", "failed", "expired", "cancelled")
+        return BatchStatus(batch_id, state, ended, failure, b)
+
+    async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]:
+        out: list[tuple[str, Completion | CallFailure]] = []
+        for name in ("output_file_id", "error_file_id"):
+            file_id = status.raw.get(name)
+            if not file_id:
+                continue
+            raw = await self._http("GET", f"{self.base_url}/files/{file_id}/content")
+            for obj in _jsonl(raw):
+                cid = obj.get("custom_id")
+                if isinstance(cid, str):
+                    out.append((cid, self._result(obj)))
+        return out
+
+    def _result(self, obj: dict[str, Any]) -> Completion | CallFailure:
+        response = obj.get("response")
+        error = obj.get("error")
+        if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+            code = response["status_code"]
+            if code == 200:
+                return self._from_body(response.get("body"))
+            return self._from_error(code, response.get("body") or {})
+        if isinstance(error, dict):
+            # The request never ran (batch_expired, batch_cancelled, request_timeout): try again.
+            return CallFailure(
+                ErrorClass.TRANSIENT,
+                self.redact(f"{error.get('code')}: {error.get('message')}"),
+            )
+        return CallFailure(ErrorClass.TRANSIENT, "batch result line without response or error")
+
+
+class AnthropicBatchAPI(BatchAPI):
+    provider = "anthropic"
+    list_path = "/messages/batches"
+    max_requests = 100_000
+    max_bytes = 256 * 1024 * 1024
+
+    def line(self, custom_id: str, body: bytes) -> bytes:
+        return b'{"custom_id":' + orjson.dumps(custom_id) + b',"params":' + body + b"}"
+
+    async def create(self, lines: list[bytes], marker: str) -> BatchRef:
+        payload = b'{"requests":[' + b",".join(lines) + b"]}"
+        created = await self._json(
+            "POST",
+            self.base_url + "/messages/batches",
+            data=payload,
+            headers={"Content-Type": "application/json"},
+        )
+        return BatchRef(str(created["id"]))
+
+    async def find(
+        self, marker: str, since: float, n_requests: int, exclude: Collection[str]
+    ) -> BatchRef | None:
+        # Message batches carry no metadata. Every custom_id carries the marker, so a batch
+        # created since the record with as many requests, and not known to be another
+        # record's, is adopted provisionally: only results whose custom_id has our marker
+        # are taken from it, and requests it turns out not to hold are submitted again once
+        # it has ended (see workers.batch_client).
+        page = await self._json("GET", self.base_url + "/messages/batches", params={"limit": "100"})
+        for b in page.get("data") or []:
+            if not isinstance(b, dict) or str(b.get("id")) in exclude:
+                continue
+            total = sum(v for v in (b.get("request_counts") or {}).values() if isinstance(v, int))
+            if _rfc3339(b.get("created_at")) >= since - 60 and total == n_requests:
+                return BatchRef(str(b["id"]))
+        return None
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        b = await self._json("GET", f"{self.base_url}/messages/batches/{batch_id}")
+        state = str(b.get("processing_status") or "")
+        return BatchStatus(batch_id, state, state == "ended", None, b)
+
+    async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]:
+        url = status.raw.get("results_url")
+        if not url:
+            return []
+        raw = await self._http("GET", str(url))
+        out: list[tuple[str, Completion | CallFailure]] = []
+        for obj in _jsonl(raw):
+            cid = obj.get("custom_id")
+            if isinstance(cid, str):
+                out.append((cid, self._result(obj.get("result") or {})))
+        return out
+
+    def _result(self, result: dict[str, Any]) -> Completion | CallFailure:
+        kind = result.get("type")
+        if kind == "succeeded":
+            return self._from_body(result.get("message"))
+        if kind == "errored":
+            err = result.get("error") or {}
+            inner = err.get("error") if isinstance(err.get("error"), dict) else err
+            status = _ANTHROPIC_ERROR_STATUS.get(str(inner.get("type")), 500)
+            return self._from_error(status, {"type": "error", "error": inner})
+        # canceled / expired: the request never ran.
+        return CallFailure(ErrorClass.TRANSIENT, f"the request was {kind} before it ran")
+
+
+def _rfc3339(text: Any) -> float:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+BATCH_PROVIDERS = ("openai", "openai-responses", "anthropic")
+
+
+def batch_api_for(provider: str, base_url: str, api_key: str | None, **kwargs: Any) -> BatchAPI:
+    """The Batch API of a provider in workers.providers, reading answers with its wire."""
+    p = get_provider(provider)
+    wire = p.client(EndpointConfig(base_url=base_url, api_key=api_key)).wire
+    if provider == "anthropic":
+        return AnthropicBatchAPI(base_url, api_key, wire, **kwargs)
+    if p.batch_url is None or provider not in BATCH_PROVIDERS:
+        raise ValueError(f"provider {provider!r} has no Batch API here")
+    api = OpenAIBatchAPI(base_url, api_key, wire, p.batch_url, **kwargs)
+    api.provider = provider
+    return api

@@ -1,0 +1,176 @@
+"""One endpoint's HTTP machinery, shared by every wire format.
+
+A client sends pre-serialised request bodies once per `attempt()` and turns
+the answer into an `Attempt`: the parsed result, what the response said about
+waiting (Retry-After and friends) and the provider's rate-limit headers.
+Retries, routing and pacing live in workers.pool.
+
+What differs between providers is small and lives in a `Wire` (see
+workers.providers): the URL path, the auth headers, how a 200 body is read,
+how an error body is classified, and which rate-limit headers are sent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.limits import RateLimitHeaders
+
+__all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "Wire"]
+
+
+@dataclass(slots=True)
+class EndpointConfig:
+    base_url: str
+    api_key: str | None = None
+    name: str = "endpoint"
+    concurrency: int = 64  # the most calls in flight (AIMD may hold fewer)
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout_s: float = 600.0
+    provider: str = "openai"  # a name in workers.providers.PROVIDERS
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP exchange: its result and what the response said about limits."""
+
+    result: Completion | CallFailure
+    retry_after_s: float | None = None
+    limits: RateLimitHeaders | None = None
+    connection_failed: bool = False  # no HTTP answer at all (refused, reset, timeout)
+
+
+class EndpointUnreachable(Exception):
+    """The endpoint could not be reached or rejected us before any paid call."""
+
+
+class Wire(Protocol):
+    """What a provider's wire format supplies to the shared client."""
+
+    path: str  # appended to the base URL: "/chat/completions", "/responses", "/messages"
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]: ...
+
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str: ...
+
+    def error(self, status: int, raw: bytes) -> tuple[ErrorClass, str]: ...
+
+    def rate_limits(self, headers: Any) -> RateLimitHeaders: ...
+
+    def retry_after(self, headers: Any) -> float | None: ...
+
+
+def parse_raw(wire: Wire, raw: bytes) -> Completion | CallFailure | str:
+    """`wire.parse` on undecoded bytes; a body that is not a JSON object is unusable."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+    if not isinstance(body, dict):
+        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+    return wire.parse(body)
+
+
+class HTTPClient:
+    """One endpoint: an aiohttp session, a start-up check, and single attempts."""
+
+    def __init__(self, config: EndpointConfig, wire: Wire) -> None:
+        self.config = config
+        self.wire = wire
+        self.url = config.base_url.rstrip("/") + wire.path
+        self._session: aiohttp.ClientSession | None = None
+        self._secrets = (config.api_key,) if config.api_key else ()
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+
+    async def __aenter__(self) -> HTTPClient:
+        headers = {
+            "Content-Type": "application/json",
+            **self.wire.auth_headers(self.config.api_key),
+        }
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(headers=headers, connector=connector)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    async def check(self, timeout_s: float = 15.0) -> list[str]:
+        """Fail fast before any paid call: GET /models must answer. Returns the served model ids.
+
+        OpenAI, Anthropic and vLLM all list models at `{base_url}/models`.
+        Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
+        """
+        assert self._session is not None, "use the client as an async context manager"
+        url = self.config.base_url.rstrip("/") + "/models"
+        try:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status in (401, 403):
+                    _, msg = self.wire.error(resp.status, raw)
+                    failure = CallFailure(
+                        ErrorClass.FATAL,
+                        f"rejected the API key ({self.config.base_url}): {self.redact(msg)}",
+                        resp.status,
+                    )
+                    raise FatalEndpointError(self.config.name, failure)
+                if resp.status >= 400:
+                    # Some compatible APIs do not implement /models; reachability is what matters.
+                    return []
+                try:
+                    return [m.get("id", "") for m in orjson.loads(raw).get("data", [])]
+                except (orjson.JSONDecodeError, AttributeError):
+                    return []
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnreachable(
+                f"{self.config.name} ({self.config.base_url}) is unreachable: "
+                f"{self.redact(str(exc) or type(exc).__name__)}"
+            ) from None
+
+    async def attempt(self, body: bytes) -> Attempt:
+        """Send one request (already serialised) once; never raises for HTTP or network errors."""
+        assert self._session is not None, "use the client as an async context manager"
+        start = time.monotonic()
+        try:
+            async with self._session.post(self.url, data=body, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                limits = self.wire.rate_limits(resp.headers)
+                if resp.status == 200:
+                    parsed = parse_raw(self.wire, raw)
+                    if isinstance(parsed, str):
+                        parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+                    parsed.latency_s = time.monotonic() - start
+                    if isinstance(parsed, CallFailure):
+                        parsed.message = self.redact(parsed.message)
+                        return Attempt(parsed, self.wire.retry_after(resp.headers), limits)
+                    return Attempt(parsed, None, limits)
+                error_class, msg = self.wire.error(resp.status, raw)
+                failure = CallFailure(error_class, self.redact(msg), resp.status)
+                failure.latency_s = time.monotonic() - start
+                return Attempt(failure, self.wire.retry_after(resp.headers), limits)
+        except TimeoutError:
+            failure = CallFailure(
+                ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = CallFailure(
+                ErrorClass.TRANSIENT, self.redact(f"{type(exc).__name__}: {exc}"), None
+            )
+        failure.latency_s = time.monotonic() - start
+        return Attempt(failure, None, None, connection_failed=True)
