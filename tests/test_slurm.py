@@ -260,6 +260,51 @@ def test_term_to_running_shards_drains_requeues_and_resumes(
     assert sim.stats()["requests_total"] == 3 * n
 
 
+def test_one_node_script_starts_its_servers_and_completes_the_run(
+    slurm, tmp_path, synthetic, sim_process
+):
+    n = 12
+    data = synthetic(n)
+    model = sim_process("--dataset", str(data))
+    # Two "GPUs", one judge server each, started and stopped by the evaluator in the job.
+    judge = (
+        "[judge.vllm]\n"
+        f'command = ["{{python}}", "-m", "workers.simulated", "--port", "{{port}}", '
+        f'"--dataset", "{data}", "--served-model-name", "{{served_model_name}}"]\n'
+        'gpus = "0-1"\n'
+        "ready_timeout_s = 60\n"
+    )
+    config = write_config(tmp_path / "run.toml", data, model.base_url, judge)
+    out = tmp_path / "overnight"
+    log = tmp_path / "job.out"
+    # The script asks for 8 GPUs; this node has none, so that request is lifted here.
+    proc = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--gres=none",
+            "--output",
+            str(log),
+            str(SLURM / "gpu-node.sbatch"),
+        ],
+        env={**job_env(), "VALBENCH_CONFIG": str(config), "VALBENCH_OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while queue(job):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+    text = log.read_text()
+    assert text.rstrip().endswith("evaluator exited with 0"), text
+    s = read_summary(out)
+    assert s["complete"] and s["n_valid"] == n and s["shard"] is None
+    assert sorted(p.name for p in (out / "servers").glob("*.log")) == ["judge-0.log", "judge-1.log"]
+
+
 def test_submit_refuses_bad_arguments_before_queueing_anything(tmp_path):
     # No cluster needed: these are refused before sbatch is called.
     config = tmp_path / "run.toml"
