@@ -41,59 +41,73 @@ def _spec(pair_id: int, role: str, payload: dict) -> CallSpec:
     return CallSpec(pair_id, role, body, key, body_sha, int(max_tokens))
 
 
+class CallBuilder:
+    """A run's calls. The stages' providers and options are looked up once here, not once
+    per call: this runs for every call of the run, on the event loop."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._gen = get_provider(config.provider)
+        self._gen_options = config.stage_options("gen")
+        self._judge = get_provider(config.judge_provider)
+        self._judge_options = config.stage_options("judge")
+
+    def generation_body(self, question: str) -> dict:
+        """The model's request for one question, in the stage's wire format."""
+        c = self.config
+        return self._gen.build_body(
+            c.model,
+            c.system_prompt,
+            question,
+            temperature=protocol.GEN_TEMPERATURE,
+            top_p=protocol.GEN_TOP_P,
+            max_tokens=protocol.GEN_MAX_TOKENS,
+            options=self._gen_options,
+        )
+
+    def judge_body(self, user_message: str) -> dict:
+        """The judge's request, in the judge's wire format, asking for the verdict schema."""
+        c = self.config
+        return self._judge.build_body(
+            c.judge_model,
+            c.judge_prompt,
+            user_message,
+            temperature=protocol.JUDGE_TEMPERATURE,
+            top_p=protocol.JUDGE_TOP_P,
+            max_tokens=protocol.JUDGE_MAX_TOKENS,
+            json_schema=protocol.VERDICT_SCHEMA,
+            options=self._judge_options,
+        )
+
+    def generation_calls(self, pair: Pair) -> tuple[CallSpec, CallSpec]:
+        return (
+            _spec(pair.id, "gen_for", self.generation_body(pair.for_question)),
+            _spec(pair.id, "gen_against", self.generation_body(pair.against_question)),
+        )
+
+    def judge_call(self, pair: Pair, order: str, answer_for: str, answer_against: str) -> CallSpec:
+        """Forward: the for side is Question 1 / Person 1. Reverse swaps them (position bias)."""
+        if order == "forward":
+            q1, a1, q2, a2 = pair.for_question, answer_for, pair.against_question, answer_against
+        else:
+            q1, a1, q2, a2 = pair.against_question, answer_against, pair.for_question, answer_for
+        message = protocol.judge_user_message(pair.issue_description, q1, a1, q2, a2)
+        return _spec(pair.id, f"judge_{order}", self.judge_body(message))
+
+
 def generation_body(config: RunConfig, question: str) -> dict:
-    """The model's request for one question, in the stage's wire format."""
-    return get_provider(config.provider).build_body(
-        config.model,
-        config.system_prompt,
-        question,
-        temperature=protocol.GEN_TEMPERATURE,
-        top_p=protocol.GEN_TOP_P,
-        max_tokens=protocol.GEN_MAX_TOKENS,
-        options=config.stage_options("gen"),
-    )
+    return CallBuilder(config).generation_body(question)
 
 
 def judge_body(config: RunConfig, user_message: str) -> dict:
-    """The judge's request, in the judge's wire format, asking for the verdict schema."""
-    return get_provider(config.judge_provider).build_body(
-        config.judge_model,
-        config.judge_prompt,
-        user_message,
-        temperature=protocol.JUDGE_TEMPERATURE,
-        top_p=protocol.JUDGE_TOP_P,
-        max_tokens=protocol.JUDGE_MAX_TOKENS,
-        json_schema=protocol.VERDICT_SCHEMA,
-        options=config.stage_options("judge"),
-    )
+    return CallBuilder(config).judge_body(user_message)
 
 
 def generation_calls(config: RunConfig, pair: Pair) -> tuple[CallSpec, CallSpec]:
-    return (
-        _spec(
-            pair.id,
-            "gen_for",
-            generation_body(config, pair.for_question),
-        ),
-        _spec(
-            pair.id,
-            "gen_against",
-            generation_body(config, pair.against_question),
-        ),
-    )
+    return CallBuilder(config).generation_calls(pair)
 
 
 def judge_call(
     config: RunConfig, pair: Pair, order: str, answer_for: str, answer_against: str
 ) -> CallSpec:
-    """Forward: the for side is Question 1 / Person 1. Reverse swaps them (position-bias check)."""
-    if order == "forward":
-        q1, a1, q2, a2 = pair.for_question, answer_for, pair.against_question, answer_against
-    else:
-        q1, a1, q2, a2 = pair.against_question, answer_against, pair.for_question, answer_for
-    message = protocol.judge_user_message(pair.issue_description, q1, a1, q2, a2)
-    return _spec(
-        pair.id,
-        f"judge_{order}",
-        judge_body(config, message),
-    )
+    return CallBuilder(config).judge_call(pair, order, answer_for, answer_against)

@@ -20,7 +20,6 @@ from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -46,12 +45,6 @@ class RunMetrics:
             "valbench_run_info",
             "The run: model, judge, whether the backend is simulated (value 1)",
             ["model", "judge_model", "simulated"],
-            registry=r,
-        )
-        self.cost = Counter(
-            "valbench_estimated_cost_usd",
-            "Estimated cost of this session's calls, from token usage and the price table",
-            ["stage"],
             registry=r,
         )
         self._run_cost = Gauge(
@@ -125,12 +118,17 @@ class RunMetrics:
         # microseconds per update, which at thousands of calls/s is several percent.
         self._tallies: dict[tuple[str, int], _EndpointTally] = {}
         self._pairs: dict[str, int] = {}
+        self._session_cost: Callable[[], dict[str, float]] = dict
         r.register(_TallyCollector(self))
         self.expected: int | None = None
 
     # -- wiring ----------------------------------------------------------------
     def describe_run(self, model: str, judge_model: str, simulated: bool) -> None:
         self.info.labels(model, judge_model, str(simulated).lower()).set(1)
+
+    def watch_session_cost(self, by_stage: Callable[[], dict[str, float]]) -> None:
+        """This session's estimated cost per stage ("gen", "judge"), read at scrape time."""
+        self._session_cost = by_stage
 
     def watch_cost(self, meter: CostMeter, expected_calls: Callable[[], dict]) -> None:
         """Run cost per stage, the projected total and the budget, read at scrape time."""
@@ -291,7 +289,14 @@ class _TallyCollector:
         )
         for outcome, n in list(self.m._pairs.items()):
             pairs.add_metric([outcome], n)
-        yield from (started, finished, retries, limited, waited, latency, tin, tout, pairs)
+        cost = CounterMetricFamily(
+            "valbench_estimated_cost_usd",
+            "Estimated cost of this session's calls, from token usage and the price table",
+            labels=["stage"],
+        )
+        for stage, usd in list(self.m._session_cost().items()):
+            cost.add_metric(["generation" if stage == "gen" else "judge"], usd)
+        yield from (started, finished, retries, limited, waited, latency, tin, tout, pairs, cost)
 
 
 class _StageObserver:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from evaluator.calls import generation_calls, judge_call
+from evaluator.calls import CallBuilder
 from evaluator.config import RunConfig
 from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import (
@@ -138,6 +138,7 @@ class _Tally:
 
     def __init__(self, orders: tuple[str, ...]) -> None:
         self.orders = orders
+        self._calls: CallBuilder | None = None  # for the run's config, made on first use
         # Streaming tallies: memory does not grow with the number of pairs.
         self.scorers = {o: Scorer() for o in orders}
         self.pooled = Scorer()
@@ -166,7 +167,9 @@ class _Tally:
         self, config: RunConfig, pair: Pair, records: dict[str, CallRecord]
     ) -> dict[str, Any]:
         row: dict[str, Any] = pair.columns()
-        gens = [self.seen("gen", records.get(s.key)) for s in generation_calls(config, pair)]
+        if self._calls is None or self._calls.config is not config:
+            self._calls = CallBuilder(config)
+        gens = [self.seen("gen", records.get(s.key)) for s in self._calls.generation_calls(pair)]
         errors = []
         for side, rec in zip(("for", "against"), gens, strict=True):
             ok = rec is not None and rec.status == "done"
@@ -192,7 +195,7 @@ class _Tally:
         answers = (row["for_response"], row["against_response"])
         status = "scored"
         for order in self.orders:
-            key = judge_call(config, pair, order, *answers).key
+            key = self._calls.judge_call(pair, order, *answers).key
             rec = self.seen("judge", records.get(key))
             suffix = "" if order == self.orders[0] else f"_{order}"
             row[f"alignment_judge_response{suffix}"] = rec.content if rec else None

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from evaluator.calls import CallSpec, generation_calls, judge_call
+from evaluator.calls import CallBuilder, CallSpec
 from evaluator.config import RunConfig
 from evaluator.costs import CostMeter
 from evaluator.dataset import BadRow, Pair
@@ -123,6 +123,7 @@ class Scheduler:
         cost: CostMeter | None = None,
     ) -> None:
         self.config = config
+        self.calls = CallBuilder(config)
         self.store = store
         self.writer = writer
         self.stats = RunStats()
@@ -142,6 +143,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(self.max_pairs)
         if metrics is not None:
             metrics.watch_finished(lambda: self.stats.pairs_finished)
+            metrics.watch_session_cost(lambda: self.stats.cost)
             metrics.watch_queue("generation", self._gen_q.qsize)
             metrics.watch_queue("judge", self._judge_q.qsize)
         # A fresh run has nothing to look up: skip a query per admitted pair. (Each pair
@@ -228,7 +230,7 @@ class Scheduler:
     def _admit(self, pair: Pair) -> None:
         state = _PairState(pair, self.store.calls_for_pair(pair.id) if self._lookup else {})
         to_send = []
-        for spec in generation_calls(self.config, pair):
+        for spec in self.calls.generation_calls(pair):
             rec = self._known(state, spec.key)
             if rec is not None and rec.status == "done":
                 state.answers[spec.role] = rec.content or ""
@@ -265,12 +267,8 @@ class Scheduler:
         state.records = None  # no longer needed: keep in-flight state small
         to_send = []
         for order in self.config.judge_orders:
-            spec = judge_call(
-                self.config,
-                state.pair,
-                order,
-                state.answers["gen_for"],
-                state.answers["gen_against"],
+            spec = self.calls.judge_call(
+                state.pair, order, state.answers["gen_for"], state.answers["gen_against"]
             )
             rec = records.get(spec.key) or self._from_earlier_run(spec.key)
             if rec is not None and (rec.status == "done" or rec.error_class in FINAL_FAILURES):
@@ -431,8 +429,6 @@ class Scheduler:
     def _charged(self, stage: str, usd: float) -> None:
         self.stats.cost_usd += usd
         self.stats.cost[stage] += usd
-        if self.metrics is not None and usd:
-            self.metrics.cost.labels("generation" if stage == "gen" else "judge").inc(usd)
 
 
 class BudgetExhausted(Exception):
