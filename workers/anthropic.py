@@ -121,7 +121,7 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
         err = body.get("error") or {}
         kind = str(err.get("type") or "") if isinstance(err, dict) else ""
         msg = str(err.get("message") or "") if isinstance(err, dict) else ""
-        status = _ERROR_STATUS.get(kind, 400)
+        status = ERROR_STATUS.get(kind, 400)
         return CallFailure(classify_http_error(status, msg, kind), f"{kind}: {msg}", status)
     content = body.get("content")
     if not isinstance(content, list):
@@ -172,9 +172,9 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
     )
 
 
-# Status codes of Anthropic's error types (its "Errors" page), for error objects met
-# without an HTTP status (inside batch results).
-_ERROR_STATUS = {
+# Status codes of Anthropic's error types (its "Errors" page: docs.anthropic.com/en/api/errors),
+# for error objects met without an HTTP status (in 200 bodies and batch results).
+ERROR_STATUS = {
     "invalid_request_error": 400,
     "authentication_error": 401,
     "billing_error": 402,
@@ -183,6 +183,7 @@ _ERROR_STATUS = {
     "request_too_large": 413,
     "rate_limit_error": 429,
     "api_error": 500,
+    "timeout_error": 504,
     "overloaded_error": 529,
 }
 

@@ -48,6 +48,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from workers.anthropic import ERROR_STATUS as ANTHROPIC_ERROR_STATUS
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
 from workers.client import EndpointConfig, EndpointUnreachable, Wire
 from workers.providers import get_provider
@@ -89,22 +90,6 @@ class BatchStatus:
     # Set when the whole batch failed (OpenAI "failed": its input was rejected).
     failure: CallFailure | None = None
     raw: dict[str, Any] = field(default_factory=dict)
-
-
-# Provider error types as HTTP statuses, so one classifier serves both providers
-# (Anthropic's "Errors" page: docs.anthropic.com/en/api/errors).
-_ANTHROPIC_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
 
 
 class BatchAPI:
@@ -431,7 +416,7 @@ class AnthropicBatchAPI(BatchAPI):
         if kind == "errored":
             err = result.get("error") or {}
             inner = err.get("error") if isinstance(err.get("error"), dict) else err
-            status = _ANTHROPIC_ERROR_STATUS.get(str(inner.get("type")), 500)
+            status = ANTHROPIC_ERROR_STATUS.get(str(inner.get("type")), 500)
             return self._from_error(status, {"type": "error", "error": inner})
         # canceled / expired: the request never ran.
         return CallFailure(ErrorClass.TRANSIENT, f"the request was {kind} before it ran")
