@@ -162,6 +162,8 @@ def split_reasoning(content: str, reasoning: str | None = None) -> tuple[str, st
 
     Some models omit the opening tag, so text before a lone `</think>` is reasoning too.
     """
+    if "</think>" not in content:  # the usual case: nothing to take out of the answer
+        return content.strip(), reasoning or None
     parts = [reasoning] if reasoning else []
     found = _THINK_BLOCK.findall(content)
     if found:

@@ -127,10 +127,9 @@ class Scheduler:
         self.store = store
         self.writer = writer
         self.stats = RunStats()
-        # Every call passes the cost meter: reserved before it is sent, charged when it ends.
         self.cost = cost if cost is not None else CostMeter.for_run(config)
-        self.gen_client = _Metered(gen_client, "gen", self)
-        self.judge_client = _Metered(judge_client, "judge", self)
+        self.gen_client = gen_client
+        self.judge_client = judge_client
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
         self.metrics = metrics
@@ -368,12 +367,15 @@ class Scheduler:
 
     async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
         self.stats.calls_sent += 1
-        result = await self.gen_client.chat(
-            spec.body,
-            spec.max_tokens or GEN_MAX_TOKENS,
-            before_send=lambda: self._send_intent(spec),
-            key=spec.key,
-        )
+        max_tokens = spec.max_tokens or GEN_MAX_TOKENS
+        reservation = self._reserve("gen", spec.body, max_tokens)
+        result = None
+        try:
+            result = await self.gen_client.chat(
+                spec.body, max_tokens, before_send=lambda: self._send_intent(spec), key=spec.key
+            )
+        finally:
+            self._settle("gen", reservation, result)
         if isinstance(result, Completion):
             answer, reasoning = split_reasoning(result.content, result.reasoning)
             result.content, result.reasoning = answer, reasoning
@@ -393,13 +395,19 @@ class Scheduler:
         result: Completion | CallFailure
         for ask in range(self.config.judge_retries + 1):
             self.stats.calls_sent += 1
-            result = await self.judge_client.chat(
-                spec.body,
-                spec.max_tokens or JUDGE_MAX_TOKENS,
-                # Recorded once: a re-ask is the same call.
-                before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
-                key=spec.key,
-            )
+            max_tokens = spec.max_tokens or JUDGE_MAX_TOKENS
+            reservation = self._reserve("judge", spec.body, max_tokens)
+            result = None
+            try:
+                result = await self.judge_client.chat(
+                    spec.body,
+                    max_tokens,
+                    # Recorded once: a re-ask is the same call.
+                    before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
+                    key=spec.key,
+                )
+            finally:
+                self._settle("judge", reservation, result)
             attempts += result.attempts
             if not isinstance(result, Completion):
                 break
@@ -426,35 +434,22 @@ class Scheduler:
             self.stats.tokens_in += tin
             self.stats.tokens_out += tout
 
-    def _charged(self, stage: str, usd: float) -> None:
+    # Every call passes the cost meter: reserved before it is sent, charged when it ends
+    # (inline in the stage handlers rather than a wrapper client: this is the hot path).
+    def _reserve(self, stage: str, body: bytes, max_tokens: int) -> float:
+        reservation = self.cost.reserve(stage, len(body), max_tokens)
+        if reservation is None:
+            raise BudgetExhausted
+        return reservation
+
+    def _settle(
+        self, stage: str, reservation: float, result: Completion | CallFailure | None
+    ) -> None:
+        usage = result.usage if isinstance(result, Completion) else None
+        usd = self.cost.settle(stage, reservation, usage)
         self.stats.cost_usd += usd
         self.stats.cost[stage] += usd
 
 
 class BudgetExhausted(Exception):
     """The next call could take the run past --max-cost: it is not sent."""
-
-
-class _Metered:
-    """A stage's client with the cost meter around each call (reserve, send, charge)."""
-
-    def __init__(self, client: ChatClient, stage: str, scheduler: Scheduler) -> None:
-        self.client = client
-        self.stage = stage
-        self._scheduler = scheduler
-
-    def __getattr__(self, name: str):  # capacity, summary(), ... of the wrapped client
-        return getattr(self.client, name)
-
-    async def chat(self, body: bytes, max_tokens: int = 0, **kwargs) -> Completion | CallFailure:
-        meter = self._scheduler.cost
-        reservation = meter.reserve(self.stage, len(body), max_tokens)
-        if reservation is None:
-            raise BudgetExhausted
-        usage = None
-        try:
-            result = await self.client.chat(body, max_tokens, **kwargs)
-            usage = result.usage if isinstance(result, Completion) else None
-            return result
-        finally:
-            self._scheduler._charged(self.stage, meter.settle(self.stage, reservation, usage))

@@ -534,15 +534,26 @@ class StoreWriter:
             stamped = [await self._queue.get()]
             while len(stamped) < self._max_batch and not self._queue.empty():
                 stamped.append(self._queue.get_nowait())
-            items = [s[1] if s is not None else None for s in stamped]
-            oldest = min((s[0] for s in stamped if s is not None), default=None)
-            stop = any(i is None for i in items)
-            records = [i for i in items if isinstance(i, CallRecord)]
-            bad = [
-                i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)
-            ]
-            intents = [i for i in items if isinstance(i, tuple) and isinstance(i[0], Intent)]
-            jobs = [i for i in items if isinstance(i, _Job)]
+            oldest: float | None = None
+            records: list[CallRecord] = []
+            bad: list[tuple[str, str]] = []
+            intents: list[tuple[Intent, asyncio.Future]] = []
+            jobs: list[_Job] = []
+            for stamp in stamped:  # one pass: this runs for every call of the run
+                if stamp is None:
+                    stop = True
+                    continue
+                if oldest is None:
+                    oldest = stamp[0]  # queued in order: the first is the oldest
+                item = stamp[1]
+                if isinstance(item, CallRecord):
+                    records.append(item)
+                elif isinstance(item, _Job):
+                    jobs.append(item)
+                elif isinstance(item[0], Intent):
+                    intents.append(item)
+                else:
+                    bad.append(item)
             if not (records or bad or intents or jobs):
                 continue
             began = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
 from workers.limits import RateLimitHeaders
@@ -85,6 +86,7 @@ class HTTPClient:
         self.config = config
         self.wire = wire
         self.url = config.base_url.rstrip("/") + wire.path
+        self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         self._session: aiohttp.ClientSession | None = None
         self._secrets = (config.api_key,) if config.api_key else ()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
@@ -148,7 +150,7 @@ class HTTPClient:
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
         try:
-            async with self._session.post(self.url, data=body, timeout=self._timeout) as resp:
+            async with self._session.post(self._url, data=body, timeout=self._timeout) as resp:
                 raw = await resp.read()
                 limits = self.wire.rate_limits(resp.headers)
                 if resp.status == 200:

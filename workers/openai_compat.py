@@ -151,11 +151,22 @@ class OpenAIErrors:
         msg, code = _error_message(status, raw)
         return classify_http_error(status, msg, code), f"HTTP {status}: {msg}"
 
-    def rate_limits(self, headers: Any) -> RateLimitHeaders:
+    def rate_limits(self, headers: Any) -> RateLimitHeaders | None:
+        # Most local servers send none: skip building an empty record for every answer.
+        if not any(name in headers for name in _LIMIT_HEADERS):
+            return None
         return RateLimitHeaders.parse(headers, _duration_seconds)
 
     def retry_after(self, headers: Any) -> float | None:
         return _retry_after_seconds(headers)
+
+
+_LIMIT_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+)
 
 
 class ChatWire(OpenAIErrors):
