@@ -26,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from workers.base import Completion
+
 if TYPE_CHECKING:
     from evaluator.costs import CostMeter
     from workers.client import Attempt
@@ -305,29 +307,36 @@ class _StageObserver:
     def __init__(self, metrics: RunMetrics, stage: str) -> None:
         self.m = metrics
         self.stage = stage
+        self._by_endpoint: dict[int, _EndpointTally] = {}  # id(ep): one int key per call
+
+    def _t(self, ep: Endpoint) -> _EndpointTally:
+        t = self._by_endpoint.get(id(ep))
+        if t is None:
+            t = self._by_endpoint[id(ep)] = self.m._tally(self.stage, ep)
+        return t
 
     def attempt_started(self, ep: Endpoint) -> None:
-        self.m._tally(self.stage, ep).started += 1
+        self._t(ep).started += 1
 
     def attempt_finished(self, ep: Endpoint, outcome: Attempt) -> None:
-        t = self.m._tally(self.stage, ep)
+        t = self._t(ep)
         result = outcome.result
         t.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.latency_s)] += 1
         t.latency_sum += result.latency_s
-        usage = getattr(result, "usage", None)
-        if usage:
-            tokens_in = usage.get("prompt_tokens") or 0
-            tokens_out = usage.get("completion_tokens") or 0
-            t.tokens_in += tokens_in
-            t.tokens_out += tokens_out
-        error = getattr(result, "error_class", None)
-        label = "ok" if error is None else error.value
+        if isinstance(result, Completion):
+            usage = result.usage
+            if usage:
+                t.tokens_in += usage.get("prompt_tokens") or 0
+                t.tokens_out += usage.get("completion_tokens") or 0
+            t.finished["ok"] = t.finished.get("ok", 0) + 1
+            return
+        label = result.error_class.value
         t.finished[label] = t.finished.get(label, 0) + 1
         if label == "rate_limit":
             t.http_429 += 1
 
     def retrying(self, ep: Endpoint, error_class: str, wait_s: float) -> None:
-        t = self.m._tally(self.stage, ep)
+        t = self._t(ep)
         t.retries[error_class] = t.retries.get(error_class, 0) + 1
         if error_class == "rate_limit":
             t.waited_s += wait_s
