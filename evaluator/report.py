@@ -232,17 +232,28 @@ class PairStatus:
         return self._tally.pair_row(self.config, pair, records)["status"]
 
 
-def build_run_outputs(run_dir: Path, config: RunConfig, store: Store) -> dict[str, Any]:
-    """Write every output file of a run from its store; return summary.json's content."""
-    tmp = run_dir / "results.jsonl.tmp"
-    with tmp.open("wb") as out:
-        side = ReportChild(run_dir, tmp, config.judge_orders)  # results.parquet and the plots
-        try:
+RESULTS_TMP = "results.jsonl.tmp"
+
+
+def build_run_outputs(
+    run_dir: Path, config: RunConfig, store: Store, side: ReportChild | None = None
+) -> dict[str, Any]:
+    """Write every output file of a run from its store; return summary.json's content.
+
+    `side`: the report's side process, when the caller started it early (see
+    evaluator.report_child); otherwise one is started here. Closed here in any case.
+    """
+    if side is None:
+        side = ReportChild(run_dir, run_dir / RESULTS_TMP, config.judge_orders)
+    try:
+        tmp = run_dir / RESULTS_TMP
+        with tmp.open("wb") as out:
+            side.rows_ready()
             summary = _build_run_outputs(run_dir, config, store, out, tmp)
-            write_summary_files(run_dir, summary, side)
-            return summary
-        finally:
-            side.close()
+        write_summary_files(run_dir, summary, side)
+        return summary
+    finally:
+        side.close()
 
 
 def _build_run_outputs(

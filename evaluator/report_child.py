@@ -1,58 +1,64 @@
 """The final report's side process: results.parquet and the plots, next to the main pass.
 
-Importing pyarrow and matplotlib and drawing costs about 1.5 s of CPU, every run.
-A child process started when the pass over the pairs begins does that work on
-another core while the parent reads the store: it follows results.jsonl.tmp as
-the parent writes it (a pipe would fill and stall the parent while the child is
-still importing), converts the rows to Parquet, and draws the plots once the
-summary arrives on its stdin. The parent waits only for whatever is left. If the
-child cannot start or fails, the parent does the same work itself, so the
-outputs never depend on it.
+Importing pyarrow and matplotlib and drawing costs about 2 s of CPU, every run. A
+child process does that work on another core. A run starts it with the session
+(at low priority, so its imports use idle CPU, not the session's); the `report`
+command starts it with the pass. Once told the rows file exists, it follows
+results.jsonl.tmp as the parent writes it (a pipe would fill and stall the parent
+while the child is busy), converts the rows to Parquet, and draws the plots once
+the summary arrives. The parent waits only for whatever is left. If the child
+cannot start or fails, the parent does the same work itself, so the outputs
+never depend on it.
 
-    python -m evaluator.report_child RUN_DIR ROWS_FILE ORDER[,ORDER]
+    python -m evaluator.report_child RUN_DIR ROWS_FILE ORDER[,ORDER] [--nice]
 
-stdin: the summary as one JSON line, once ROWS_FILE is complete. stdout: the plots written.
+stdin: `rows` once ROWS_FILE has been created; then, once it is complete, the
+summary as one JSON line. stdout: the plots written. End of stdin before the
+summary (the parent stopped or died): write nothing, exit 1.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import select
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
 log = logging.getLogger("evaluator")
 
 PARQUET = "results.parquet"
+ROWS_READY = b"rows\n"
 
 
 class ReportChild:
     """The parent's handle on the side process (or on its in-process fallback)."""
 
-    def __init__(self, run_dir: Path, rows: Path, orders: tuple[str, ...]) -> None:
-        """`rows`: the results.jsonl being written (already created)."""
+    def __init__(
+        self, run_dir: Path, rows: Path, orders: tuple[str, ...], *, background: bool = False
+    ) -> None:
+        """`rows`: where results.jsonl will be written; `background`: low CPU priority,
+        for a child started while the run is still sending calls."""
         self.run_dir = run_dir
         self.orders = orders
         self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: it can never fill and block
+        cmd = [sys.executable, "-m", "evaluator.report_child", str(run_dir), str(rows)]
+        cmd += [",".join(orders), *(["--nice"] if background else [])]
         try:
             self._proc: subprocess.Popen | None = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "evaluator.report_child",
-                    str(run_dir),
-                    str(rows),
-                    ",".join(orders),
-                ],
+                cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
+                # Its own session: a Ctrl-C on the terminal is the parent's to handle.
+                start_new_session=True,
             )
         except OSError as exc:
             self._fail(f"cannot start it: {exc}")
@@ -66,6 +72,16 @@ class ReportChild:
         if proc is not None:
             proc.kill()
             proc.communicate()
+
+    def rows_ready(self) -> None:
+        """The rows file has been created (and truncated): the child may follow it."""
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.write(ROWS_READY)
+            self._proc.stdin.flush()
+        except OSError as exc:
+            self._fail(str(exc))
 
     def finish(self, summary: dict[str, Any]) -> dict[str, str]:
         """Once results.jsonl is complete: send the summary, wait for results.parquet and
@@ -106,7 +122,13 @@ def write_parquet_from_jsonl(run_dir: Path, orders: tuple[str, ...]) -> None:
     sink.close(run_dir / PARQUET)
 
 
-def _follow(rows: Path, done: Any) -> Any:
+def _readline(stream: IO[bytes]) -> bytes:
+    # Unbuffered, a byte at a time: a buffered read could swallow the summary too, and
+    # select() would then never see it arrive.
+    return stream.readline()
+
+
+def _follow(rows: Path, done: IO[bytes]) -> Iterator[bytes]:
     """Lines of `rows` as the parent appends them, until `done` (stdin) is readable."""
     pending = b""
     with rows.open("rb") as fh:  # an open file survives the parent's rename of it
@@ -126,6 +148,8 @@ def _follow(rows: Path, done: Any) -> Any:
 
 def _main(argv: list[str]) -> int:
     run_dir, rows, orders = Path(argv[0]), Path(argv[1]), tuple(argv[2].split(","))
+    if "--nice" in argv[3:]:
+        os.nice(10)  # started beside a running session: take idle CPU, not the session's
     # matplotlib's import (the larger part) runs beside the Parquet conversion.
     plots_module: dict[str, Any] = {}
     importer = threading.Thread(
@@ -134,12 +158,16 @@ def _main(argv: list[str]) -> int:
     importer.start()
     from evaluator.report import ParquetSink
 
-    sink = ParquetSink(run_dir / (PARQUET + ".tmp"), orders)
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.buffer.raw  # unbuffered: see _readline
+    if _readline(stdin) != ROWS_READY:
+        return 1  # the run ended without a report (an error, or stopped at once)
+    tmp = run_dir / (PARQUET + ".tmp")
+    sink = ParquetSink(tmp, orders)
     for line in _follow(rows, stdin):
         sink.add(orjson.loads(line))
-    summary_line = stdin.readline()
+    summary_line = _readline(stdin)
     if not summary_line:
+        tmp.unlink(missing_ok=True)
         return 1  # the parent gave up before the end: write nothing
     sink.close(run_dir / PARQUET)
     importer.join()

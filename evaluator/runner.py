@@ -31,6 +31,7 @@ from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import DatasetError, iter_pairs
 from evaluator.looplag import LoopLagMonitor
 from evaluator.progress import Progress
+from evaluator.report_child import ReportChild
 from evaluator.scheduler import RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
@@ -542,6 +543,42 @@ async def _run_pools(
     fleet: ServerFleet | None,
     cost: CostMeter | None = None,
 ) -> RunResult:
+    # The report's side process starts with the session, at low priority, so that its
+    # imports (pyarrow, matplotlib) use idle CPU now instead of adding to the run's end.
+    side = ReportChild(run_dir, run_dir / report.RESULTS_TMP, config.judge_orders, background=True)
+    try:
+        return await _run_session(
+            run_dir,
+            store,
+            config,
+            options,
+            gen_client,
+            judge_client,
+            metrics,
+            drain_timeout,
+            signals,
+            fleet,
+            cost,
+            side,
+        )
+    finally:
+        side.close()  # a no-op once the report is written; stops it on every other path
+
+
+async def _run_session(
+    run_dir: Path,
+    store: Store,
+    config: RunConfig,
+    options: RunOptions,
+    gen_client: EndpointPool | BatchStage,
+    judge_client: EndpointPool | BatchStage,
+    metrics: RunMetrics | None,
+    drain_timeout: float,
+    signals: _Signals,
+    fleet: ServerFleet | None,
+    cost: CostMeter | None,
+    side: ReportChild,
+) -> RunResult:
     async with gen_client, judge_client:
         try:
             await gen_client.check()
@@ -645,7 +682,7 @@ async def _run_pools(
     if received >= 2:  # "stop at once": the outputs can be rebuilt with `report DIR`
         return RunResult(EXIT_INTERRUPTED, None, stats, run_dir)
     try:
-        summary = report.build_run_outputs(run_dir, config, store)
+        summary = report.build_run_outputs(run_dir, config, store, side)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:

@@ -148,7 +148,9 @@ def test_faults_are_retried_and_malformed_verdicts_reasked(tmp_path):
     s = read_summary(out)
     # Every pair ends scored or counted invalid; a failure never becomes an answer.
     assert s["n_valid"] + s["n_invalid"] + s["n_failed"] == N_SAMPLE
-    assert s["n_valid"] >= N_SAMPLE - 3
+    # A pair stays invalid when all 3 asks come back malformed: p = 0.3**3 = 2.7%, about
+    # 1.3 of 48 expected; 9 or more happens about once in 10,000 runs.
+    assert s["n_valid"] >= N_SAMPLE - 8
     assert s["pac"] == 100.0
     for row in read_results(out):
         if row["status"] == "invalid":

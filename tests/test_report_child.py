@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
-from tests.conftest import read_results, run_cli, run_eval
+from tests.conftest import read_results, run_cli, run_eval, spawn_run
 
 PLOTS = ("score_distribution.png", "pac_by_issue_scale.png", "metrics_by_category.png")
 
@@ -41,3 +44,41 @@ def test_side_process_and_fallback_write_the_same_outputs(
     assert fallback == with_child
     assert set(pngs_again) == set(pngs)
     assert not list(out.glob("*.tmp"))
+
+
+def _side_processes(out) -> list[int]:
+    """Pids of report side processes working for the run in `out` (from /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"evaluator.report_child" in cmd and str(out).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the processes")
+def test_side_process_starts_with_the_run_and_ends_with_it_when_killed(
+    tmp_path, synthetic, sim_process
+):
+    data = synthetic(200)
+    server = sim_process("--latency-ms", "50")
+    out = tmp_path / "run"
+    proc = spawn_run(data, server.base_url, out, "--concurrency", "4", "--judge-concurrency", "4")
+    deadline = time.monotonic() + 30
+    while not _side_processes(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _side_processes(out), "the side process should start with the session"
+    proc.kill()  # SIGKILL: the parent cannot stop it; it must notice and leave by itself
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _side_processes(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _side_processes(out) == []
+    assert not (out / "results.parquet").exists()
+    # The run resumes to the end and the side process writes its outputs then.
+    assert run_eval(data, server.base_url, out, "--resume") == 0
+    assert pq.read_table(out / "results.parquet").num_rows == 200
+    assert _side_processes(out) == []
