@@ -511,43 +511,11 @@ async def _with_endpoints(
         log.info(
             "Prometheus metrics on http://%s:%d/metrics", options.metrics_host, options.metrics_port
         )
-    try:
-        return await _run_pools(
-            run_dir,
-            store,
-            config,
-            options,
-            gen_client,
-            judge_client,
-            metrics,
-            drain_timeout,
-            signals,
-            fleet,
-            cost=cost,
-        )
-    finally:
-        if metrics is not None:
-            await metrics_server.cleanup()
-
-
-async def _run_pools(
-    run_dir: Path,
-    store: Store,
-    config: RunConfig,
-    options: RunOptions,
-    gen_client: EndpointPool | BatchStage,
-    judge_client: EndpointPool | BatchStage,
-    metrics: RunMetrics | None,
-    drain_timeout: float,
-    signals: _Signals,
-    fleet: ServerFleet | None,
-    cost: CostMeter | None = None,
-) -> RunResult:
     # The report's side process starts with the session, at low priority, so that its
     # imports (pyarrow, matplotlib) use idle CPU now instead of adding to the run's end.
     side = ReportChild(run_dir, run_dir / report.RESULTS_TMP, config.judge_orders, background=True)
     try:
-        return await _run_session(
+        return await _run_pools(
             run_dir,
             store,
             config,
@@ -563,9 +531,11 @@ async def _run_pools(
         )
     finally:
         side.close()  # a no-op once the report is written; stops it on every other path
+        if metrics is not None:
+            await metrics_server.cleanup()
 
 
-async def _run_session(
+async def _run_pools(
     run_dir: Path,
     store: Store,
     config: RunConfig,

@@ -40,6 +40,7 @@ import asyncio
 import logging
 import random
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,7 +93,7 @@ class BatchStatus:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-class BatchAPI:
+class BatchAPI(ABC):
     """The shared HTTP machinery; subclasses know one provider's batch endpoints."""
 
     provider = ""
@@ -197,13 +198,15 @@ class BatchAPI:
             ) from None
 
     # -- per provider -----------------------------------------------------------------
+    @abstractmethod
     def line(self, custom_id: str, body: bytes) -> bytes:
         """One request as it travels in the batch (its size counts toward max_bytes)."""
-        raise NotImplementedError
+        ...
 
-    async def create(self, lines: list[bytes], marker: str) -> BatchRef:
-        raise NotImplementedError
+    @abstractmethod
+    async def create(self, lines: list[bytes], marker: str) -> BatchRef: ...
 
+    @abstractmethod
     async def find(
         self, marker: str, since: float, n_requests: int, exclude: Collection[str]
     ) -> BatchRef | None:
@@ -212,13 +215,13 @@ class BatchAPI:
         `since`: when the record was written (Unix time); `exclude`: batch ids already
         known to belong to other records.
         """
-        raise NotImplementedError
+        ...
 
-    async def status(self, batch_id: str) -> BatchStatus:
-        raise NotImplementedError
+    @abstractmethod
+    async def status(self, batch_id: str) -> BatchStatus: ...
 
-    async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]:
-        raise NotImplementedError
+    @abstractmethod
+    async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]: ...
 
     # -- shared result reading ----------------------------------------------------------
     def _from_body(self, body: Any) -> Completion | CallFailure:
