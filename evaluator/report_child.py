@@ -131,7 +131,13 @@ def _readline(stream: IO[bytes]) -> bytes:
 def _follow(rows: Path, done: IO[bytes]) -> Iterator[bytes]:
     """Lines of `rows` as the parent appends them, until `done` (stdin) is readable."""
     pending = b""
-    with rows.open("rb") as fh:  # an open file survives the parent's rename of it
+    try:
+        fh = rows.open("rb")  # an open file survives the parent's rename of it
+    except FileNotFoundError:
+        # On a short run the parent can finish and rename ROWS (x.tmp -> x) before this
+        # process, niced and importing, opens it: the renamed file is then complete.
+        fh = rows.with_suffix("").open("rb")
+    with fh:
         last = False
         while not last:
             chunk = fh.read(1 << 20)
