@@ -76,6 +76,9 @@ class RunConfig:
     tpm: float | None = None
     judge_tpm: float | None = None
     timeout_s: float = 600.0
+    # Helper processes doing the HTTP exchanges (workers/http_processes.py); 0: the run's own
+    # event loop sends them. More than one loop's worth of calls/s on a multi-core node.
+    http_processes: int = 0
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     retry_budget: int | None = None  # retries for the whole run; None: unlimited
@@ -119,6 +122,8 @@ class RunConfig:
         for name in ("concurrency", "judge_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.http_processes < 0:
+            raise ConfigError("--http-processes must be 0 or more")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
         for name in ("rpm", "judge_rpm", "tpm", "judge_tpm"):

@@ -34,6 +34,7 @@ from workers.base import (
     cancel_and_wait,
 )
 from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
+from workers.http_processes import HTTPProcesses, RemoteClient
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
 
@@ -66,7 +67,9 @@ class EndpointStats:
 
 @dataclass
 class Endpoint:
-    client: HTTPClient  # the endpoint's provider's client (workers.providers)
+    # The endpoint's provider's client (workers.providers), or its stand-in that sends
+    # through the run's HTTP helper processes.
+    client: HTTPClient | RemoteClient
     limits: EndpointLimits  # may be shared with another stage's endpoint (same URL and key)
     concurrency: AdaptiveConcurrency
     healthy: bool = True
@@ -106,9 +109,11 @@ class EndpointPool:
         config: PoolConfig,
         shared_limits: dict[tuple[str, str | None], EndpointLimits] | None = None,
         observer: PoolObserver | None = None,
+        remote: HTTPProcesses | None = None,
     ) -> None:
         """`shared_limits`: one registry for all pools of a run, so stages that use the
-        same endpoint with the same key share its rate buckets."""
+        same endpoint with the same key share its rate buckets. `remote`: the run's HTTP
+        helper processes, which then do this pool's HTTP exchanges."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
@@ -122,9 +127,10 @@ class EndpointPool:
                 limits = registry[key] = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
             # Unknown limits: slow start, so the first wave is small, not a burst of 429s.
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
+            client = get_provider(ep.provider).client(ep)
             self.endpoints.append(
                 Endpoint(
-                    get_provider(ep.provider).client(ep),
+                    client if remote is None else RemoteClient(client, remote),
                     limits,
                     AdaptiveConcurrency(ep.concurrency, initial=initial),
                 )
