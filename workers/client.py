@@ -21,6 +21,7 @@ import orjson
 from yarl import URL
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.http11 import HTTP11Pool
 from workers.limits import RateLimitHeaders
 
 __all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "Wire"]
@@ -88,6 +89,7 @@ class HTTPClient:
         self.url = config.base_url.rstrip("/") + wire.path
         self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         self._session: aiohttp.ClientSession | None = None
+        self._plain: HTTP11Pool | None = None  # plain-http endpoints: see workers.http11
         self._secrets = (config.api_key,) if config.api_key else ()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
@@ -98,12 +100,17 @@ class HTTPClient:
         }
         connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(headers=headers, connector=connector)
+        if self._url.scheme == "http":
+            self._plain = HTTP11Pool(self.url, headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        if self._plain is not None:
+            await self._plain.close()
+            self._plain = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -150,22 +157,11 @@ class HTTPClient:
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
         try:
-            async with self._session.post(self._url, data=body, timeout=self._timeout) as resp:
-                raw = await resp.read()
-                limits = self.wire.rate_limits(resp.headers)
-                if resp.status == 200:
-                    parsed = parse_raw(self.wire, raw)
-                    if isinstance(parsed, str):
-                        parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
-                    parsed.latency_s = time.monotonic() - start
-                    if isinstance(parsed, CallFailure):
-                        parsed.message = self.redact(parsed.message)
-                        return Attempt(parsed, self.wire.retry_after(resp.headers), limits)
-                    return Attempt(parsed, None, limits)
-                error_class, msg = self.wire.error(resp.status, raw)
-                failure = CallFailure(error_class, self.redact(msg), resp.status)
-                failure.latency_s = time.monotonic() - start
-                return Attempt(failure, self.wire.retry_after(resp.headers), limits)
+            if self._plain is not None:
+                resp = await self._plain.post(body, self.config.timeout_s)
+                return self._answer(resp.status, resp.headers, resp.body, start)
+            async with self._session.post(self._url, data=body, timeout=self._timeout) as r:
+                return self._answer(r.status, r.headers, await r.read(), start)
         except TimeoutError:
             failure = CallFailure(
                 ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None
@@ -176,3 +172,20 @@ class HTTPClient:
             )
         failure.latency_s = time.monotonic() - start
         return Attempt(failure, None, None, connection_failed=True)
+
+    def _answer(self, status: int, headers: Any, raw: bytes, start: float) -> Attempt:
+        """An HTTP answer read into an Attempt (`headers`: a case-insensitive mapping)."""
+        limits = self.wire.rate_limits(headers)
+        if status == 200:
+            parsed = parse_raw(self.wire, raw)
+            if isinstance(parsed, str):
+                parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+            parsed.latency_s = time.monotonic() - start
+            if isinstance(parsed, CallFailure):
+                parsed.message = self.redact(parsed.message)
+                return Attempt(parsed, self.wire.retry_after(headers), limits)
+            return Attempt(parsed, None, limits)
+        error_class, msg = self.wire.error(status, raw)
+        failure = CallFailure(error_class, self.redact(msg), status)
+        failure.latency_s = time.monotonic() - start
+        return Attempt(failure, self.wire.retry_after(headers), limits)
