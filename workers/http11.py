@@ -32,7 +32,7 @@ from collections import deque
 from multidict import CIMultiDict
 from yarl import URL
 
-__all__ = ["HTTP11Pool", "Response"]
+__all__ = ["HTTP11Pool", "ProtocolError", "Response"]
 
 
 class Response:
