@@ -188,8 +188,9 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
-    def expire(self, timeout_s: float) -> None:
-        self._fail(TimeoutError(f"no complete answer within {timeout_s:g}s"))
+    def expire(self, waiter: asyncio.Future[Response], timeout_s: float) -> None:
+        if self.waiter is waiter:  # still that exchange, not a later one on this connection
+            self._fail(TimeoutError(f"no complete answer within {timeout_s:g}s"))
 
     def _fail(self, exc: Exception) -> None:
         waiter, self.waiter = self.waiter, None
@@ -249,11 +250,14 @@ class HTTP11Pool:
         assert conn.transport is not None
         conn.transport.write(self._head + str(len(body)).encode() + b"\r\n\r\n" + body)
         # One timer per exchange, on the loop's own heap: no task or context manager.
-        timer = loop.call_at(deadline, conn.expire, timeout_s)
+        timer = loop.call_at(deadline, conn.expire, waiter, timeout_s)
         try:
             return await waiter
         except asyncio.CancelledError:
-            conn._close()  # an exchange cut short leaves the connection in an unknown state
+            # An exchange cut short leaves the connection in an unknown state; once the
+            # answer is in, the connection may already serve another call: leave it be.
+            if conn.waiter is waiter:
+                conn._close()
             raise
         finally:
             timer.cancel()
