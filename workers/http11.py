@@ -4,9 +4,9 @@ Why not aiohttp here: at 1,000 calls in flight aiohttp's request/response path c
 about 0.25 ms of CPU per call on the benchmark machine (request and response objects,
 payload registry, cookie filtering, tracing hooks, stream readers, per-request timers),
 which caps one event loop near the throughput of a node of local servers
-(benchmarks/README.md, "Which HTTP client"). The calls this evaluator makes are all the
+(benchmarks/README.md, "What changed the figures"). The calls this evaluator makes are all the
 same shape: a POST of a JSON body we already hold as bytes, answered by a JSON body.
-For that shape a protocol object per connection does the job in a tenth of the CPU:
+For that shape a protocol object per connection does the job in about a third of the CPU:
 one `write` of a pre-built head plus the body, and a parser for the status line,
 headers, and a Content-Length or chunked body.
 
@@ -236,7 +236,7 @@ class HTTP11Pool:
         conn = None
         while self._idle:
             candidate = self._idle.pop()  # the most recently used: least likely timed out
-            if candidate.open and candidate.transport is not None:
+            if candidate.open:  # closed ones leave the idle list, but a close may be pending
                 conn = candidate
                 break
         if conn is None:
