@@ -111,6 +111,7 @@ def main() -> int:
                 str(port_file),
                 "--dataset",
                 str(data),
+                *("--served-model-name", "m", "--served-model-name", "google/gemma-3-27b-it"),
             ],
             env=ENV,
             stdout=subprocess.DEVNULL,

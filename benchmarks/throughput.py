@@ -480,6 +480,9 @@ def start_server(
         f"{latency_ms:g}",
         "--latency-sigma",
         f"{sigma:g}",
+        # The names the runs below ask for (the simulator, like vLLM, serves only these).
+        *("--served-model-name", "m", "--served-model-name", "j"),
+        *("--served-model-name", "google/gemma-3-27b-it"),
     ]
     if rpm:
         cmd += ["--rpm-limit", f"{rpm:g}"]

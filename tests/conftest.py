@@ -19,6 +19,30 @@ from workers.simulated.data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The simulated server is strict, as vLLM is: it serves only the names it is given and
+# answers any other with vLLM's 404. Test servers serve the names the tests use (vLLM
+# takes several --served-model-name aliases the same way); a test about a name that is
+# not served starts its server with its own `served_names`.
+TEST_MODELS = (
+    "m",
+    "m1",
+    "m2",
+    "j",
+    "judge-a",
+    "judge-b",
+    "other",
+    "my-llama",
+    "sim-model",
+    "sim-judge",
+    "claude-sim",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "simulated-judge",
+    "claude-judge-sim",
+    "claude-sonnet-4-5",
+    "google/gemma-3-27b-it",  # the default judge
+)
+
 
 @pytest.fixture
 def synthetic(tmp_path: Path):
@@ -36,6 +60,7 @@ def sim_server():
     servers: list[ThreadedServer] = []
 
     def start(**kwargs) -> ThreadedServer:
+        kwargs.setdefault("served_names", TEST_MODELS)
         server = ThreadedServer(SimConfig(**kwargs))
         server.__enter__()
         servers.append(server)
@@ -93,6 +118,8 @@ class SimProcess:
     def __init__(self, tmp_path: Path, *args: str, port: int = 0) -> None:
         SimProcess._count += 1
         port_file = tmp_path / f"sim-{SimProcess._count}.port"
+        if "--served-model-name" not in args and "--any-model" not in args:
+            args = (*args, *(a for m in TEST_MODELS for a in ("--served-model-name", m)))
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -177,6 +204,20 @@ def run_evaluator(*args, timeout: float) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
     )
+
+
+def probe_shas(out: Path) -> set[str]:
+    """sha256 of the preflight's test-call bodies for the run in `out` (what a server's
+    per-body counts hold besides the run's own calls: one judge test call per session)."""
+    import hashlib
+
+    from evaluator.config import RunConfig
+    from evaluator.preflight import probe_bodies
+    from evaluator.store import Store
+
+    with Store.open(out, create=False, lock=False) as store:
+        config = RunConfig.from_dict(store.get_meta("config"))
+    return {hashlib.sha256(b).hexdigest() for b in probe_bodies(config).values()}
 
 
 def checkpoint_calls(db: Path, status: str, column: str = "key") -> list[str]:

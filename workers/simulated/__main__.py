@@ -48,7 +48,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--served-model-name",
         action="append",
         default=[],
-        help="also list this model name on /v1/models (repeatable), as vLLM does",
+        help="serve this model name (repeatable), as vLLM does: requests for any other name "
+        "get the server's 404 (default names: simulated-model, simulated-judge)",
+    )
+    p.add_argument(
+        "--any-model",
+        action="store_true",
+        help="answer requests for any model name (no real server does this)",
+    )
+    p.add_argument(
+        "--flavor",
+        choices=("vllm", "openai"),
+        default="vllm",
+        help="whose error bodies chat completions copy: vLLM's server or api.openai.com",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=32768,
+        help="context window in tokens (prompt + max_tokens; a token is 4 request bytes)",
+    )
+    p.add_argument(
+        "--unserve-after",
+        type=int,
+        help="after this many requests, serve no model name any more (404 to all)",
+    )
+    p.add_argument(
+        "--max-output-tokens",
+        type=int,
+        help="most output tokens a request may ask for (openai flavor and Messages)",
     )
     p.add_argument("--batch-delay", type=float, default=0.0, help="seconds until a batch ends")
     p.add_argument(
@@ -89,6 +117,11 @@ async def serve(args: argparse.Namespace) -> None:
         rpm_limit=args.rpm_limit,
         tpm_limit=args.tpm_limit,
         served_names=tuple(args.served_model_name),
+        any_model=args.any_model,
+        flavor=args.flavor,
+        max_model_len=args.max_model_len,
+        max_output_tokens=args.max_output_tokens,
+        unserve_after=args.unserve_after,
         batch_delay_s=args.batch_delay,
         batch_fail_every=args.batch_fail_every,
         batch_expire_every=args.batch_expire_every,
@@ -100,7 +133,11 @@ async def serve(args: argparse.Namespace) -> None:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(url.rsplit(":", 1)[1].split("/")[0])
         tmp.replace(args.port_file)
-    print(f"SIMULATED OpenAI-compatible server (persona {args.persona}) on {url}", flush=True)
+    names = "any model" if args.any_model else ", ".join(sorted(server.served_names))
+    print(
+        f"SIMULATED OpenAI-compatible server (persona {args.persona}; serving {names}) on {url}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

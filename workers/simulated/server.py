@@ -61,8 +61,21 @@ class SimConfig:
     # with 429s, announced in x-ratelimit-* headers on every answer.
     rpm_limit: float | None = None
     tpm_limit: float | None = None
-    # Extra names /v1/models lists (as vLLM lists its --served-model-name).
+    # The model names served (vLLM's --served-model-name): a request for any other name is
+    # refused with the 404 a real server sends. Empty: the two default names below.
+    # `any_model` answers every name (the demo's old behaviour; never what a real server does).
     served_names: tuple[str, ...] = ()
+    any_model: bool = False
+    # Whose error bodies chat completions and Responses copy: "vllm" (vLLM's OpenAI-compatible
+    # server) or "openai" (api.openai.com); Messages always answer as Anthropic. See wire.refuse.
+    flavor: str = "vllm"
+    # Context window (prompt + max_tokens, in tokens, a token being 4 request bytes) and, for
+    # the openai flavor and Messages, the most output tokens a request may ask for.
+    max_model_len: int = 32768
+    max_output_tokens: int | None = None
+    # After this many requests, stop serving every model name (as a server restarted with
+    # another --served-model-name would): each later request gets the unknown-model 404.
+    unserve_after: int | None = None
     # Batch APIs (workers/simulated/batches.py): seconds until a batch ends; every k-th new
     # request body fails (server error) or expires on its first submission; a lower limit
     # on requests per batch.
@@ -78,6 +91,11 @@ class SimConfig:
             raise ValueError(
                 f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}"
             )
+        if self.flavor not in wire.FLAVORS:
+            raise ValueError(f"unknown flavor {self.flavor!r}; choose from {wire.FLAVORS}")
+
+
+DEFAULT_SERVED = ("simulated-model", "simulated-judge")
 
 
 def sides_from_pairs(pairs) -> dict[str, tuple[int, str]]:
@@ -96,6 +114,7 @@ class SimulatedServer:
         self.bodies: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.received = 0
+        self.not_found = 0  # requests for paths the server does not have
         self._burst_left = 0
         self._limits = (
             _ProviderLimits(self.config.rpm_limit, self.config.tpm_limit)
@@ -108,10 +127,13 @@ class SimulatedServer:
         self._runner: web.AppRunner | None = None
         self.base_url = ""
         self.batches = SimBatches(self)
+        self.served_names = frozenset(self.config.served_names or DEFAULT_SERVED)
 
     # -- app ------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[self._not_found_middleware]
+        )
         for kind, path in wire.PATHS.items():
             app.router.add_post(path, self._handler(kind))
         app.router.add_get("/v1/models", self._models)
@@ -140,6 +162,7 @@ class SimulatedServer:
             "requests_total": sum(self.counts.values()),
             "by_kind": dict(self.counts),
             "by_format": dict(self.formats),
+            "not_found": self.not_found,
         }
         if bodies:
             out["bodies"] = dict(self.bodies)
@@ -147,6 +170,18 @@ class SimulatedServer:
         return out
 
     # -- handlers -------------------------------------------------------------
+    @web.middleware
+    async def _not_found_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        """Unknown paths get the JSON 404 of the server imitated, not aiohttp's text page."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            self.not_found += 1  # not a request for a model: apart from requests_total
+            status, body = wire.not_found(self.config.flavor, request.method, request.path)
+            return web.Response(
+                status=status, body=orjson.dumps(body), content_type="application/json"
+            )
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok (simulated backend)")
 
@@ -164,9 +199,16 @@ class SimulatedServer:
     async def _models(self, request: web.Request) -> web.Response:
         if (denied := self._unauthorized(request)) is not None:
             return denied
+        names = [n for n in self.config.served_names or DEFAULT_SERVED if n in self.served_names]
         data = [
-            {"id": m, "object": "model", "owned_by": SIM_FINGERPRINT}
-            for m in ("simulated-model", "simulated-judge", *self.config.served_names)
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": SIM_FINGERPRINT,
+                "max_model_len": self.config.max_model_len,
+            }
+            for m in names
         ]
         return web.json_response(
             {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
@@ -215,6 +257,8 @@ class SimulatedServer:
             )
         self.received += 1
         self.bodies[hashlib.sha256(raw).hexdigest()] += 1
+        if c.unserve_after is not None and self.received > c.unserve_after:
+            self.served_names = frozenset()
         try:
             body = orjson.loads(raw)
             req = wire.extract(kind, body)

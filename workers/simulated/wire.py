@@ -170,6 +170,124 @@ def error_body(kind: str, status: int, code: str, message: str) -> tuple[int, di
     return status, {"error": {"message": message, "type": code, "code": code}}
 
 
+# -- what a real server refuses before generating anything ----------------------------
+# The bodies below copy the shapes real servers send, so that clients (ours and the
+# official SDKs) meet the simulated failures exactly as they would meet the real ones:
+# - vLLM's OpenAI-compatible server: `ErrorResponse{error: ErrorInfo{message, type,
+#   param, code}}` with `type` the exception name and `code` the HTTP status
+#   (vllm/entrypoints/openai/protocol.py); an unknown model is 404 NotFoundError "The model
+#   `X` does not exist." (serving_engine `_check_model`); a prompt over the window and a
+#   max_tokens that does not fit are 400 BadRequestError with the messages quoted in
+#   `_VLLM_CONTEXT` / `_VLLM_MAX_TOKENS`; an unknown path is FastAPI's 404 {"detail": "Not
+#   Found"}.
+# - OpenAI (platform.openai.com/docs/guides/error-codes): 404 `model_not_found` "The model
+#   `X` does not exist or you do not have access to it.", 400 `context_length_exceeded`,
+#   400 "max_tokens is too large", and 404 "Invalid URL (POST /path)" for an unknown path;
+#   errors are {"error": {message, type, param, code}}.
+# - Anthropic (docs.anthropic.com/en/api/errors): {"type": "error", "error": {type,
+#   message}, "request_id"}; 404 not_found_error ("model: X"), 400 invalid_request_error
+#   "prompt is too long: N tokens > M maximum" and "max_tokens: X > Y, which is the maximum
+#   allowed number of output tokens for MODEL".
+FLAVORS = ("vllm", "openai")
+_VLLM_CONTEXT = (
+    "This model's maximum context length is {window} tokens. However, your request has "
+    "{prompt} input tokens. Please reduce the length of the input messages."
+)
+_VLLM_MAX_TOKENS = (
+    "'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum "
+    "context length is {window} tokens and your request has {prompt} input tokens "
+    "({asked} > {window} - {prompt})."
+)
+
+
+def _openai_error(status: int, message: str, etype: str, param: Any, code: Any) -> tuple:
+    return status, {"error": {"message": message, "type": etype, "param": param, "code": code}}
+
+
+def _anthropic_error(status: int, etype: str, message: str) -> tuple[int, dict[str, Any]]:
+    body = {
+        "type": "error",
+        "error": {"type": etype, "message": message},
+        "request_id": f"req_sim_{time.monotonic_ns()}",
+    }
+    return status, body
+
+
+def refuse(server: SimulatedServer, kind: str, req: SimRequest) -> tuple | None:
+    """(status, body) when the server would refuse this request before generating: a model
+    it does not serve, a prompt over its context window, or max_tokens over its limit."""
+    c = server.config
+    flavor = c.flavor if kind != "messages" else "anthropic"
+    if not c.any_model and req.model not in server.served_names:
+        server.counts["unknown_model"] += 1
+        if flavor == "anthropic":
+            return _anthropic_error(404, "not_found_error", f"model: {req.model}")
+        if flavor == "openai":
+            return _openai_error(
+                404,
+                f"The model `{req.model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                None,
+                "model_not_found",
+            )
+        return _openai_error(
+            404, f"The model `{req.model}` does not exist.", "NotFoundError", None, 404
+        )
+    prompt, asked, window = req.size // 4, req.max_tokens, c.max_model_len
+    if flavor == "vllm":
+        if prompt >= window:
+            server.counts["context_length"] += 1
+            message = _VLLM_CONTEXT.format(window=window, prompt=prompt)
+            return _openai_error(400, message, "BadRequestError", None, 400)
+        if asked and prompt + asked > window:
+            server.counts["max_tokens_too_large"] += 1
+            message = _VLLM_MAX_TOKENS.format(asked=asked, window=window, prompt=prompt)
+            return _openai_error(400, message, "BadRequestError", None, 400)
+        return None
+    limit = c.max_output_tokens
+    if flavor == "anthropic":
+        if prompt > window:
+            server.counts["context_length"] += 1
+            message = f"prompt is too long: {prompt} tokens > {window} maximum"
+            return _anthropic_error(400, "invalid_request_error", message)
+        if limit is not None and asked > limit:
+            server.counts["max_tokens_too_large"] += 1
+            message = (
+                f"max_tokens: {asked} > {limit}, which is the maximum allowed number of "
+                f"output tokens for {req.model}"
+            )
+            return _anthropic_error(400, "invalid_request_error", message)
+        return None
+    if limit is not None and asked > limit:
+        server.counts["max_tokens_too_large"] += 1
+        message = (
+            f"max_tokens is too large: {asked}. This model supports at most {limit} "
+            f"completion tokens, whereas you provided {asked}."
+        )
+        return _openai_error(400, message, "invalid_request_error", "max_tokens", None)
+    if prompt + asked > window:
+        server.counts["context_length"] += 1
+        message = (
+            f"This model's maximum context length is {window} tokens. However, your "
+            f"messages resulted in {prompt + asked} tokens. Please reduce the length of "
+            "the messages."
+        )
+        return _openai_error(
+            400, message, "invalid_request_error", "messages", "context_length_exceeded"
+        )
+    return None
+
+
+def not_found(flavor: str, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """The 404 a real server sends for a path it does not serve (a base URL without /v1)."""
+    if path.rstrip("/").endswith(("/messages", "/messages/batches")):
+        return _anthropic_error(404, "not_found_error", "Not Found")
+    if flavor == "openai":
+        message = f"Invalid URL ({method} {path})"
+        return _openai_error(404, message, "invalid_request_error", None, None)
+    return 404, {"detail": "Not Found"}
+
+
 def limit_headers(kind: str, buckets: dict[str, list[float]]) -> dict[str, str]:
     """Rate-limit headers for the buckets' state: [limit per minute, capacity, level, last]."""
     out: dict[str, str] = {}
@@ -218,6 +336,9 @@ def respond(server: SimulatedServer, kind: str, body: Any) -> tuple[int, dict[st
     except (KeyError, TypeError, ValueError, StopIteration, AttributeError) as exc:
         server.counts["bad_request"] += 1
         return error_body(kind, 400, "invalid_request_error", f"simulated server: {exc}")
+    refused = refuse(server, kind, req)
+    if refused is not None:
+        return refused
     judge = personas.is_judge_prompt(req.user)
     role = "judge" if judge else "model"
     verdict: dict[str, Any] | None = None
