@@ -8,6 +8,7 @@ needed to reject duplicates.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import math
 import sys
@@ -30,6 +31,7 @@ STR_COLUMNS = (
     "against_question",
 )
 REQUIRED_COLUMNS = ("id", *STR_COLUMNS, "issue_scale")
+OPTIONAL_COLUMNS = ("category",)
 NONEMPTY_COLUMNS = ("for_question", "against_question")
 
 
@@ -181,9 +183,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
         raise DatasetError(f"{path} is not a UTF-8 CSV file") from None
     with fh:
         _looks_like_dataset(dict.fromkeys(header), str(path), DATASET_MARKERS)
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(f"{path}: CSV header lacks column(s): {', '.join(missing)}")
+        resolve_columns(header, str(path))  # a wrong header is one error, not one per row
         rowno = 1
         while True:
             rowno += 1
@@ -276,23 +276,75 @@ def raw_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str, 
     raise DatasetError(f"{path}: unknown dataset format {suffix!r} (use .jsonl, .csv or .parquet)")
 
 
+def resolve_columns(
+    names: list[str], source: str, on_note: Callable[[str], None] | None = None
+) -> dict[str, str]:
+    """Check a source's columns once, before any row is used: {name in the file: schema name}.
+
+    A required column that is missing stops everything (DatasetError naming it and the
+    closest column present); an optional column spelled with other capitals (`Category`)
+    is read under its schema name, with one note, never dropped silently.
+    """
+    present = [str(n) for n in names]
+    lowered = {n.lower(): n for n in present}
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        parts = []
+        for col in missing:
+            near = _closest_column(col, present)
+            parts.append(f"`{col}`" + (f" (did you mean `{near}`?)" if near else ""))
+        shown = ", ".join(f"`{n}`" for n in present[:20]) + (" ..." if len(present) > 20 else "")
+        raise DatasetError(
+            f"{source}: required column(s) missing: {', '.join(parts)}. The file's columns: "
+            f"{shown}. Rename the column(s) to the VAL-Bench names (spec: id, article_title, "
+            "url, section_title, section_text, issue_description, for_question, "
+            "against_question, issue_scale; optional: category)"
+        )
+    rename: dict[str, str] = {}
+    for col in OPTIONAL_COLUMNS:
+        if col in present:
+            continue
+        other = lowered.get(col.lower())
+        if other is not None:
+            rename[other] = col
+            if on_note is not None:
+                on_note(f"{source}: column `{other}` is read as `{col}`")
+    return rename
+
+
+def _closest_column(col: str, present: list[str]) -> str | None:
+    for name in present:
+        if name.lower() == col:
+            return name
+    lowered = {n.lower(): n for n in present}
+    close = difflib.get_close_matches(col, list(lowered), n=1, cutoff=0.7)
+    return lowered[close[0]] if close else None
+
+
 def iter_pairs(
     source: str,
     *,
     limit: int | None = None,
     split: str = "test",
     on_bad_row: Callable[[BadRow], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[Pair]:
     """Valid pairs in file order; bad rows go to `on_bad_row` and are never yielded.
 
-    `limit` counts valid pairs. Raises DatasetError if the source is unusable
-    as a whole or holds no rows at all.
+    `limit` counts valid pairs. The columns are checked once, at the first row (see
+    resolve_columns; `on_note` hears about optional columns read under another spelling).
+    Raises DatasetError if the source is unusable as a whole or holds no rows at all.
     """
     seen: set[int] = set()
     produced = 0
     any_rows = False
+    rename: dict[str, str] | None = None
     for where, row in raw_rows(source, split):
         any_rows = True
+        if rename is None and not isinstance(row, BadRow):
+            rename = resolve_columns(list(row), describe_source(source), on_note)
+        if rename and not isinstance(row, BadRow):
+            row = {rename.get(k, k): v for k, v in row.items()}
         result = row if isinstance(row, BadRow) else validate_row(row, where)
         if isinstance(result, Pair) and result.id in seen:
             result = BadRow(f"id {result.id}", "duplicate id (first occurrence kept)")

@@ -92,7 +92,8 @@ def test_bad_rows_are_never_sent(tmp_path, sim_server):
     server = sim_server()
     out = tmp_path / "run"
     assert run_eval(path, server.base_url, out) == 0
-    assert server.stats()["requests_total"] == 3 * 6
+    assert server.stats()["by_kind"]["model"] == 2 * 6
+    assert server.stats()["by_kind"]["judge"] == 6 + 1  # + the preflight's test call
     s = read_summary(out)
     assert s["n_bad_rows"] == 2 and s["n_pairs"] == 6
     assert {r["id"] for r in read_results(out)} == {1, 2, 4, 5, 7, 8}
@@ -106,7 +107,7 @@ def test_bad_rows_are_never_sent(tmp_path, sim_server):
         ("bin.jsonl", bytes(range(256)) * 4, "is not a JSONL dataset"),
         ("d.parquet", b"PAR1 garbage", "not a readable Parquet file"),
         ("d.csv", b"a,b\n1,2\n", "not the expected kind of file"),
-        ("d.csv", b"id,for_question,against_question\n1,x,y\n", "CSV header lacks"),
+        ("d.csv", b"id,for_question,against_question\n1,x,y\n", "required column"),
         ("d.txt", b"x", "unknown dataset format"),
         ("empty.jsonl", b"", "holds no rows"),
     ],
