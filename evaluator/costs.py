@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.config import ConfigError, RunConfig
+from evaluator.store import PROBE_ROLE_PREFIX
 
 STAGES = ("gen", "judge")
 BYTES_PER_TOKEN_WORST = 3.0
@@ -203,11 +204,15 @@ class StageCost:
     tokens_in: int = 0
     tokens_out: int = 0
     usd: float = 0.0
+    probes: int = 0  # the preflight's test calls: in the tokens and cost, not in `calls`
 
-    def add(self, usage: dict[str, Any], price: Price | None) -> float:
+    def add(self, usage: dict[str, Any], price: Price | None, probe: bool = False) -> float:
         fresh, read, write, out = usage_tokens(usage)
         cost = usage_cost(usage, price)
-        self.calls += 1
+        if probe:
+            self.probes += 1
+        else:
+            self.calls += 1
         self.tokens_in += fresh + read + write
         self.tokens_out += out
         self.usd += cost
@@ -216,6 +221,7 @@ class StageCost:
     def to_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
+            "preflight_calls": self.probes,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "usd": round(self.usd, 6),
@@ -255,9 +261,10 @@ class CostMeter:
                 )
         meter = cls(prices, config.max_cost)
         for role, usage in usages:
-            stage = "judge" if role.startswith("judge") else "gen"
+            probe = role.startswith(PROBE_ROLE_PREFIX)  # a preflight test call (see the store)
+            stage = "judge" if role.removeprefix(PROBE_ROLE_PREFIX).startswith("judge") else "gen"
             if usage:
-                meter.stages[stage].add(usage, prices[stage])
+                meter.stages[stage].add(usage, prices[stage], probe=probe)
         return meter
 
     @property

@@ -34,7 +34,7 @@ from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.report_child import ReportChild
 from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
 from evaluator.sharding import run_pairs
-from evaluator.store import CallRecord, Store
+from evaluator.store import CallRecord, FailureGroups, Store
 
 SIMULATION_BANNER = (
     "SIMULATION: answers and verdicts come from the project's simulated backend, "
@@ -148,6 +148,7 @@ class _Tally:
         }
         self.truncated = 0
         self.failures: dict[str, int] = {}
+        self.failure_groups = FailureGroups()
 
     def seen(self, stage: str, rec: CallRecord | None) -> CallRecord | None:
         """Account for one call's record; returns it if it has a final outcome."""
@@ -159,6 +160,9 @@ class _Tally:
                 self.usage[stage][k] = total + value
         if rec.status == "failed":
             self.failures[rec.error_class] = self.failures.get(rec.error_class, 0) + 1
+            self.failure_groups.add(
+                rec.role, rec.error_class, rec.http_status, rec.error, rec.pair_id
+            )
         elif stage == "gen" and rec.finish_reason == "length":
             self.truncated += 1
         return rec
@@ -233,6 +237,9 @@ class PairStatus:
 
 
 RESULTS_TMP = "results.jsonl.tmp"
+FINISHED_META = "finished_config"  # the config whose outputs left no pair to do
+MAX_FAILURE_GROUPS = 50  # in summary.json; the report and the terminal show the first few
+SHOWN_FAILURE_GROUPS = 5
 
 
 def build_run_outputs(
@@ -251,6 +258,8 @@ def build_run_outputs(
             side.rows_ready()
             summary = _build_run_outputs(run_dir, config, store, out, tmp)
         write_summary_files(run_dir, summary, side)
+        if summary["all_pairs_have_verdicts"]:  # a later resume has nothing to send
+            store.set_meta(FINISHED_META, store.get_meta("config"))
         return summary
     finally:
         side.close()
@@ -280,6 +289,10 @@ def _build_run_outputs(
         "limit": config.limit,
         "shard": config.shard,
         "complete": tally.statuses["pending"] == 0,
+        # The one field a script needs: every pair has a verdict (valid, or invalid after
+        # the judge's re-asks); false when any pair failed or has no outcome yet.
+        "all_pairs_have_verdicts": tally.statuses["pending"] == 0
+        and tally.statuses["failed"] == 0,
         "n_pairs": n_pairs,
         "n_failed": tally.statuses["failed"],
         "n_pending": tally.statuses["pending"],
@@ -287,6 +300,8 @@ def _build_run_outputs(
         "n_truncated_answers": tally.truncated,
         "possibly_duplicated_calls": store.possibly_duplicated(),
         "failures_by_class": tally.failures,
+        # Failed calls grouped by stage, class, HTTP status and message, largest first.
+        "failures": [g.to_dict() for g in tally.failure_groups.top(MAX_FAILURE_GROUPS)],
         "usage": tally.usage,
         "cost": CostMeter.for_run(config, store.iter_usage()).summary(
             expected_calls(n_pairs, len(orders))
@@ -496,6 +511,33 @@ def _cost_lines(cost: dict[str, Any]) -> list[str]:
     return [*lines, "", total, ""]
 
 
+def failure_lines(failures: list[dict[str, Any]]) -> list[str]:
+    """The top failure messages with their counts (summary.json `failures` has them all)."""
+    shown = failures[:SHOWN_FAILURE_GROUPS]
+    lines = [
+        "## Failures",
+        "",
+        "| calls | stage | class | HTTP | message (first of its kind) | e.g. pair |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in shown:
+        message = str(f["message"]).replace("|", "/").replace("\n", " ")
+        lines.append(
+            f"| {f['count']} | {f['stage']} | {f['class']} | {f['http_status'] or ''} | "
+            f"{message} | {f['example_pair_id']} |"
+        )
+    if len(failures) > len(shown):
+        lines.append("")
+        lines.append(f"{len(failures) - len(shown)} more kinds of failure in summary.json.")
+    lines += [
+        "",
+        "Fix the cause, then send the failed calls again with "
+        "`python -m evaluator --resume --out DIR --retry-failed`.",
+        "",
+    ]
+    return lines
+
+
 def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> str:
     lines = ["# VAL-Bench report", ""]
     if s.get("simulated"):
@@ -541,6 +583,8 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
             failed = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_class"].items()))
             counts.append(f"failed calls by class: {failed}")
     lines += [f"- Counts: {', '.join(counts)}", ""]
+    if s.get("failures"):
+        lines += failure_lines(s["failures"])
     if s.get("cost"):
         lines += _cost_lines(s["cost"])
     ci = s["ci95"]

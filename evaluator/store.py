@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from typing import Any
 import orjson
 
 DB_NAME = "checkpoint.sqlite"
+PROBES_META = "preflight_usage"  # usage of the start-up test calls: [[stage, usage], ...]
+PROBE_ROLE_PREFIX = "preflight:"  # iter_usage's role for them: "preflight:gen", "preflight:judge"
 LOCK_NAME = ".lock"
 SCHEMA_VERSION = "1"
 
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS calls (
     error TEXT,
     latency_s REAL,
     updated_at REAL NOT NULL,
-    citations TEXT                 -- JSON list of cited web sources (web search), or NULL
+    citations TEXT,                -- JSON list of cited web sources (web search), or NULL
+    http_status INTEGER            -- a failed call's last HTTP status (NULL: none, or no answer)
 );
 CREATE INDEX IF NOT EXISTS calls_pair ON calls(pair_id);
 CREATE TABLE IF NOT EXISTS bad_rows (location TEXT PRIMARY KEY, reason TEXT NOT NULL);
@@ -95,6 +99,7 @@ class CallRecord:
     error: str | None = None
     latency_s: float | None = None
     citations: list[dict[str, Any]] = field(default_factory=list)
+    http_status: int | None = None
 
 
 @dataclass(slots=True)
@@ -127,7 +132,7 @@ class Intent:
 
 _COLUMNS = (
     "key pair_id role status body_sha content reasoning finish_reason usage "
-    "attempts error_class error latency_s updated_at citations"
+    "attempts error_class error latency_s updated_at citations http_status"
 ).split()
 
 
@@ -279,6 +284,7 @@ class Store:
                             r.latency_s,
                             now,
                             orjson.dumps(r.citations).decode() if r.citations else None,
+                            r.http_status,
                         )
                         for r in records
                     ],
@@ -306,7 +312,8 @@ class Store:
         return n
 
     def iter_usage(self):
-        """(role, usage) of every call with a recorded outcome (for the run's cost so far)."""
+        """(role, usage) of every call with a recorded outcome, and of the start-up test calls
+        (for the run's cost so far)."""
         assert self._read is not None
         cur = self._read.execute(
             "SELECT role, usage FROM calls WHERE status IN ('done', 'failed') AND usage IS NOT NULL"
@@ -315,6 +322,27 @@ class Store:
             parsed = orjson.loads(usage) if usage else {}
             if parsed:
                 yield role, parsed
+        for stage, usage in self.get_meta(PROBES_META) or []:
+            if usage:
+                yield f"{PROBE_ROLE_PREFIX}{stage}", usage
+
+    def add_probe_usage(self, probes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record the usage of start-up test calls (role "gen"/"judge", usage) for the cost."""
+        if probes:
+            self.set_meta(PROBES_META, [*(self.get_meta(PROBES_META) or []), *probes])
+
+    def failure_groups(self, limit: int | None = None) -> list[FailureGroup]:
+        """Failed calls grouped by stage, class, HTTP status and message (numbers in the
+        message ignored, so "has 9120 input tokens" and "has 9388" group), largest first."""
+        assert self._read is not None
+        groups = FailureGroups()
+        cur = self._read.execute(
+            "SELECT role, error_class, http_status, error, pair_id FROM calls "
+            "WHERE status = 'failed' ORDER BY pair_id"
+        )
+        for role, error_class, http_status, error, pair_id in cur:
+            groups.add(role, error_class, http_status, error, pair_id)
+        return groups.top(limit)
 
     def possibly_duplicated(self) -> int:
         return int(self.get_meta("possibly_duplicated_calls") or 0)
@@ -341,6 +369,25 @@ class Store:
             " COUNT(DISTINCT CASE WHEN status = 'failed' THEN pair_id END) FROM calls"
         ).fetchone()
         return {"judged": judged, "failed": failed}
+
+    def progress_so_far(self, orders: int, final: frozenset[str]) -> tuple[dict[str, int], int]:
+        """For progress after a resume: ({stage: calls with an outcome}, pairs finished).
+
+        A pair is finished when its `orders` judge calls have an outcome, or a call of it
+        failed with a class in `final` (one that stands on resume)."""
+        assert self._read is not None
+        gen, judge = self._read.execute(
+            "SELECT SUM(role LIKE 'gen%'), SUM(role LIKE 'judge%') FROM calls "
+            "WHERE status IN ('done', 'failed')"
+        ).fetchone()
+        marks = ", ".join("?" * len(final)) or "NULL"
+        (pairs,) = self._read.execute(
+            "SELECT COUNT(*) FROM (SELECT pair_id FROM calls GROUP BY pair_id HAVING "
+            "SUM(role LIKE 'judge%' AND status IN ('done', 'failed')) >= ? OR "
+            f"SUM(status = 'failed' AND error_class IN ({marks})) > 0)",
+            (orders, *sorted(final)),
+        ).fetchone()
+        return {"gen": gen or 0, "judge": judge or 0}, pairs or 0
 
     def holder(self) -> int | None:
         """The pid of the evaluator running in this directory, or None if none is."""
@@ -369,7 +416,9 @@ class Store:
         conn = self._write
         conn.execute("ATTACH DATABASE ? AS other", (str(other),))  # not inside a transaction
         try:
-            cols = ", ".join(_COLUMNS)
+            # A shard written by an older version lacks the newer columns: they stay NULL.
+            theirs = {r[1] for r in conn.execute("PRAGMA other.table_info(calls)")}
+            cols = ", ".join(c for c in _COLUMNS if c in theirs)
             with conn:
                 n = conn.execute(
                     f"INSERT INTO calls ({cols}) SELECT {cols} FROM other.calls"
@@ -450,11 +499,80 @@ class Store:
         return {k: (n, r or 0) for k, n, r in rows}
 
 
+_NUMBERS = re.compile(r"\d+")
+
+
+@dataclass(slots=True)
+class FailureGroup:
+    """Failed calls that failed the same way: the first message is kept as the example."""
+
+    stage: str  # "generation" | "judge"
+    error_class: str
+    http_status: int | None
+    message: str
+    count: int
+    example_pair_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.error_class,
+            "stage": self.stage,
+            "http_status": self.http_status,
+            "message": self.message,
+            "count": self.count,
+            "example_pair_id": self.example_pair_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FailureGroup:
+        return cls(
+            d["stage"], d["class"], d["http_status"], d["message"], d["count"], d["example_pair_id"]
+        )
+
+    def line(self) -> str:
+        status = f" (HTTP {self.http_status})" if self.http_status else ""
+        return (
+            f"{self.count} x {self.stage} {self.error_class}{status}: {self.message} "
+            f"(e.g. pair {self.example_pair_id})"
+        )
+
+
+class FailureGroups:
+    """Streaming tally of failed calls into FailureGroups."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[Any, ...], FailureGroup] = {}
+
+    def add(
+        self,
+        role: str,
+        error_class: str | None,
+        http_status: int | None,
+        message: str | None,
+        pair_id: int,
+    ) -> None:
+        stage = "judge" if role.startswith("judge") else "generation"
+        message = message or ""
+        key = (stage, error_class, http_status, _NUMBERS.sub("N", message)[:300])
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = FailureGroup(
+                stage, error_class or "unknown", http_status, message[:500], 1, pair_id
+            )
+        else:
+            group.count += 1
+
+    def top(self, limit: int | None = None) -> list[FailureGroup]:
+        ranked = sorted(self._groups.values(), key=lambda g: -g.count)
+        return ranked if limit is None else ranked[:limit]
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """Checkpoints written before a column existed get it (NULL for their rows)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-    if "citations" not in have:
-        conn.execute("ALTER TABLE calls ADD COLUMN citations TEXT")
+    for name, kind in (("citations", "TEXT"), ("http_status", "INTEGER")):
+        if name not in have:
+            conn.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
 
 
 def _record_from_row(row: tuple[Any, ...]) -> CallRecord:
