@@ -6,8 +6,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from evaluator import protocol
+from evaluator.breaker import DEFAULT_MAX_FAILURES, BreakerRules, BreakerSettingError
 
 # Settings that change what is sent: resuming with a different value would mix
 # two different experiments in one run, so it is refused.
@@ -41,6 +43,9 @@ PROTOCOL = (
 )
 
 
+DEFAULT_JUDGE_MODEL = "google/gemma-3-27b-it"  # spec §3's default judge
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message names it."""
 
@@ -51,7 +56,7 @@ class RunConfig:
     model: str
     base_url: list[str]  # one or more endpoints serving `model` (a pool)
     judge_base_url: list[str]
-    judge_model: str = "google/gemma-3-27b-it"  # spec §3's default judge
+    judge_model: str = DEFAULT_JUDGE_MODEL
     split: str = "test"
     limit: int | None = None
     api_key_env: str | None = None
@@ -106,6 +111,8 @@ class RunConfig:
     batch_window_s: float = 300.0  # the longest a call waits before its batch is submitted
     batch_idle_s: float = 10.0  # submit the open batch once no call has come for this long
     batch_poll_s: float = 30.0  # seconds between status polls of a submitted batch
+    # The circuit breaker (evaluator/breaker.py): N failures in a row, P% of the last 200.
+    max_failures: str = DEFAULT_MAX_FAILURES
     simulated: bool = False
     protocol: str = PROTOCOL
 
@@ -126,6 +133,10 @@ class RunConfig:
             raise ConfigError("--http-processes must be 0 or more")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
+        try:
+            BreakerRules.parse(self.max_failures)
+        except BreakerSettingError as exc:
+            raise ConfigError(str(exc)) from None
         for name in ("rpm", "judge_rpm", "tpm", "judge_tpm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -285,6 +296,41 @@ def load_dotenv(path: Path = Path(".env")) -> dict[str, str]:
             value = value[1:-1]
         values[key.strip()] = value
     return values
+
+
+# The variable each provider's own SDK reads when no key is given.
+DEFAULT_KEY_VARIABLES = {
+    "openai": "OPENAI_API_KEY",
+    "openai-responses": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
+
+
+def _safe_for_key(url: str) -> bool:
+    """A key read implicitly only goes over TLS, or to this machine: never in clear text
+    over a network to a server the user may not have meant to give it to."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" or host in ("localhost", "127.0.0.1", "::1")
+
+
+def stage_key(
+    env_name: str | None, provider: str, urls: list[str], dotenv: dict[str, str]
+) -> tuple[str | None, str | None]:
+    """(key, the variable it came from) for one stage.
+
+    `env_name` (--api-key-env) when given; otherwise the provider's usual variable
+    (OPENAI_API_KEY, ANTHROPIC_API_KEY) when it is set and every endpoint of the stage
+    is https or local. The caller says which variable was read, never the value.
+    """
+    if env_name:
+        return resolve_key(env_name, dotenv), env_name
+    name = DEFAULT_KEY_VARIABLES.get(provider)
+    if name is None or not (os.environ.get(name) or dotenv.get(name)):
+        return None, None
+    if not all(_safe_for_key(u) for u in urls):
+        return None, None
+    return resolve_key(name, dotenv), name
 
 
 def resolve_key(env_name: str | None, dotenv: dict[str, str]) -> str | None:

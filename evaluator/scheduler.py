@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from evaluator.breaker import BreakerRules, FailureBreaker
 from evaluator.calls import CallBuilder, CallSpec
 from evaluator.config import RunConfig
 from evaluator.costs import CostMeter
@@ -56,7 +57,8 @@ FINAL_FAILURES = frozenset(
 class ChatClient(Protocol):
     """What the scheduler needs of a stage: workers.pool.EndpointPool (online) or
     evaluator.batch_stage.BatchStage (batch mode, which uses `key` as the call's identity
-    at the provider; the online pool ignores it)."""
+    at the provider; the online pool ignores it). A client with `batched = True` sends in
+    provider batches and records no intent per call."""
 
     @property
     def capacity(self) -> int: ...
@@ -121,8 +123,13 @@ class Scheduler:
         reuse: list[Store] | None = None,
         metrics: RunMetrics | None = None,
         cost: CostMeter | None = None,
+        retry_failed: bool = False,
     ) -> None:
+        """`retry_failed`: send again the calls the store holds as failed with a final class
+        (after the user fixed their cause); other failed calls are always sent again."""
         self.config = config
+        self._retry_failed = retry_failed
+        self.breaker = FailureBreaker(BreakerRules.parse(config.max_failures))
         self.calls = CallBuilder(config)
         self.store = store
         self.writer = writer
@@ -130,6 +137,10 @@ class Scheduler:
         self.cost = cost if cost is not None else CostMeter.for_run(config)
         self.gen_client = gen_client
         self.judge_client = judge_client
+        self._batched = {
+            "gen": getattr(gen_client, "batched", False),
+            "judge": getattr(judge_client, "batched", False),
+        }
         self._on_bad_row = on_bad_row
         self._reuse = reuse or []
         self.metrics = metrics
@@ -233,7 +244,7 @@ class Scheduler:
             rec = self._known(state, spec.key)
             if rec is not None and rec.status == "done":
                 state.answers[spec.role] = rec.content or ""
-            elif rec is not None and rec.error_class in FINAL_FAILURES:
+            elif rec is not None and self._final(rec):
                 state.failed = True
             else:
                 to_send.append(spec)
@@ -246,6 +257,14 @@ class Scheduler:
         state.pending = len(to_send)
         for spec in to_send:
             self._gen_q.put_nowait((state, spec))
+
+    def _final(self, rec: CallRecord) -> bool:
+        """A recorded failure that stands on resume (unless the user asked to retry those)."""
+        return (
+            rec.status == "failed"
+            and rec.error_class in FINAL_FAILURES
+            and not self._retry_failed
+        )
 
     def _known(self, state: _PairState, key: str) -> CallRecord | None:
         assert state.records is not None
@@ -270,7 +289,7 @@ class Scheduler:
                 state.pair, order, state.answers["gen_for"], state.answers["gen_against"]
             )
             rec = records.get(spec.key) or self._from_earlier_run(spec.key)
-            if rec is not None and (rec.status == "done" or rec.error_class in FINAL_FAILURES):
+            if rec is not None and (rec.status == "done" or self._final(rec)):
                 continue
             to_send.append(spec)
         if not to_send:
@@ -357,18 +376,37 @@ class Scheduler:
             self.stats.calls_failed += 1
             self.stats.failed[stage] += 1
             rec.error_class, rec.error = result.error_class.value, result.message
+            rec.http_status = result.status
         for name, value in extra.items():
             setattr(rec, name, value)
         self.writer.put(rec)
         return rec
 
+    def _judge_outcome(self, stage: str, result: Completion | CallFailure) -> None:
+        """Feed the circuit breaker one call's outcome; a trip stops the run (see breaker)."""
+        if isinstance(result, Completion):
+            self.breaker.success(stage)
+            return
+        tripped = self.breaker.failure(
+            stage, result.error_class.value, result.status, result.message
+        )
+        if tripped is not None:
+            self.fail(tripped)
+
     async def _send_intent(self, spec: CallSpec) -> None:
+        # Counted here, when the request is about to leave: a call admitted but never sent
+        # (a stop, a budget refusal) is not a call sent.
+        self.stats.calls_sent += 1
         await self.writer.intent(Intent(spec.key, spec.pair_id, spec.role, spec.body_sha))
 
-    async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
+    async def _count_reask(self) -> None:
         self.stats.calls_sent += 1
+
+    async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
         max_tokens = spec.max_tokens or GEN_MAX_TOKENS
         reservation = self._reserve("gen", spec.body, max_tokens)
+        if self._batched["gen"]:
+            self.stats.calls_sent += 1
         result = None
         try:
             result = await self.gen_client.chat(
@@ -383,6 +421,7 @@ class Scheduler:
         else:
             state.failed = True
         self._record(spec, result)
+        self._judge_outcome("generation", result)
         state.pending -= 1
         if state.pending == 0:
             if state.failed:
@@ -393,17 +432,19 @@ class Scheduler:
     async def _do_judge(self, state: _PairState, spec: CallSpec) -> None:
         attempts = 0
         result: Completion | CallFailure
+        verdict_error = None
         for ask in range(self.config.judge_retries + 1):
-            self.stats.calls_sent += 1
             max_tokens = spec.max_tokens or JUDGE_MAX_TOKENS
             reservation = self._reserve("judge", spec.body, max_tokens)
+            if self._batched["judge"]:
+                self.stats.calls_sent += 1
             result = None
             try:
                 result = await self.judge_client.chat(
                     spec.body,
                     max_tokens,
-                    # Recorded once: a re-ask is the same call.
-                    before_send=(lambda: self._send_intent(spec)) if ask == 0 else None,
+                    # Recorded once: a re-ask is the same call (but it is sent, so counted).
+                    before_send=(lambda: self._send_intent(spec)) if ask == 0 else self._count_reask,
                     key=spec.key,
                 )
             finally:
@@ -414,8 +455,10 @@ class Scheduler:
             result.content, result.reasoning = split_reasoning(result.content, result.reasoning)
             try:
                 parse_verdict(result.content)
+                verdict_error = None
                 break
-            except VerdictError:
+            except VerdictError as exc:
+                verdict_error = str(exc)
                 if ask < self.config.judge_retries:
                     self.stats.judge_reasks += 1
                 else:
@@ -423,6 +466,13 @@ class Scheduler:
         if isinstance(result, CallFailure):
             state.failed = True
         self._record(spec, result, attempts=attempts)
+        if verdict_error is not None:
+            # A judge that never gives a valid verdict is as broken as one that errors.
+            tripped = self.breaker.failure("judge", "invalid_verdict", None, verdict_error)
+            if tripped is not None:
+                self.fail(tripped)
+        else:
+            self._judge_outcome("judge", result)
         state.pending -= 1
         if state.pending == 0:
             self._finish(state)

@@ -24,7 +24,7 @@ from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 from workers.http11 import HTTP11Pool
 from workers.limits import RateLimitHeaders
 
-__all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "Wire"]
+__all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "ModelList", "Wire"]
 
 
 @dataclass(slots=True)
@@ -51,6 +51,23 @@ class Attempt:
 
 class EndpointUnreachable(Exception):
     """The endpoint could not be reached or rejected us before any paid call."""
+
+
+@dataclass(slots=True)
+class ModelList:
+    """What GET {base_url}/models said: the served model ids and who owns them.
+
+    `status` is the HTTP status (200 when listed); `ids` is empty when the server has no
+    usable list (404, an unexpected body), which says nothing about what it serves.
+    """
+
+    status: int
+    ids: list[str]
+    owned_by: set[str]
+
+    @property
+    def listed(self) -> bool:
+        return self.status == 200 and bool(self.ids)
 
 
 class Wire(Protocol):
@@ -118,8 +135,8 @@ class HTTPClient:
     def redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    async def check(self, timeout_s: float = 15.0) -> list[str]:
-        """Fail fast before any paid call: GET /models must answer. Returns the served model ids.
+    async def check(self, timeout_s: float = 15.0) -> ModelList:
+        """Fail fast before any paid call: GET /models must answer. Returns what it lists.
 
         OpenAI, Anthropic and vLLM all list models at `{base_url}/models`.
         Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
@@ -141,11 +158,8 @@ class HTTPClient:
                     raise FatalEndpointError(self.config.name, failure)
                 if resp.status >= 400:
                     # Some compatible APIs do not implement /models; reachability is what matters.
-                    return []
-                try:
-                    return [m.get("id", "") for m in orjson.loads(raw).get("data", [])]
-                except (orjson.JSONDecodeError, AttributeError):
-                    return []
+                    return ModelList(resp.status, [], set())
+                return _model_list(resp.status, raw)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise EndpointUnreachable(
                 f"{self.config.name} ({self.config.base_url}) is unreachable: "
@@ -189,3 +203,17 @@ class HTTPClient:
         failure = CallFailure(error_class, self.redact(msg), status)
         failure.latency_s = time.monotonic() - start
         return Attempt(failure, self.wire.retry_after(headers), limits)
+
+
+def _model_list(status: int, raw: bytes) -> ModelList:
+    """A /models body ({"data": [{"id", "owned_by"}, ...]}, OpenAI's, vLLM's and Anthropic's
+    shape) read into a ModelList; anything else lists nothing."""
+    try:
+        data = orjson.loads(raw).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ModelList(status, [], set())
+    if not isinstance(data, list):
+        return ModelList(status, [], set())
+    entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    owners = {str(m["owned_by"]) for m in entries if m.get("owned_by")}
+    return ModelList(status, [m["id"] for m in entries], owners)

@@ -33,7 +33,7 @@ from workers.base import (
     RetryBudget,
     cancel_and_wait,
 )
-from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
+from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient, ModelList
 from workers.http_processes import HTTPProcesses, RemoteClient
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
@@ -75,6 +75,7 @@ class Endpoint:
     healthy: bool = True
     consecutive_failures: int = 0
     stats: EndpointStats = field(default_factory=EndpointStats)
+    models: ModelList | None = None  # what its /models listed at start (None: not reached)
 
     @property
     def name(self) -> str:
@@ -164,7 +165,7 @@ class EndpointPool:
         errors = []
         for ep in self.endpoints:
             try:
-                await ep.client.check()
+                ep.models = await ep.client.check()
             except EndpointUnreachable as exc:
                 errors.append(str(exc))
                 ep.healthy = False
