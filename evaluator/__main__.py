@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.metadata
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -18,10 +20,12 @@ from typing import Any
 import orjson
 
 from evaluator import report
+from evaluator.breaker import DEFAULT_MAX_FAILURES
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
 from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import SAMPLE, DatasetError, describe_source, iter_pairs
 from evaluator.runner import (
+    EXIT_FAILED_PAIRS,
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_USER,
@@ -32,12 +36,23 @@ from evaluator.runner import (
 )
 from evaluator.servers import SERVER_LOG_DIR
 from evaluator.sharding import expected_pairs
-from evaluator.store import DB_NAME, Store, StoreError
+from evaluator.store import DB_NAME, FailureGroup, Store, StoreError
 
 DEFAULT_OUT = Path("runs/latest")
 LAST_RUN = Path("runs/.last-run")  # which run a bare `--resume` continues
 DEFAULT_DEMO_OUT = Path("runs/demo")
 log = logging.getLogger("evaluator")
+
+
+def emit(text: str = "", file: Any = None) -> None:
+    """print(), except that a reader who went away (`... | head`) ends the output quietly:
+    stdout then points at /dev/null, so neither this nor the exit's flush raises."""
+    try:
+        print(text, file=file or sys.stdout, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (file or sys.stdout).fileno())
+        os.close(devnull)
 
 
 def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -181,6 +196,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="first retry wait in seconds, doubled each time (1)",
     )
     t.add_argument("--judge-retries", type=int, help="re-asks when a verdict is invalid (2)")
+    t.add_argument(
+        "--max-failures",
+        metavar="N|P%",
+        help="stop the run (exit 7, resumable) when N calls of a stage fail the same way in "
+        "a row, or more than P%% of its last 200 calls fail; both as N,P%%; off to disable "
+        f"({DEFAULT_MAX_FAILURES.replace('%', '%%')})",
+    )
     b = p.add_argument_group(
         "batch mode (the provider's Batch API: half price, answers within 24h)"
     )
@@ -234,21 +256,66 @@ def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
         default="auto",
         help="progress bars (terminal) or log lines (batch jobs); auto picks by the terminal",
     )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the start-up check of served models and request shape (the reachability "
+        "check stays)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: send again the calls that failed for good (after fixing the cause)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for the metrics port (127.0.0.1)"
     )
 
 
+EXIT_CODES = """\
+exit codes:
+  0   finished: every pair has a verdict
+  1   internal error (a bug: please report it)
+  2   user error (flags, config, dataset, run directory); nothing was sent
+  3   an endpoint refused us for good (key, quota, billing), or managed servers kept
+      dying: fix it, then --resume
+  4   the start-up check (preflight) failed: an endpoint is unreachable, does not serve
+      the model, or refuses the request shape; nothing was sent beyond test calls
+  5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
+  6   finished, but some pairs failed (summary.json `failures` says why): fix the
+      cause, then --resume --retry-failed
+  7   stopped early: a stage's calls kept failing (--max-failures): fix the cause,
+      then --resume --retry-failed
+  75  interrupted (Ctrl-C, SIGTERM): --resume continues
+  76  stopped before exceeding --max-cost: --resume with a larger --max-cost
+"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("valbench-evaluator")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluator",
         description="Run the VAL-Bench benchmark: generations, judge, metrics. Resumable.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_common(parser, None)
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", help="evaluate a model on OpenAI-compatible endpoints")
+    run = sub.add_parser(
+        "run",
+        help="evaluate a model on OpenAI-compatible endpoints",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(run, None)
     _add_run_options(run)
 
@@ -364,6 +431,7 @@ RUN_FIELDS = (
     "judge_price_in",
     "judge_price_out",
     "shard",
+    "max_failures",
     "mode",
     "judge_mode",
     "batch_max_requests",
@@ -427,10 +495,20 @@ def _merge_server_flags(values: dict[str, Any], flags: dict[str, dict[str, Any]]
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings given on a bare resume; resuming refuses any that would change requests.
+    """Settings given when resuming a run that has a stored config: the --config file's and
+    the flags', each applied to the stored config. Endpoint and throughput settings may
+    change; resuming refuses any that would change requests (prompts included).
     Managed-server flags come as partial tables, merged into the stored ones."""
-    out = {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
-    out.update(_server_flags(args))
+    out = _load_config_file(args.config) if getattr(args, "config", None) else {}
+    out.update(_given(args))
+    judge_prompt = _read_text(out.pop("judge_prompt_file", None), "judge prompt file")
+    if judge_prompt is not None:
+        out["judge_prompt"] = judge_prompt
+    system_prompt = _read_text(out.pop("system_prompt_file", None), "system prompt file")
+    if system_prompt is not None:
+        out["system_prompt"] = system_prompt.strip()
+    for table, given in _server_flags(args).items():
+        out[table] = {**(out.get(table) or {}), **given}
     return out
 
 
@@ -570,21 +648,28 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
 def _finish(result: RunResult, print_report: bool) -> int:
     if result.summary is not None:
         md = (result.run_dir / "report.md").read_text(encoding="utf-8")
+        s = result.summary
         if print_report:
-            print(md)
+            emit(md)
         else:
-            s = result.summary
-            print(
+            if s.get("simulated"):
+                emit("SIMULATION: these figures come from the simulated backend, not a model")
+            emit(
                 f"PAC {report._fmt(s['pac'])}  REF {report._fmt(s['ref'])}  NINF {report._fmt(s['ninf'])}  "
                 f"(valid {s['n_valid']}, invalid {s['n_invalid']}, failed {s['n_failed']}, "
                 f"pending {s['n_pending']})"
             )
-        if result.summary.get("possibly_duplicated_calls"):
-            print(
+        failures = s.get("failures") or []
+        if failures:
+            emit("failed calls, most frequent first (all of them in summary.json `failures`):")
+            for group in failures[: report.SHOWN_FAILURE_GROUPS]:
+                emit("  " + FailureGroup.from_dict(group).line())
+        if s.get("possibly_duplicated_calls"):
+            emit(
                 f"calls possibly paid twice (in flight when the run was interrupted): "
-                f"{result.summary['possibly_duplicated_calls']}"
+                f"{s['possibly_duplicated_calls']}"
             )
-        print(f"outputs in {result.run_dir}/ (summary.json, results.jsonl, report.md)")
+        emit(f"outputs in {result.run_dir}/ (summary.json, results.jsonl, report.md)")
     if result.stats is not None:
         st = result.stats
         log.info(
@@ -630,12 +715,20 @@ def _options(args: argparse.Namespace) -> RunOptions:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         progress_mode=args.progress,
+        preflight=not getattr(args, "no_preflight", False),
+        retry_failed=getattr(args, "retry_failed", False),
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.out = _resolve_out(args)
-    config = config_from_args(args)
+    if args.retry_failed and not args.resume:
+        raise UserError("--retry-failed needs --resume (it re-sends the failed calls of a run)")
+    if args.resume and (args.out / DB_NAME).is_file():
+        # Resuming a started run: its stored config is the base; whatever is given adjusts it.
+        config = None
+    else:
+        config = config_from_args(args)
     if config is not None:
         try:
             config.validate()
@@ -647,7 +740,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.out,
             config,
             resume=args.resume,
-            overrides=overrides_from_args(args) if config is None else None,
+            overrides=overrides_from_args(args) if config is None and args.resume else None,
             options=_options(args),
         )
     )
@@ -681,6 +774,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sides=sides,
     )
 
+    model = f"simulated-{args.persona}"
+    sim.served_names = (model, "simulated-judge")  # strict, like a real server
+
     async def go() -> RunResult:
         server = SimulatedServer(sim)
         url = await server.start()
@@ -688,7 +784,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             config = RunConfig(
                 data=args.data,
                 limit=args.limit,
-                model=f"simulated-{args.persona}",
+                model=model,
                 base_url=url,
                 judge_model="simulated-judge",
                 judge_base_url=url,
@@ -722,7 +818,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         summary = report.score_file(args.file, args.out)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
-    print((args.out / "report.md").read_text(encoding="utf-8"))
+    emit((args.out / "report.md").read_text(encoding="utf-8"))
     if summary["n_invalid"]:
         print(
             f"{summary['n_invalid']} invalid verdicts: {summary['invalid_reasons']}",
@@ -753,6 +849,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             cost, cost_error = None, str(exc)
         batches = store.batch_counts()
+        failures = store.failure_groups(limit=report.SHOWN_FAILURE_GROUPS)
     expected = expected_pairs(config)
 
     def n(stage: str, status: str) -> int:
@@ -761,47 +858,51 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = f"running (pid {pid})" if pid else "not running"
     label = " [SIMULATED backend]" if config.simulated else ""
     total = f"/{'~' if config.shard else ''}{expected}" if expected is not None else ""
-    print(f"run {args.dir}: {state}{label}")
-    print(f"  model {config.model}; judge {config.judge_model} ({config.judge_order})")
-    print(f"  dataset {describe_source(config.data)}")
+    emit(f"run {args.dir}: {state}{label}")
+    emit(f"  model {config.model}; judge {config.judge_model} ({config.judge_order})")
+    emit(f"  dataset {describe_source(config.data)}")
     if config.limit is not None:
-        print(f"  limit: the first {config.limit} valid pairs")
+        emit(f"  limit: the first {config.limit} valid pairs")
     if config.shard is not None:
-        print(f"  shard {config.shard}: only the pairs whose id hashes to it")
+        emit(f"  shard {config.shard}: only the pairs whose id hashes to it")
     if merged:
-        print(f"  merged from {len(merged)} shards: {', '.join(m['dir'] for m in merged)}")
+        emit(f"  merged from {len(merged)} shards: {', '.join(m['dir'] for m in merged)}")
     if config.vllm or config.judge_vllm:
-        print(f"  managed servers: logs in {args.dir / SERVER_LOG_DIR}/")
-    print(f"  pairs judged {pairs['judged']}{total}, with a failed call {pairs['failed']}")
+        emit(f"  managed servers: logs in {args.dir / SERVER_LOG_DIR}/")
+    emit(f"  pairs judged {pairs['judged']}{total}, with a failed call {pairs['failed']}")
     for stage, name in (("gen", "generation"), ("judge", "judge")):
-        print(
+        emit(
             f"  {name}: {n(stage, 'done')} answered, {n(stage, 'failed')} failed, "
             f"{n(stage, 'started')} in flight, {n(stage, 'interrupted')} to re-send"
         )
-    print(f"  calls possibly paid twice so far: {duplicated}")
+    emit(f"  calls possibly paid twice so far: {duplicated}")
     if cost is None:
-        print(f"  cost: unknown ({cost_error})")
+        emit(f"  cost: unknown ({cost_error})")
     else:
         for stage, name in (("gen", "generation"), ("judge", "judge")):
             c = cost.stages[stage]
             usd = f"${c.usd:,.4f}" if cost.prices[stage] is not None else "unknown (no price)"
-            print(f"  {name} tokens: {c.tokens_in:,} in, {c.tokens_out:,} out; est. cost {usd}")
+            emit(f"  {name} tokens: {c.tokens_in:,} in, {c.tokens_out:,} out; est. cost {usd}")
         projected = cost.projected(expected_calls(expected, len(config.judge_orders)))
         line = f"  est. cost so far ${cost.spent:,.4f}"
         if projected is not None:
             line += f", projected total ${projected:,.4f}"
         if config.max_cost is not None:
             line += f", budget (--max-cost) ${config.max_cost:g}"
-        print(line)
+        emit(line)
     if batches:
         at = [batches.get(k, (0, 0)) for k in ("submitting", "submitted")]
         done = [batches.get(k, (0, 0)) for k in ("ended", "settled")]
-        print(
+        emit(
             f"  provider batches: {sum(b for b, _ in at)} at the provider "
             f"({sum(r for _, r in at)} requests), {sum(b for b, _ in done)} ended"
         )
+    if failures:
+        emit("  failed calls, most frequent first:")
+        for group in failures:
+            emit("    " + group.line())
     if session:
-        print(
+        emit(
             f"  last session: {session.get('calls_sent', 0)} calls in {session.get('wall_s', 0):.0f}s "
             f"({session.get('calls_per_s') or 0:.1f}/s), event-loop lag p99 "
             f"{session.get('event_loop_lag_p99_ms')} ms, est. cost ${session.get('estimated_cost_usd', 0):.2f}"
@@ -816,8 +917,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         compare(args.dirs, args.out, force=args.force)
     except AnalysisError as exc:
         raise UserError(str(exc)) from None
-    print((args.out / "compare.md").read_text(encoding="utf-8"))
-    print(f"written: {args.out}/compare.md, compare.csv, compare.png")
+    emit((args.out / "compare.md").read_text(encoding="utf-8"))
+    emit(f"written: {args.out}/compare.md, compare.csv, compare.png")
     return EXIT_OK
 
 
@@ -829,7 +930,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     except AnalysisError as exc:
         raise UserError(str(exc)) from None
     text = agreement_markdown(result)
-    print(text)
+    emit(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "agreement.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -846,8 +947,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise UserError(f"merge: {exc}") from None
     except (StoreError, DatasetError, ConfigError) as exc:
         raise UserError(str(exc)) from None
-    print((args.out / "report.md").read_text(encoding="utf-8"))
-    print(
+    emit((args.out / "report.md").read_text(encoding="utf-8"))
+    emit(
         f"merged {len(args.shards)} shards ({summary['n_pairs']} pairs) into {args.out}/ "
         "(summary.json, results.jsonl, report.md)"
     )
@@ -863,8 +964,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             summary = report.build_run_outputs(args.dir, RunConfig.from_dict(raw), store)
     except (StoreError, DatasetError, ConfigError) as exc:
         raise UserError(str(exc)) from None
-    print((args.dir / "report.md").read_text(encoding="utf-8"))
-    return EXIT_OK if summary["complete"] else 75
+    emit((args.dir / "report.md").read_text(encoding="utf-8"))
+    if not summary["complete"]:
+        return 75
+    return EXIT_OK if summary.get("all_pairs_have_verdicts", True) else EXIT_FAILED_PAIRS
 
 
 def main(argv: list[str] | None = None) -> int:

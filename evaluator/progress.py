@@ -2,17 +2,29 @@
 
 It reads the scheduler's counters a few times a second from its own task, so
 its cost does not grow with the call rate.
+
+What it shows is the run's, not only this session's: after a resume the bars
+start at the calls already recorded, and the ETA divides the work left by this
+session's own rate (pairs found complete in the checkpoint cost no time and
+are not counted in that rate). While bars are shown, log records (warnings,
+the Ctrl-C message) go through tqdm, so they print above the bars instead of
+through them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from workers.base import cancel_and_wait
 
@@ -21,6 +33,26 @@ if TYPE_CHECKING:
     from evaluator.scheduler import RunStats
 
 log = logging.getLogger("evaluator")
+
+# Fits 80 columns with room for the bar: "generation  42%|####    | 96521/230000 [01:02<01:24, fail 3]"
+BAR_FORMAT = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+
+@dataclass
+class Activity:
+    """What the endpoints are doing besides answering: retries and rate-limit waits."""
+
+    retries: int = 0  # attempts sent again (errors and rate limits)
+    rate_limited: int = 0  # 429 answers
+    waiting_s: float = 0.0  # the longest pause an endpoint is in now (Retry-After)
+
+
+@dataclass
+class Resumed:
+    """What the checkpoint already held when this session started."""
+
+    calls: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
+    pairs: int = 0
 
 
 def _eta(remaining: float, rate: float) -> str:
@@ -33,7 +65,7 @@ def _eta(remaining: float, rate: float) -> str:
 
 
 class Progress:
-    """Per stage done/total, calls/s, tokens/s, errors, ETA and cost so far."""
+    """Per stage done/total, calls/s, tokens/s, errors, retries, ETA and cost so far."""
 
     def __init__(
         self,
@@ -43,8 +75,10 @@ class Progress:
         *,
         mode: str,
         interval_s: float,
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
         cost: CostMeter | None = None,
+        resumed: Resumed | None = None,
+        activity: Callable[[], Activity] | None = None,
     ) -> None:
         self.stats = stats
         self.cost = cost
@@ -52,13 +86,17 @@ class Progress:
         self.orders = judge_orders
         self.mode = mode  # "bar" | "log"
         self.interval_s = interval_s
-        self.stream = stream
+        self.stream = stream if stream is not None else sys.stderr  # looked up now, not at import
+        self.resumed = resumed or Resumed()
+        self.activity = activity or Activity
         self._task: asyncio.Task[None] | None = None
         self._bars: dict[str, tqdm] = {}
+        self._status: tqdm | None = None
+        self._redirect: contextlib.AbstractContextManager[Any] | None = None
 
     @classmethod
-    def choose_mode(cls, stream: TextIO = sys.stderr) -> str:
-        return "bar" if stream.isatty() else "log"
+    def choose_mode(cls, stream: TextIO | None = None) -> str:
+        return "bar" if (stream or sys.stderr).isatty() else "log"
 
     def start(self) -> None:
         if self.mode == "bar":
@@ -69,25 +107,38 @@ class Progress:
                 (("gen", "generation", 2), ("judge", "judge", self.orders))
             ):
                 total = self.expected * per_pair if self.expected is not None else None
+                done = self.resumed.calls.get(stage, 0)
                 self._bars[stage] = tqdm(
                     total=total,
-                    desc=f"{label:>10}",
+                    initial=min(done, total) if total is not None else done,
+                    desc=f"{label:<11}",
                     unit="call",
                     position=position,
                     file=self.stream,
                     dynamic_ncols=True,
                     leave=True,
                     smoothing=0.1,
+                    bar_format=BAR_FORMAT,
                 )
+            self._status = tqdm(
+                total=0, position=2, file=self.stream, leave=True, bar_format="{desc}"
+            )
+            # Log records print above the bars instead of through them.
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
         self._task = asyncio.create_task(self._run(), name="progress")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
         self._update()
-        for bar in self._bars.values():
+        for bar in [*self._bars.values(), *([self._status] if self._status else [])]:
             bar.close()
         self._bars.clear()
+        self._status = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
     async def _run(self) -> None:
         last_log = time.monotonic()
@@ -100,33 +151,67 @@ class Progress:
                 log.info("progress: %s", self.line())
 
     def _update(self) -> None:
+        if not self._bars:
+            return
+        s = self.stats
+        for stage, bar in self._bars.items():
+            n = self.resumed.calls.get(stage, 0) + s.done[stage] + s.failed[stage]
+            bar.n = min(n, bar.total) if bar.total is not None else n
+            failed = s.failed[stage]
+            bar.set_postfix_str(f"fail {failed}" if failed else "", refresh=False)
+            bar.refresh()
+        if self._status is not None:
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            self._status.set_description_str(self.status_text()[:width], refresh=True)
+
+    def _session_rate(self) -> tuple[int, float]:
+        """(pairs this session finished itself, its pairs per second)."""
         s = self.stats
         elapsed = max(time.monotonic() - s.started, 1e-9)
-        for stage, bar in self._bars.items():
-            bar.n = s.done[stage] + s.failed[stage]
-            bar.set_postfix_str(
-                f"failed {s.failed[stage]}, {(s.tokens_in + s.tokens_out) / elapsed:,.0f} tok/s, "
-                f"{self._cost_text()}",
-                refresh=False,
-            )
-            bar.refresh()
+        new = max(0, s.pairs_finished - s.pairs_already_complete)
+        return new, new / elapsed
+
+    def _pairs_done(self) -> int:
+        new, _ = self._session_rate()
+        return self.resumed.pairs + new
+
+    def eta(self) -> str:
+        if self.expected is None:
+            return "?"
+        _, rate = self._session_rate()
+        return _eta(max(0, self.expected - self._pairs_done()), rate)
+
+    def status_text(self) -> str:
+        """The line under the bars: rates, retries, rate-limit waits, cost."""
+        s = self.stats
+        elapsed = max(time.monotonic() - s.started, 1e-9)
+        a = self.activity()
+        parts = [
+            f"{s.calls_sent / elapsed:.1f} calls/s",
+            f"{(s.tokens_in + s.tokens_out) / elapsed:,.0f} tok/s",
+            f"retries {a.retries}",
+        ]
+        if a.rate_limited:
+            parts.append(f"429s {a.rate_limited}")
+        if a.waiting_s > 0:
+            parts.append(f"rate-limit wait {a.waiting_s:.0f}s")
+        parts += [f"ETA {self.eta()}", self._cost_text()]
+        return " · ".join(parts)
 
     def line(self) -> str:
         s = self.stats
         elapsed = max(time.monotonic() - s.started, 1e-9)
-        rate = s.pairs_finished / elapsed
-        if self.expected is not None:
-            remaining = max(0, self.expected - s.pairs_finished)
-            pairs = f"{s.pairs_finished}/{self.expected} pairs"
-            eta = _eta(remaining, rate)
-        else:
-            pairs, eta = f"{s.pairs_finished} pairs", "?"
+        done = self._pairs_done()
+        pairs = f"{done}/{self.expected} pairs" if self.expected is not None else f"{done} pairs"
+        a = self.activity()
+        waiting = f", rate-limit wait {a.waiting_s:.0f}s" if a.waiting_s > 0 else ""
         return (
             f"{pairs} ({s.pairs_failed} failed), generation {s.done['gen']} done "
             f"{s.failed['gen']} failed, judge {s.done['judge']} done {s.failed['judge']} failed, "
             f"{s.calls_sent / elapsed:.1f} calls/s, "
             f"{(s.tokens_in + s.tokens_out) / elapsed:,.0f} tokens/s, "
-            f"cost {self._cost_text()}, ETA {eta}"
+            f"retries {a.retries} (429s {a.rate_limited}){waiting}, "
+            f"cost {self._cost_text()}, ETA {self.eta()}"
         )
 
     def _cost_text(self) -> str:

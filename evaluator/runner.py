@@ -6,10 +6,16 @@ Exit codes (documented in the README for batch schedulers):
     2   user error: bad flags, config, dataset or run directory; nothing was sent
     3   an endpoint refused us for good (auth, quota, billing), or every managed server
         of a stage kept dying: fix it, then --resume
-    4   an endpoint was unreachable at start-up, or a managed server did not become
-        ready: nothing was sent
+    4   the start-up check failed: an endpoint is unreachable, does not serve the model,
+        or refuses the run's request shape, or a managed server did not become ready;
+        nothing was sent beyond the preflight's test calls
     5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
+    6   finished, but some pairs failed (reasons in summary.json `failures`): fix the
+        cause, then --resume --retry-failed
+    7   stopped early: a stage's calls kept failing (the circuit breaker, --max-failures):
+        fix the cause, then --resume --retry-failed
     75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
+    76  stopped before exceeding --max-cost: --resume with a larger budget
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 from evaluator import report, servers
 from evaluator.batch_stage import BatchSettings, BatchStage
-from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, resolve_key
+from evaluator.breaker import CircuitOpen
+from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, stage_key
 from evaluator.costs import CostMeter, expected_calls
-from evaluator.dataset import DatasetError, iter_pairs
+from evaluator.dataset import BadRow, DatasetError, iter_pairs
 from evaluator.looplag import LoopLagMonitor
-from evaluator.progress import Progress
+from evaluator.preflight import PreflightError, PreflightReport, run_preflight
+from evaluator.progress import Activity, Progress, Resumed
 from evaluator.report_child import ReportChild
-from evaluator.scheduler import RunStats, Scheduler
+from evaluator.scheduler import FINAL_FAILURES, RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
@@ -52,8 +60,10 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
 EXIT_FATAL_ENDPOINT = 3
-EXIT_UNREACHABLE = 4
+EXIT_PREFLIGHT = 4
 EXIT_STORE = 5
+EXIT_FAILED_PAIRS = 6
+EXIT_BREAKER = 7
 EXIT_INTERRUPTED = 75
 EXIT_BUDGET = 76  # stopped before a call could take the run past --max-cost; resumable
 
@@ -71,6 +81,8 @@ class RunOptions:
     drain_timeout: float = 30.0
     metrics_port: int | None = None  # serve Prometheus metrics on this port
     metrics_host: str = "127.0.0.1"
+    preflight: bool = True  # check models and request shape before the first paid call
+    retry_failed: bool = False  # send again the calls that failed with a final class
 
 
 @dataclass
@@ -121,12 +133,23 @@ def prepare_config(
             stored_table = getattr(stored, k)
             if table is not None and (stored_table is not None or set(table) != {"command"}):
                 given[k] = {**(stored_table or {}), **table}
-        new = dataclasses.replace(stored, **given)
+        if (
+            "base_url" in given
+            and "judge_base_url" not in given
+            and stored.judge_base_url == stored.base_url
+            and stored.judge_vllm is None
+        ):
+            given["judge_base_url"] = given["base_url"]  # the judge shared the model's endpoints
+        try:
+            new = dataclasses.replace(stored, **given)
+        except TypeError as exc:
+            raise UserError(f"cannot apply the settings given to the stored run: {exc}") from None
     diffs = request_differences(stored, new)
     if diffs:
         raise UserError(
             "refusing to resume: these settings would change the requests of the run in "
-            f"{run_dir}: " + "; ".join(diffs)
+            f"{run_dir}: " + "; ".join(diffs) + ". To keep every answer already paid for "
+            f"under new settings, start a new run (another --out) with --reuse {run_dir}"
         )
     return new
 
@@ -330,15 +353,23 @@ async def _execute(
     try:
         config.validate()
         dotenv = load_dotenv()
-        gen_key = resolve_key(config.api_key_env, dotenv)
-        judge_key = resolve_key(config.judge_api_key_env, dotenv)
+        gen_key, gen_var = stage_key(config.api_key_env, config.provider, config.base_url, dotenv)
+        judge_key, judge_var = stage_key(
+            config.judge_api_key_env, config.judge_provider, config.judge_base_url, dotenv
+        )
+        for who, given, var in (
+            ("model", config.api_key_env, gen_var),
+            ("judge", config.judge_api_key_env, judge_var),
+        ):
+            if var is not None and not given:
+                log.info("%s endpoint: using the API key in %s (no --api-key-env given)", who, var)
         # Prices (and a budget that can be kept) are checked before anything is sent; the
         # spend of earlier sessions counts against --max-cost.
         cost = CostMeter.for_run(config, store.iter_usage())
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     try:  # a source that is not a dataset fails here, before any endpoint is contacted
-        next(iter_pairs(config.data, split=config.split, limit=1), None)
+        next(iter_pairs(config.data, split=config.split, limit=1, on_note=log.warning), None)
         fleet = servers.fleet_for(config, run_dir)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
@@ -380,7 +411,7 @@ async def _execute(
                 )
         except ServerStartError as exc:
             log.error("%s; nothing was sent", exc)
-            return RunResult(EXIT_UNREACHABLE, None, None, run_dir)
+            return RunResult(EXIT_PREFLIGHT, None, None, run_dir)
     except asyncio.CancelledError:
         if not signals.count:
             raise
@@ -539,6 +570,7 @@ async def _with_endpoints(
             fleet,
             cost,
             side,
+            {"gen": gen_key, "judge": judge_key},
         )
     finally:
         side.close()  # a no-op once the report is written; stops it on every other path
@@ -561,18 +593,29 @@ async def _run_pools(
     fleet: ServerFleet | None,
     cost: CostMeter | None,
     side: ReportChild,
+    keys: dict[str, str | None],
 ) -> RunResult:
     async with gen_client, judge_client:
         try:
             await gen_client.check()
             await judge_client.check()
-        except EndpointUnreachable as exc:
-            log.error("%s; nothing was sent", exc)
-            return RunResult(EXIT_UNREACHABLE, None, None, run_dir)
+            # A run that already finished needs no test call to be resumed: it sends nothing.
+            finished = store.get_meta(report.FINISHED_META) == store.get_meta("config")
+            checked = await run_preflight(
+                config,
+                {"gen": gen_client, "judge": judge_client},
+                keys,
+                probe=options.preflight and not (finished and not options.retry_failed),
+            )
+        except (EndpointUnreachable, PreflightError) as exc:
+            log.error("preflight: %s (nothing was sent beyond the start-up check)", exc)
+            return RunResult(EXIT_PREFLIGHT, None, None, run_dir)
         except FatalEndpointError as exc:
-            log.error("%s; nothing was sent", exc)
+            log.error("preflight: %s (nothing was sent beyond the start-up check)", exc)
             return RunResult(EXIT_FATAL_ENDPOINT, None, None, run_dir)
+        config = _after_preflight(store, config, checked, cost)
         scheduler: Scheduler | None = None
+        bad_rows = BadRowLog()
 
         def on_store_error(exc: BaseException) -> None:
             if scheduler is not None:
@@ -592,10 +635,11 @@ async def _run_pools(
             writer,
             gen_client,
             judge_client,
-            on_bad_row=lambda bad: log.warning("skipped bad input row %s", bad),
+            on_bad_row=bad_rows.log,
             reuse=reuse,
             metrics=metrics,
             cost=cost,
+            retry_failed=options.retry_failed,
         )
         if fleet is not None:  # servers that keep dying stop the run (resumable)
             for group in fleet.groups:
@@ -623,6 +667,7 @@ async def _run_pools(
         progress = None
         if options.progress_interval is not None:
             mode = options.progress_mode
+            calls, pairs = store.progress_so_far(len(config.judge_orders), FINAL_FAILURES)
             progress = Progress(
                 scheduler.stats,
                 expected_pairs(config),
@@ -630,6 +675,8 @@ async def _run_pools(
                 mode=Progress.choose_mode() if mode == "auto" else mode,
                 interval_s=options.progress_interval,
                 cost=cost,
+                resumed=Resumed(calls, pairs),
+                activity=lambda: _activity(gen_client, judge_client),
             )
             progress.start()
         try:
@@ -677,9 +724,19 @@ async def _run_pools(
             run_dir,
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
+    bad_rows.summarise(stats.bad_rows)
     if isinstance(fatal, FatalEndpointError | ServersFailed):
         log.error("stopping: %s — fix this, then run with --resume (nothing is lost)", fatal)
         code = EXIT_FATAL_ENDPOINT
+    elif isinstance(fatal, CircuitOpen):
+        log.error(
+            "stopped early: %s. Fix the cause, then send the failed calls again with  "
+            "python -m evaluator --resume --out %s --retry-failed  (nothing else is re-sent)%s",
+            fatal,
+            run_dir,
+            _request_setting_hint(fatal, run_dir),
+        )
+        code = EXIT_BREAKER
     elif isinstance(fatal, DatasetError):
         log.error("%s", fatal)
         code = EXIT_USER
@@ -690,6 +747,93 @@ async def _run_pools(
         code = EXIT_BUDGET
     elif stats.interrupted:
         code = EXIT_INTERRUPTED
+    elif stats.pairs_admitted == 0 and stats.bad_rows:
+        log.error(
+            "no valid pair in %s: all %d rows were bad (the first reasons are above)",
+            config.data,
+            stats.bad_rows,
+        )
+        code = EXIT_USER
+    elif not summary["all_pairs_have_verdicts"]:
+        log.error(
+            "finished, but %d pair(s) failed and %d have no outcome: they are left out of the "
+            "metrics (reasons below and in summary.json `failures`). Fix the cause, then "
+            "python -m evaluator --resume --out %s --retry-failed",
+            summary["n_failed"],
+            summary["n_pending"],
+            run_dir,
+        )
+        code = EXIT_FAILED_PAIRS
     else:
         code = EXIT_OK
     return RunResult(code, summary, stats, run_dir)
+
+
+def _activity(*clients: EndpointPool | BatchStage) -> Activity:
+    """Retries and rate-limit waits across the stages' endpoints, for the progress display."""
+    out = Activity()
+    for client in clients:
+        for ep in client.endpoints:
+            st = ep.stats
+            out.retries += st.transient + st.connection_failures + st.rate_limited
+            out.rate_limited += st.rate_limited
+            out.waiting_s = max(out.waiting_s, ep.limits.paused_for)
+    return out
+
+
+def _request_setting_hint(fatal: CircuitOpen, run_dir: Path) -> str:
+    """When the failures say the model name is wrong, a resume cannot fix it: say how."""
+    if fatal.http_status == 404 and "model" in fatal.message.lower():
+        return (
+            ". If the model name itself is wrong, it is part of every request: start a new "
+            f"run with the right name and --reuse {run_dir} (every answer already paid for "
+            "is copied, not sent again)"
+        )
+    return ""
+
+
+def _after_preflight(
+    store: Store, config: RunConfig, checked: PreflightReport, cost: CostMeter | None
+) -> RunConfig:
+    """Record what the preflight learnt: its test calls' usage (cost) and a simulated backend."""
+    if checked.probes:
+        store.add_probe_usage(checked.probes)
+        if cost is not None:
+            for stage, usage in checked.probes:
+                if usage:
+                    cost.stages[stage].add(usage, cost.prices.get(stage), probe=True)
+        log.info("preflight: %d test call(s) answered", len(checked.probes))
+    if checked.simulated and not config.simulated:
+        log.warning(
+            "SIMULATION: an endpoint identifies itself as the project's simulated backend; "
+            "the outputs are stamped SIMULATION"
+        )
+        config = dataclasses.replace(config, simulated=True)
+        # The stored config keeps what was given (not the managed servers' URLs of now).
+        stored = store.get_meta("config") or {}
+        store.set_meta("config", {**stored, "simulated": True})
+    return config
+
+
+class BadRowLog:
+    """Bad input rows in the log: the first few with their reason, then one count."""
+
+    SHOWN = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def log(self, bad: BadRow) -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            log.warning("skipped bad input row %s", bad)
+        elif self.count == self.SHOWN + 1:
+            log.warning("more bad input rows: only a count is logged from here on")
+
+    def summarise(self, total: int) -> None:
+        if total > self.SHOWN:
+            log.warning(
+                "%d bad input rows in all were skipped (each with its reason in the "
+                "checkpoint's bad_rows table; the count is in summary.json n_bad_rows)",
+                total,
+            )
