@@ -37,7 +37,8 @@ def test_each_outcome_class_is_recorded_and_final_ones_are_not_resent(tmp_path, 
     data = _marked_dataset(tmp_path / "d.jsonl")
     server = sim_server()
     out = tmp_path / "run"
-    assert run_eval(data, server.base_url, out, "--judge-retries", "2") == 0
+    # Finished with failed pairs: its own exit code (6), never 0.
+    assert run_eval(data, server.base_url, out, "--judge-retries", "2") == 6
     rows = {r["id"]: r for r in read_results(out)}
     assert rows[3]["status"] == "failed" and "context_length" in rows[3]["error"]
     assert rows[5]["status"] == "failed" and "content_filter" in rows[5]["error"]
@@ -60,7 +61,7 @@ def test_each_outcome_class_is_recorded_and_final_ones_are_not_resent(tmp_path, 
     assert counts["judge_malformed"] == 3
     # The pair whose generation failed for good never reached the judge.
     sent = server.stats()["requests_total"]
-    assert run_eval(data, server.base_url, out, "--resume") == 0
+    assert run_eval(data, server.base_url, out, "--resume", "--no-preflight") == 6
     assert server.stats()["requests_total"] == sent  # final outcomes are kept on resume
 
 
@@ -92,9 +93,10 @@ def test_retry_budget_marks_pairs_failed_not_answered(tmp_path, synthetic, sim_s
     data = synthetic(30)
     server = sim_server(rate_5xx=0.5)
     out = tmp_path / "run"
-    assert run_eval(data, server.base_url, out, "--retry-budget", "5") == 0
+    # Pairs failed: the run says so with its exit code (6), not 0.
+    assert run_eval(data, server.base_url, out, "--retry-budget", "5") == 6
     s = read_summary(out)
-    assert s["n_failed"] > 0 and s["n_valid"] + s["n_failed"] + s["n_invalid"] == 30
+    assert s["n_failed"] > 0 and s["all_pairs_have_verdicts"] is False and s["n_valid"] + s["n_failed"] + s["n_invalid"] == 30
     failed = [r for r in read_results(out) if r["status"] == "failed"]
     assert any("retry budget" in r["error"] for r in failed)
     assert all(
@@ -175,7 +177,7 @@ def test_reuse_judges_old_generations_with_a_new_judge(tmp_path, synthetic, sim_
     )
     after = server.stats()["by_kind"]
     assert after["model"] == before["model"]  # zero generation calls
-    assert after["judge"] == before["judge"] + 20
+    assert after["judge"] == before["judge"] + 20 + 1  # and the new judge's preflight call
     s = read_summary(second)
     assert s["n_valid"] == 20 and s["judge_model"] == "judge-b"
 

@@ -81,7 +81,7 @@ def _limited_run(tmp_path, synthetic, sim_server, name, *flags):
     assert _run(out, data, server.base_url, extra=(*caps, *flags)) == 0
     assert read_summary(out)["n_valid"] == 60
     stats = server.stats()["by_kind"]
-    assert stats.get("model", 0) + stats.get("judge", 0) == 180
+    assert stats.get("model", 0) + stats.get("judge", 0) == 180 + 1  # + the judge's test call
     return stats.get("model_429", 0) + stats.get("judge_429", 0)
 
 
@@ -118,7 +118,7 @@ def test_least_outstanding_routing_favours_the_faster_server(tmp_path, synthetic
     assert read_summary(out)["n_valid"] == 80
     served_fast = fast.stats()["requests_total"]
     served_slow = slow.stats()["requests_total"]
-    assert served_fast + served_slow == 240
+    assert served_fast + served_slow == 240 + 1  # + the judge's preflight test call
     assert served_fast > 2 * served_slow
 
 

@@ -48,7 +48,7 @@ def test_responses_run_with_reasoning_and_web_search(tmp_path, synthetic, sim_se
     stats = server.stats()
     # Model and judge both spoke the Responses format (the judge follows --provider on a
     # shared endpoint); nothing went to chat completions.
-    assert stats["by_format"]["responses"] == 8 * 3
+    assert stats["by_format"]["responses"] == 8 * 3 + 1  # + the judge's preflight call
     assert "chat" not in stats["by_format"]
     row = read_results(out)[0]
     assert row["for_reasoning"].startswith("(simulated reasoning)")
@@ -115,24 +115,29 @@ def test_anthropic_run_with_thinking_tool_verdicts_and_caching(tmp_path, synthet
     assert code == 0
     summary = read_summary(out)
     assert summary["pac"] == 100.0 and summary["n_valid"] == 8 and summary["n_invalid"] == 0
-    assert server.stats()["by_format"] == {"messages": 24}
+    assert server.stats()["by_format"] == {"messages": 24 + 1}  # + the preflight call
     row = read_results(out)[0]
     assert row["for_reasoning"].startswith("(simulated reasoning)")  # the thinking block
     # The judge answered through the forced tool: its stored answer is the tool's input.
     verdict = orjson.loads(row["alignment_judge_response"])
     assert verdict == row["verdict"]
-    # The rubric is cached after its first use: later judge calls read it from the cache.
+    # The rubric is cached after its first use (the judge's preflight test call, which sends
+    # the same system block): every judge call of the run reads it from the cache.
     conn = sqlite3.connect(out / "checkpoint.sqlite")
     try:
         usages = [
             (role, orjson.loads(u))
             for role, u in conn.execute("SELECT role, usage FROM calls WHERE status = 'done'")
         ]
+        (probes,) = conn.execute("SELECT value FROM meta WHERE key = 'preflight_usage'").fetchone()
     finally:
         conn.close()
+    (probe,) = [u for stage, u in orjson.loads(probes) if stage == "judge"]
+    assert probe["cache_creation_input_tokens"] > 0
     judge_usage = [u for role, u in usages if role.startswith("judge")]
-    assert sum(u["cache_creation_input_tokens"] > 0 for u in judge_usage) == 1
-    assert sum(u["cache_read_input_tokens"] > 0 for u in judge_usage) == 7
+    assert sum(u["cache_creation_input_tokens"] > 0 for u in judge_usage) == 0
+    assert sum(u["cache_read_input_tokens"] > 0 for u in judge_usage) == 8
+    usages.append(("judge", probe))  # the test call is in the run's cost too
     # The summary's cost is the price table applied to each usage, cache rates included.
     rates = {"gen": (3.0, 0.3, 3.75, 15.0), "judge": (1.0, 0.1, 1.25, 5.0)}
     expected = {"gen": 0.0, "judge": 0.0}
@@ -191,7 +196,7 @@ def test_model_and_judge_on_different_providers(tmp_path, synthetic, sim_server)
     )
     assert code == 0
     assert model_server.stats()["by_format"] == {"messages": 8}
-    assert judge_server.stats()["by_format"] == {"responses": 4}
+    assert judge_server.stats()["by_format"] == {"responses": 4 + 1}  # + the preflight call
     assert read_summary(out)["pac"] == 100.0
 
 
@@ -312,7 +317,7 @@ def test_stage_tables_set_the_judge_provider(tmp_path, synthetic, sim_server):
     )
     out = tmp_path / "run"
     assert run_cli("run", "--config", config, "--out", out, "--quiet") == 0
-    assert server.stats()["by_format"] == {"chat": 6, "messages": 3}
+    assert server.stats()["by_format"] == {"chat": 6, "messages": 3 + 1}  # + preflight
 
 
 def test_every_provider_is_in_the_readme():

@@ -256,8 +256,9 @@ def test_term_to_running_shards_drains_requeues_and_resumes(
     assert merged["complete"] and merged["n_valid"] == n, text
     assert merged["possibly_duplicated_calls"] == 0
     assert list((out / "metrics-targets").iterdir()) == []  # ended tasks are not scraped
-    # Two generations and one verdict per pair, each sent exactly once over both starts.
-    assert sim.stats()["requests_total"] == 3 * n
+    # Two generations and one verdict per pair, each sent exactly once over both starts,
+    # and one judge preflight test call per start (2 shards x 2 starts).
+    assert sim.stats()["requests_total"] == 3 * n + 2 * 2
 
 
 def test_one_node_script_starts_its_servers_and_completes_the_run(
