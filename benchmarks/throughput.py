@@ -955,17 +955,12 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         start_server(bench.children, tmp, data, f"latency-{i}", LAT_MEDIAN_MS, LAT_SIGMA)
         for i in range(k)
     ]
-    procs = args.http_processes
-    helped = f"evaluator, {procs} HTTP processes"
-    runs: dict[str, list[dict]] = {"evaluator": [], helped: [], "baseline": []}
+    runs: dict[str, list[dict]] = {"evaluator": [], "baseline": []}
 
     def run(who: str, size: int, warmup: bool = False) -> dict:
         poller = Poller(servers)
-        if who.startswith("evaluator"):
-            extra = ("--http-processes", str(procs)) if who == helped else ()
-            m = bench.evaluator(
-                servers, data, size, c, jc, extra, warmup=warmup, on_tick=poller.tick
-            )
+        if who == "evaluator":
+            m = bench.evaluator(servers, data, size, c, jc, (), warmup=warmup, on_tick=poller.tick)
         else:
             # Every worker holds a pair and the connector caps the total at 1,024: always
             # full. Its requests take turns between the servers.
@@ -1000,13 +995,13 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         rows.append(
             [
                 who,
-                f"{k}×({c}+{jc})" if who.startswith("evaluator") else f"{in_flight} (shared)",
+                f"{k}×({c}+{jc})" if who == "evaluator" else f"{in_flight} (shared)",
                 f2(med(r["session_wall_s"] for r in rs)),
                 f0(med(calls / r["wall_s"] for r in rs)),
                 f0(med(calls / r["session_wall_s"] for r in rs)),
                 f0(steady),
                 f2(steady / little),
-                f2(steady / stage_bound) if who.startswith("evaluator") else "n/a",
+                f2(steady / stage_bound) if who == "evaluator" else "n/a",
                 f3(1000 * med(r["cpu_s"] for r in rs) / calls),
                 f"{100 * med(r['cpu_s'] / r['wall_s'] for r in rs):.0f}%",
                 f"{100 * med(r['server_cpu_s'] / r['wall_s'] for r in rs):.0f}%",
@@ -1059,8 +1054,7 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         "turns. Steady calls/s: slope of the servers' answered-call count (polled every 0.25 s) "
         "between 10% and 90% of the calls, so ramp-up, tail, start-up and the final report are "
         "left out. Client and server CPU are shares of one core over the client's wall time "
-        f"(server: both processes). The row with {procs} HTTP processes is for information: on "
-        "2 cores its helpers compete with the servers for CPU.",
+        "(server: both processes).",
     ]
     sec.target(
         "latency: evaluator steady calls/s ≥ 0.9 × Little's-law bound",
@@ -1589,13 +1583,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median shown)")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds allowed per run")
-    p.add_argument(
-        "--http-processes",
-        type=int,
-        default=2,
-        help="latency scenario: the evaluator's second row sends through this many HTTP "
-        "helper processes (default 2)",
-    )
     p.add_argument(
         "--no-write",
         action="store_true",

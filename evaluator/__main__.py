@@ -166,12 +166,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
-    t.add_argument(
-        "--http-processes",
-        type=int,
-        help="helper processes that do the HTTP exchanges, for more calls/s than one event "
-        "loop sends on a multi-core node (0: in the run's own process)",
-    )
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
     t.add_argument("--retry-budget", type=int, help="retries allowed for the whole run (unlimited)")
     t.add_argument(
@@ -353,7 +347,6 @@ RUN_FIELDS = (
     "tpm",
     "judge_tpm",
     "timeout_s",
-    "http_processes",
     "max_attempts",
     "retry_budget",
     "judge_retries",
@@ -508,7 +501,6 @@ _FIELD_TYPES: dict[str, Any] = {
     "tpm": (int, float),
     "judge_tpm": (int, float),
     "timeout_s": (int, float),
-    "http_processes": int,
     "backoff_base_s": (int, float),
     "price_in": (int, float),
     "price_out": (int, float),

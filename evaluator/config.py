@@ -31,6 +31,9 @@ REQUEST_SETTINGS = (
     "web_search",
     "judge_web_search",
 )
+# Config keys of earlier versions that no longer mean anything; dropped when a stored
+# config is read so that older checkpoints still resume.
+RETIRED_KEYS = ("http_processes",)
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 JUDGE_ORDERS = ("forward", "reverse", "both")
 MODES = ("online", "batch")
@@ -76,9 +79,6 @@ class RunConfig:
     tpm: float | None = None
     judge_tpm: float | None = None
     timeout_s: float = 600.0
-    # Helper processes doing the HTTP exchanges (workers/http_processes.py); 0: the run's own
-    # event loop sends them. More than one loop's worth of calls/s on a multi-core node.
-    http_processes: int = 0
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     retry_budget: int | None = None  # retries for the whole run; None: unlimited
@@ -122,8 +122,6 @@ class RunConfig:
         for name in ("concurrency", "judge_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.http_processes < 0:
-            raise ConfigError("--http-processes must be 0 or more")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
         for name in ("rpm", "judge_rpm", "tpm", "judge_tpm"):
@@ -235,6 +233,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        # `http_processes` (helper processes for HTTP) was removed; checkpoints written
+        # before then store it, and how calls are sent never changed what a run asks.
+        data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -38,7 +38,6 @@ from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
 from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
-from workers.http_processes import HTTPProcesses
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, PoolConfig
 from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
@@ -141,7 +140,6 @@ def _pool(
     tpm: float | None,
     budget: RetryBudget,
     shared: dict,
-    remote: HTTPProcesses | None,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
     # The stage's wire format: the judge pool is the one named "judge ...".
@@ -168,7 +166,6 @@ def _pool(
             retry_budget=budget,
         ),
         shared,
-        remote=remote,
     )
 
 
@@ -445,8 +442,6 @@ async def _with_endpoints(
     budget = RetryBudget(config.retry_budget)
     shared_limits: dict = {}  # a model and its judge on one account share its rate limits
     config = _modes(config, store)
-    # Registered with the pools now; the processes start with the session, below.
-    remote = HTTPProcesses(config.http_processes) if config.http_processes else None
     gen_client: EndpointPool | BatchStage
     judge_client: EndpointPool | BatchStage
     if config.mode == "batch":
@@ -471,7 +466,6 @@ async def _with_endpoints(
             config.tpm,
             budget,
             shared_limits,
-            remote,
         )
     if config.judge_mode == "batch":
         judge_client = _batch_stage(
@@ -495,7 +489,6 @@ async def _with_endpoints(
             config.judge_tpm,
             budget,
             shared_limits,
-            remote,
         )
     metrics = None
     if options.metrics_port is not None:
@@ -524,8 +517,6 @@ async def _with_endpoints(
     # imports (pyarrow, matplotlib) use idle CPU now instead of adding to the run's end.
     side = ReportChild(run_dir, run_dir / report.RESULTS_TMP, config.judge_orders, background=True)
     try:
-        if remote is not None:
-            await remote.__aenter__()
         return await _run_pools(
             run_dir,
             store,
@@ -542,8 +533,6 @@ async def _with_endpoints(
         )
     finally:
         side.close()  # a no-op once the report is written; stops it on every other path
-        if remote is not None:
-            await remote.close()
         if metrics is not None:
             await metrics_server.cleanup()
 

@@ -21,7 +21,6 @@ import orjson
 from yarl import URL
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
-from workers.http11 import HTTP11Pool
 from workers.limits import RateLimitHeaders
 
 __all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "Wire"]
@@ -89,7 +88,6 @@ class HTTPClient:
         self.url = config.base_url.rstrip("/") + wire.path
         self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         self._session: aiohttp.ClientSession | None = None
-        self._plain: HTTP11Pool | None = None  # plain-http endpoints: see workers.http11
         self._secrets = (config.api_key,) if config.api_key else ()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
@@ -100,17 +98,12 @@ class HTTPClient:
         }
         connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(headers=headers, connector=connector)
-        if self._url.scheme == "http":
-            self._plain = HTTP11Pool(self.url, headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._plain is not None:
-            await self._plain.close()
-            self._plain = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -157,9 +150,6 @@ class HTTPClient:
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
         try:
-            if self._plain is not None:
-                resp = await self._plain.post(body, self.config.timeout_s)
-                return self._answer(resp.status, resp.headers, resp.body, start)
             async with self._session.post(self._url, data=body, timeout=self._timeout) as r:
                 return self._answer(r.status, r.headers, await r.read(), start)
         except TimeoutError:

@@ -34,7 +34,6 @@ from workers.base import (
     cancel_and_wait,
 )
 from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
-from workers.http_processes import HTTPProcesses, RemoteClient
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
 
@@ -67,9 +66,7 @@ class EndpointStats:
 
 @dataclass
 class Endpoint:
-    # The endpoint's provider's client (workers.providers), or its stand-in that sends
-    # through the run's HTTP helper processes.
-    client: HTTPClient | RemoteClient
+    client: HTTPClient  # the endpoint's provider's client (workers.providers)
     limits: EndpointLimits  # may be shared with another stage's endpoint (same URL and key)
     concurrency: AdaptiveConcurrency
     healthy: bool = True
@@ -109,11 +106,9 @@ class EndpointPool:
         config: PoolConfig,
         shared_limits: dict[tuple[str, str | None], EndpointLimits] | None = None,
         observer: PoolObserver | None = None,
-        remote: HTTPProcesses | None = None,
     ) -> None:
         """`shared_limits`: one registry for all pools of a run, so stages that use the
-        same endpoint with the same key share its rate buckets. `remote`: the run's HTTP
-        helper processes, which then do this pool's HTTP exchanges."""
+        same endpoint with the same key share its rate buckets."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
@@ -129,11 +124,7 @@ class EndpointPool:
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
             client = get_provider(ep.provider).client(ep)
             self.endpoints.append(
-                Endpoint(
-                    client if remote is None else RemoteClient(client, remote),
-                    limits,
-                    AdaptiveConcurrency(ep.concurrency, initial=initial),
-                )
+                Endpoint(client, limits, AdaptiveConcurrency(ep.concurrency, initial=initial))
             )
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
