@@ -79,6 +79,10 @@ class RunConfig:
     tpm: float | None = None
     judge_tpm: float | None = None
     timeout_s: float = 600.0
+    # PEM file of CA certificates trusted besides the system's, for https endpoints signed
+    # by a private CA (an enterprise gateway). How calls travel, not what they ask: it may
+    # change on --resume.
+    ca_bundle: str | None = None
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     retry_budget: int | None = None  # retries for the whole run; None: unlimited
@@ -128,6 +132,16 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.ca_bundle is not None:
+            from workers.client import tls_context
+
+            try:
+                tls_context(self.ca_bundle)
+            except OSError as exc:  # ssl.SSLError too: not PEM, or no certificate in it
+                raise ConfigError(
+                    f"--ca-bundle {self.ca_bundle}: not a readable PEM file of CA "
+                    f"certificates ({exc})"
+                ) from None
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
         if self.shard is not None:

@@ -154,6 +154,7 @@ def _pool(
             tpm=tpm,
             timeout_s=config.timeout_s,
             provider=provider,
+            ca_bundle=config.ca_bundle,
         )
         for url in urls
     ]
@@ -187,6 +188,7 @@ def _batch_stage(
         name=name,
         backoff_base_s=config.backoff_base_s,
         timeout_s=config.timeout_s,
+        ca_bundle=config.ca_bundle,
     )
     max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
     max_bytes = api.max_bytes

@@ -33,7 +33,13 @@ from workers.base import (
     RetryBudget,
     cancel_and_wait,
 )
-from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
+from workers.client import (
+    Attempt,
+    EndpointConfig,
+    EndpointMisconfigured,
+    EndpointUnreachable,
+    HTTPClient,
+)
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
 
@@ -156,6 +162,8 @@ class EndpointPool:
         for ep in self.endpoints:
             try:
                 await ep.client.check()
+            except EndpointMisconfigured:
+                raise  # a wrong URL or an untrusted certificate: no waiting fixes it
             except EndpointUnreachable as exc:
                 errors.append(str(exc))
                 ep.healthy = False
