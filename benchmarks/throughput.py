@@ -1074,11 +1074,14 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
         f"({n} pairs, {3 * n} calls ≈ {3 * n / rps:.0f} s at the limit; median of {args.repeats})"
     )
     data = write_synthetic_dataset(tmp / "ratelimit.jsonl", n)
+    # The simulated server has one allowance for every model name; the evaluator keeps a
+    # rate bucket per (URL, key, model), so both stages name one model to share one bucket.
+    same = ("--judge-model", "m")
     variants = (
-        ("learns from headers (no limits given)", ()),
+        ("learns from headers (no limits given)", same),
         (
             f"--rpm {RL_RPM:g} --tpm {RL_TPM:g} given",
-            ("--rpm", f"{RL_RPM:g}", "--tpm", f"{RL_TPM:g}"),
+            (*same, "--rpm", f"{RL_RPM:g}", "--tpm", f"{RL_TPM:g}"),
         ),
     )
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
@@ -1178,7 +1181,8 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
         "counted from 2 s after the first answer (the poll nearest it), i.e. after the "
         "evaluator has seen the limit in the x-ratelimit headers. 429 share = 429 answers ÷ all "
         "requests the server got. The same server serves generations and judge calls; with "
-        "--rpm/--tpm given the evaluator's two stages share one bucket (same URL and key). "
+        "--rpm/--tpm given the evaluator's two stages share one bucket (same URL, key and model: "
+        "both stages name one model here, as the server has one allowance for all). "
         "Requests are ≈ 4,170 tokens (generation) and ≈ 2,990 (judge) as the server counts "
         f"them (body bytes ÷ 4 + max_tokens), so {rps:.0f} req/s is ≈ 0.38 M tokens/s of the "
         f"{RL_TPM / 60e6:.1f} M/s allowed: the request limit binds.",

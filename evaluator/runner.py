@@ -39,7 +39,7 @@ from workers.base import FatalEndpointError, RetryBudget
 from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
-from workers.pool import EndpointPool, PoolConfig
+from workers.pool import EndpointPool, LimitsRegistry, PoolConfig
 from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
 
 if TYPE_CHECKING:
@@ -139,11 +139,12 @@ def _pool(
     rpm: float | None,
     tpm: float | None,
     budget: RetryBudget,
-    shared: dict,
+    shared: LimitsRegistry,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
-    # The stage's wire format: the judge pool is the one named "judge ...".
-    provider = config.judge_provider if name.startswith("judge") else config.provider
+    # The stage's wire format and model: the judge pool is the one named "judge ...".
+    judge = name.startswith("judge")
+    provider = config.judge_provider if judge else config.provider
     endpoints = [
         EndpointConfig(
             base_url=url,
@@ -154,6 +155,7 @@ def _pool(
             tpm=tpm,
             timeout_s=config.timeout_s,
             provider=provider,
+            model=config.judge_model if judge else config.model,
             ca_bundle=config.ca_bundle,
         )
         for url in urls
@@ -442,7 +444,8 @@ async def _with_endpoints(
 ) -> RunResult:
     drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
-    shared_limits: dict = {}  # a model and its judge on one account share its rate limits
+    # Stages sending one model to one endpoint with one key share its rate limits.
+    shared_limits: LimitsRegistry = {}
     config = _modes(config, store)
     gen_client: EndpointPool | BatchStage
     judge_client: EndpointPool | BatchStage

@@ -55,6 +55,7 @@ class EndpointConfig:
     tpm: float | None = None
     timeout_s: float = 600.0
     provider: str = "openai"  # a name in workers.providers.PROVIDERS
+    model: str | None = None  # the model asked for here: rate buckets are per model
     ca_bundle: str | None = None  # PEM file of extra CAs to trust (https endpoints)
 
 
