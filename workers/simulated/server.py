@@ -170,13 +170,9 @@ class SimulatedServer:
     async def _models(self, request: web.Request) -> web.Response:
         if (denied := self._unauthorized(request)) is not None:
             return denied
-        data = [
-            {"id": m, "object": "model", "owned_by": SIM_FINGERPRINT}
-            for m in ("simulated-model", "simulated-judge", *self.config.served_names)
-        ]
-        return web.json_response(
-            {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
-        )
+        names = ["simulated-model", "simulated-judge", *self.config.served_names]
+        body = wire.models_body(names, anthropic="anthropic-version" in request.headers)
+        return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(
