@@ -22,6 +22,29 @@ from workers.simulated.data import write_synthetic_dataset
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _with_root_on_path(pythonpath: str | None) -> str:
+    return os.pathsep.join(p for p in (str(ROOT), pythonpath) if p)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _caches_in_tmp(tmp_path_factory):
+    """matplotlib (the report's plots) writes its font cache to ~/.cache/matplotlib unless
+    told otherwise: for the tests, and the processes they start, it goes to a temp dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cwd_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temp dir, as do the processes it starts: what a run
+    writes relative to the working directory (runs/.last-run, a default --out) stays
+    there, and a developer's ./.env is not read. This checkout stays first on the
+    path of every child process (evaluators, managed servers), wherever it runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", _with_root_on_path(os.environ.get("PYTHONPATH")))
+
+
 @pytest.fixture
 def synthetic(tmp_path: Path):
     """Factory: a synthetic JSONL dataset with n pairs."""
@@ -200,7 +223,12 @@ def evaluator_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "evaluator", *map(str, args)]
 
 
-SUBPROCESS_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# This checkout first on the path, so an evaluator started from a temp dir imports it.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": _with_root_on_path(os.environ.get("PYTHONPATH")),
+}
 
 
 def spawn_run(
@@ -209,7 +237,6 @@ def spawn_run(
     """A quiet `run` as a separate process, left running (to be signalled or killed)."""
     return subprocess.Popen(
         evaluator_cmd(*run_args(data, base_url, out, *extra, model=model)),
-        cwd=ROOT,
         env=SUBPROCESS_ENV,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -220,7 +247,6 @@ def run_evaluator(*args, timeout: float) -> subprocess.CompletedProcess[str]:
     """`python -m evaluator ARGS` as a separate process, run to the end, its output captured."""
     return subprocess.run(
         evaluator_cmd(*args),
-        cwd=ROOT,
         env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,
