@@ -189,11 +189,9 @@ class HTTPClient:
             ) as resp:
                 raw = await resp.read()
                 if 300 <= resp.status < 400:
-                    raise EndpointMisconfigured(
-                        redirect_message(
-                            self.config.name, "GET", url, resp.status, resp.headers.get("Location")
-                        )
-                    )
+                    where = resp.headers.get("Location")
+                    msg = redirect_message(self.config.name, "GET", url, resp.status, where)
+                    raise EndpointMisconfigured(self.redact(msg))
                 if resp.status in (401, 403):
                     _, msg = self.wire.error(resp.status, raw)
                     failure = CallFailure(
