@@ -958,17 +958,12 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         start_server(bench.children, tmp, data, f"latency-{i}", LAT_MEDIAN_MS, LAT_SIGMA)
         for i in range(k)
     ]
-    procs = args.http_processes
-    helped = f"evaluator, {procs} HTTP processes"
-    runs: dict[str, list[dict]] = {"evaluator": [], helped: [], "baseline": []}
+    runs: dict[str, list[dict]] = {"evaluator": [], "baseline": []}
 
     def run(who: str, size: int, warmup: bool = False) -> dict:
         poller = Poller(servers)
-        if who.startswith("evaluator"):
-            extra = ("--http-processes", str(procs)) if who == helped else ()
-            m = bench.evaluator(
-                servers, data, size, c, jc, extra, warmup=warmup, on_tick=poller.tick
-            )
+        if who == "evaluator":
+            m = bench.evaluator(servers, data, size, c, jc, (), warmup=warmup, on_tick=poller.tick)
         else:
             # Every worker holds a pair and the connector caps the total at 1,024: always
             # full. Its requests take turns between the servers.
@@ -1003,13 +998,13 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         rows.append(
             [
                 who,
-                f"{k}×({c}+{jc})" if who.startswith("evaluator") else f"{in_flight} (shared)",
+                f"{k}×({c}+{jc})" if who == "evaluator" else f"{in_flight} (shared)",
                 f2(med(r["session_wall_s"] for r in rs)),
                 f0(med(calls / r["wall_s"] for r in rs)),
                 f0(med(calls / r["session_wall_s"] for r in rs)),
                 f0(steady),
                 f2(steady / little),
-                f2(steady / stage_bound) if who.startswith("evaluator") else "n/a",
+                f2(steady / stage_bound) if who == "evaluator" else "n/a",
                 f3(1000 * med(r["cpu_s"] for r in rs) / calls),
                 f"{100 * med(r['cpu_s'] / r['wall_s'] for r in rs):.0f}%",
                 f"{100 * med(r['server_cpu_s'] / r['wall_s'] for r in rs):.0f}%",
@@ -1062,8 +1057,7 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         "turns. Steady calls/s: slope of the servers' answered-call count (polled every 0.25 s) "
         "between 10% and 90% of the calls, so ramp-up, tail, start-up and the final report are "
         "left out. Client and server CPU are shares of one core over the client's wall time "
-        f"(server: both processes). The row with {procs} HTTP processes is for information: on "
-        "2 cores its helpers compete with the servers for CPU.",
+        "(server: both processes).",
     ]
     sec.target(
         "latency: evaluator steady calls/s ≥ 0.9 × Little's-law bound",
@@ -1083,11 +1077,14 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
         f"({n} pairs, {3 * n} calls ≈ {3 * n / rps:.0f} s at the limit; median of {args.repeats})"
     )
     data = write_synthetic_dataset(tmp / "ratelimit.jsonl", n)
+    # The simulated server has one allowance for every model name; the evaluator keeps a
+    # rate bucket per (URL, key, model), so both stages name one model to share one bucket.
+    same = ("--judge-model", "m")
     variants = (
-        ("learns from headers (no limits given)", ()),
+        ("learns from headers (no limits given)", same),
         (
             f"--rpm {RL_RPM:g} --tpm {RL_TPM:g} given",
-            ("--rpm", f"{RL_RPM:g}", "--tpm", f"{RL_TPM:g}"),
+            (*same, "--rpm", f"{RL_RPM:g}", "--tpm", f"{RL_TPM:g}"),
         ),
     )
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
@@ -1187,7 +1184,8 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
         "counted from 2 s after the first answer (the poll nearest it), i.e. after the "
         "evaluator has seen the limit in the x-ratelimit headers. 429 share = 429 answers ÷ all "
         "requests the server got. The same server serves generations and judge calls; with "
-        "--rpm/--tpm given the evaluator's two stages share one bucket (same URL and key). "
+        "--rpm/--tpm given the evaluator's two stages share one bucket (same URL, key and model: "
+        "both stages name one model here, as the server has one allowance for all). "
         "Requests are ≈ 4,170 tokens (generation) and ≈ 2,990 (judge) as the server counts "
         f"them (body bytes ÷ 4 + max_tokens), so {rps:.0f} req/s is ≈ 0.38 M tokens/s of the "
         f"{RL_TPM / 60e6:.1f} M/s allowed: the request limit binds.",
@@ -1592,13 +1590,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median shown)")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds allowed per run")
-    p.add_argument(
-        "--http-processes",
-        type=int,
-        default=2,
-        help="latency scenario: the evaluator's second row sends through this many HTTP "
-        "helper processes (default 2)",
-    )
     p.add_argument(
         "--no-write",
         action="store_true",

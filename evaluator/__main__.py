@@ -63,6 +63,11 @@ def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(coro)
 
 
+def _absolute(path: str) -> str:
+    """A path flag stored in the run config: absolute, so --resume works from anywhere."""
+    return str(Path(path).resolve())
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     # Defaults live in RunConfig; a flag left out is None here, so the precedence
     # is: flag, then --config file, then RunConfig's default.
@@ -182,10 +187,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument(
-        "--http-processes",
-        type=int,
-        help="helper processes that do the HTTP exchanges, for more calls/s than one event "
-        "loop sends on a multi-core node (0: in the run's own process)",
+        "--ca-bundle",
+        type=_absolute,
+        help="PEM file of CA certificates to trust besides the system's (https endpoints "
+        "behind a gateway with a private CA; SSL_CERT_FILE works too)",
     )
     t.add_argument("--max-attempts", type=int, help="tries per call for retryable errors (6)")
     t.add_argument("--retry-budget", type=int, help="retries allowed for the whole run (unlimited)")
@@ -420,7 +425,7 @@ RUN_FIELDS = (
     "tpm",
     "judge_tpm",
     "timeout_s",
-    "http_processes",
+    "ca_bundle",
     "max_attempts",
     "retry_budget",
     "judge_retries",
@@ -544,6 +549,8 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     for name in FILE_ONLY:
         if name in values:
             values[name] = path.parent / values[name]
+    if "ca_bundle" in values:  # stored absolute: a later --resume may run elsewhere
+        values["ca_bundle"] = str((path.parent / values["ca_bundle"]).resolve())
     return values
 
 
@@ -586,7 +593,6 @@ _FIELD_TYPES: dict[str, Any] = {
     "tpm": (int, float),
     "judge_tpm": (int, float),
     "timeout_s": (int, float),
-    "http_processes": int,
     "backoff_base_s": (int, float),
     "price_in": (int, float),
     "price_out": (int, float),

@@ -33,6 +33,9 @@ REQUEST_SETTINGS = (
     "web_search",
     "judge_web_search",
 )
+# Config keys of earlier versions that no longer mean anything; dropped when a stored
+# config is read so that older checkpoints still resume.
+RETIRED_KEYS = ("http_processes",)
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 JUDGE_ORDERS = ("forward", "reverse", "both")
 MODES = ("online", "batch")
@@ -81,9 +84,10 @@ class RunConfig:
     tpm: float | None = None
     judge_tpm: float | None = None
     timeout_s: float = 600.0
-    # Helper processes doing the HTTP exchanges (workers/http_processes.py); 0: the run's own
-    # event loop sends them. More than one loop's worth of calls/s on a multi-core node.
-    http_processes: int = 0
+    # PEM file of CA certificates trusted besides the system's, for https endpoints signed
+    # by a private CA (an enterprise gateway). How calls travel, not what they ask: it may
+    # change on --resume.
+    ca_bundle: str | None = None
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     retry_budget: int | None = None  # retries for the whole run; None: unlimited
@@ -129,8 +133,6 @@ class RunConfig:
         for name in ("concurrency", "judge_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.http_processes < 0:
-            raise ConfigError("--http-processes must be 0 or more")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
         try:
@@ -141,6 +143,16 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.ca_bundle is not None:
+            from workers.client import tls_context
+
+            try:
+                tls_context(self.ca_bundle)
+            except OSError as exc:  # ssl.SSLError too: not PEM, or no certificate in it
+                raise ConfigError(
+                    f"--ca-bundle {self.ca_bundle}: not a readable PEM file of CA "
+                    f"certificates ({exc})"
+                ) from None
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be at least 1")
         if self.shard is not None:
@@ -246,6 +258,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        # `http_processes` (helper processes for HTTP) was removed; checkpoints written
+        # before then store it, and how calls are sent never changed what a run asks.
+        data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

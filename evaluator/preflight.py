@@ -136,6 +136,8 @@ async def run_preflight(
             name=f"{stage.label} endpoint",
             timeout_s=config.timeout_s,
             provider=stage.provider,
+            model=stage.model,
+            ca_bundle=config.ca_bundle,
         )
         async with get_provider(stage.provider).client(ep_config) as online:
             models = await online.check()
@@ -212,7 +214,9 @@ async def _probe(client: HTTPClient, body: bytes) -> Attempt:
         if isinstance(result, Completion) or not result.error_class.retryable:
             break
         wait = outcome.retry_after_s if outcome.retry_after_s is not None else 2.0**attempt
-        await asyncio.sleep(min(wait, PROBE_MAX_WAIT_S))
+        if wait > PROBE_MAX_WAIT_S:
+            break  # told to come back much later: not worth holding the start for
+        await asyncio.sleep(wait)
         outcome = await client.attempt(body)
     return outcome
 

@@ -46,9 +46,8 @@ from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
 from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
-from workers.http_processes import HTTPProcesses
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
-from workers.pool import EndpointPool, PoolConfig
+from workers.pool import EndpointPool, LimitsRegistry, PoolConfig
 from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
 
 if TYPE_CHECKING:
@@ -163,12 +162,12 @@ def _pool(
     rpm: float | None,
     tpm: float | None,
     budget: RetryBudget,
-    shared: dict,
-    remote: HTTPProcesses | None,
+    shared: LimitsRegistry,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint."""
-    # The stage's wire format: the judge pool is the one named "judge ...".
-    provider = config.judge_provider if name.startswith("judge") else config.provider
+    # The stage's wire format and model: the judge pool is the one named "judge ...".
+    judge = name.startswith("judge")
+    provider = config.judge_provider if judge else config.provider
     endpoints = [
         EndpointConfig(
             base_url=url,
@@ -179,6 +178,8 @@ def _pool(
             tpm=tpm,
             timeout_s=config.timeout_s,
             provider=provider,
+            model=config.judge_model if judge else config.model,
+            ca_bundle=config.ca_bundle,
         )
         for url in urls
     ]
@@ -191,7 +192,6 @@ def _pool(
             retry_budget=budget,
         ),
         shared,
-        remote=remote,
     )
 
 
@@ -213,6 +213,7 @@ def _batch_stage(
         name=name,
         backoff_base_s=config.backoff_base_s,
         timeout_s=config.timeout_s,
+        ca_bundle=config.ca_bundle,
     )
     max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
     max_bytes = api.max_bytes
@@ -474,10 +475,9 @@ async def _with_endpoints(
 ) -> RunResult:
     drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
-    shared_limits: dict = {}  # a model and its judge on one account share its rate limits
+    # Stages sending one model to one endpoint with one key share its rate limits.
+    shared_limits: LimitsRegistry = {}
     config = _modes(config, store)
-    # Registered with the pools now; the processes start with the session, below.
-    remote = HTTPProcesses(config.http_processes) if config.http_processes else None
     gen_client: EndpointPool | BatchStage
     judge_client: EndpointPool | BatchStage
     if config.mode == "batch":
@@ -502,7 +502,6 @@ async def _with_endpoints(
             config.tpm,
             budget,
             shared_limits,
-            remote,
         )
     if config.judge_mode == "batch":
         judge_client = _batch_stage(
@@ -526,7 +525,6 @@ async def _with_endpoints(
             config.judge_tpm,
             budget,
             shared_limits,
-            remote,
         )
     metrics = None
     if options.metrics_port is not None:
@@ -555,8 +553,6 @@ async def _with_endpoints(
     # imports (pyarrow, matplotlib) use idle CPU now instead of adding to the run's end.
     side = ReportChild(run_dir, run_dir / report.RESULTS_TMP, config.judge_orders, background=True)
     try:
-        if remote is not None:
-            await remote.__aenter__()
         return await _run_pools(
             run_dir,
             store,
@@ -574,8 +570,6 @@ async def _with_endpoints(
         )
     finally:
         side.close()  # a no-op once the report is written; stops it on every other path
-        if remote is not None:
-            await remote.close()
         if metrics is not None:
             await metrics_server.cleanup()
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -32,16 +34,42 @@ TEST_MODELS = (
     "judge-b",
     "other",
     "my-llama",
+    "model-a",
+    "same",
     "sim-model",
     "sim-judge",
     "claude-sim",
     "gpt-4o-mini",
     "gpt-4.1",
+    "simulated-model",
     "simulated-judge",
     "claude-judge-sim",
     "claude-sonnet-4-5",
     "google/gemma-3-27b-it",  # the default judge
 )
+
+
+def _with_root_on_path(pythonpath: str | None) -> str:
+    return os.pathsep.join(p for p in (str(ROOT), pythonpath) if p)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _caches_in_tmp(tmp_path_factory):
+    """matplotlib (the report's plots) writes its font cache to ~/.cache/matplotlib unless
+    told otherwise: for the tests, and the processes they start, it goes to a temp dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cwd_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temp dir, as do the processes it starts: what a run
+    writes relative to the working directory (runs/.last-run, a default --out) stays
+    there, and a developer's ./.env is not read. This checkout stays first on the
+    path of every child process (evaluators, managed servers), wherever it runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", _with_root_on_path(os.environ.get("PYTHONPATH")))
 
 
 @pytest.fixture
@@ -54,14 +82,54 @@ def synthetic(tmp_path: Path):
     return make
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A certificate authority made for the test session and a server certificate it signed."""
+
+    ca_pem: Path  # the CA's certificate: what a client must trust
+    cert_pem: Path  # the server's certificate chain
+    key_pem: Path  # the server's private key
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_pem, self.key_pem)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_pem))
+
+
+def make_tls(directory: Path, *hosts: str) -> TLSFiles:
+    """A new CA and a certificate for `hosts`, as PEM files in `directory` (trustme)."""
+    import trustme  # the test extra; imported here so only TLS tests need it
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(*hosts)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca_pem))
+    with files.cert_pem.open("wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    cert.private_key_pem.write_to_path(str(files.key_pem))
+    return files
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory) -> TLSFiles:
+    """A CA made at test time and its certificate for 127.0.0.1 and localhost."""
+    return make_tls(tmp_path_factory.mktemp("tls"), "127.0.0.1", "localhost")
+
+
 @pytest.fixture
 def sim_server():
-    """Factory: a simulated server on its own thread; stopped at teardown."""
+    """Factory: a simulated server on its own thread (https given `ssl_context`); stopped at
+    teardown."""
     servers: list[ThreadedServer] = []
 
-    def start(**kwargs) -> ThreadedServer:
+    def start(ssl_context: ssl.SSLContext | None = None, **kwargs) -> ThreadedServer:
         kwargs.setdefault("served_names", TEST_MODELS)
-        server = ThreadedServer(SimConfig(**kwargs))
+        server = ThreadedServer(SimConfig(**kwargs), ssl_context=ssl_context)
         server.__enter__()
         servers.append(server)
         return server
@@ -115,8 +183,13 @@ class SimProcess:
 
     _count = 0
 
-    def __init__(self, tmp_path: Path, *args: str, port: int = 0) -> None:
+    def __init__(
+        self, tmp_path: Path, *args: str, port: int = 0, tls: TLSFiles | None = None
+    ) -> None:
         SimProcess._count += 1
+        self.tls = tls
+        if tls is not None:
+            args = (*args, "--tls-cert", str(tls.cert_pem), "--tls-key", str(tls.key_pem))
         port_file = tmp_path / f"sim-{SimProcess._count}.port"
         if "--served-model-name" not in args and "--any-model" not in args:
             args = (*args, *(a for m in TEST_MODELS for a in ("--served-model-name", m)))
@@ -142,13 +215,15 @@ class SimProcess:
                     f"simulated server did not start: {self.proc.stderr.read().decode()}"
                 )
             time.sleep(0.05)
-        self.base_url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+        scheme = "https" if tls is not None else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{port_file.read_text()}/v1"
 
     def stats(self, bodies: bool = False) -> dict:
         import urllib.request
 
         url = self.base_url.replace("/v1", "/sim/stats") + ("?bodies=1" if bodies else "")
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        context = self.tls.client_context() if self.tls is not None else None
+        with urllib.request.urlopen(url, timeout=10, context=context) as resp:
             return orjson.loads(resp.read())
 
     def stop(self) -> None:
@@ -164,8 +239,8 @@ class SimProcess:
 def sim_process(tmp_path: Path):
     procs: list[SimProcess] = []
 
-    def start(*args: str, port: int = 0) -> SimProcess:
-        p = SimProcess(tmp_path, *args, port=port)
+    def start(*args: str, port: int = 0, tls: TLSFiles | None = None) -> SimProcess:
+        p = SimProcess(tmp_path, *args, port=port, tls=tls)
         procs.append(p)
         return p
 
@@ -178,7 +253,12 @@ def evaluator_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "evaluator", *map(str, args)]
 
 
-SUBPROCESS_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# This checkout first on the path, so an evaluator started from a temp dir imports it.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": _with_root_on_path(os.environ.get("PYTHONPATH")),
+}
 
 
 def spawn_run(
@@ -187,7 +267,6 @@ def spawn_run(
     """A quiet `run` as a separate process, left running (to be signalled or killed)."""
     return subprocess.Popen(
         evaluator_cmd(*run_args(data, base_url, out, *extra, model=model)),
-        cwd=ROOT,
         env=SUBPROCESS_ENV,
         stdout=subprocess.DEVNULL,
         stderr=stderr,
@@ -198,7 +277,6 @@ def run_evaluator(*args, timeout: float) -> subprocess.CompletedProcess[str]:
     """`python -m evaluator ARGS` as a separate process, run to the end, its output captured."""
     return subprocess.run(
         evaluator_cmd(*args),
-        cwd=ROOT,
         env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,

@@ -78,7 +78,10 @@ def _limited_run(tmp_path, synthetic, sim_server, name, *flags):
     server = sim_server(rpm_limit=3_000, tpm_limit=9_000_000)
     out = tmp_path / name
     caps = ("--concurrency", "16", "--judge-concurrency", "16")
-    assert _run(out, data, server.base_url, extra=(*caps, *flags)) == 0
+    # The simulated server has one allowance whatever the model; the evaluator keeps a
+    # bucket per model, so both stages name one model here to draw on one bucket.
+    same = ("--judge-model", "m")
+    assert _run(out, data, server.base_url, extra=(*caps, *same, *flags)) == 0
     assert read_summary(out)["n_valid"] == 60
     stats = server.stats()["by_kind"]
     assert stats.get("model", 0) + stats.get("judge", 0) == 180 + 1  # + the judge's test call
@@ -134,7 +137,8 @@ def test_retry_after_pauses_only_that_endpoint(tmp_path, synthetic, sim_server):
     assert read_summary(out)["n_valid"] == 40
     # Only the first wave (at most its 4 + 4 slots) reached the limited endpoint; once it
     # said "wait", it was left alone while the other endpoint did the work.
-    assert limited.stats()["requests_total"] <= 8
+    # (+ the judge's preflight test call, which is not repeated when told to wait 30 s)
+    assert limited.stats()["requests_total"] <= 8 + 1
     assert healthy.stats()["requests_total"] >= 120
 
 
@@ -182,3 +186,62 @@ def test_slow_start_doubles_each_round_until_the_first_rate_limit():
     c.inflight = int(c.limit) - 1
     c.on_success()
     assert c.limit - before < 0.1  # back to additive increase
+
+
+KEY = "sk-one-account-0123456789"
+
+
+def _stage_rpm(out) -> dict[str, list]:
+    endpoints = read_summary(out)["last_session"]["endpoints"]
+    return {stage: [(ep["rpm"], ep["tpm"]) for ep in eps] for stage, eps in endpoints.items()}
+
+
+def test_model_and_judge_on_one_account_get_a_bucket_each(
+    tmp_path, synthetic, sim_server, monkeypatch, caplog
+):
+    """One URL and key, two model names: each stage has its own rate buckets (providers
+    limit each model apart), so --judge-rpm/--judge-tpm apply to the judge."""
+    server = sim_server(api_key=KEY)
+    monkeypatch.setenv("ONE_ACCOUNT_KEY", KEY)
+    out = tmp_path / "run"
+    flags = ("--api-key-env", "ONE_ACCOUNT_KEY", "--judge-model", "judge-b")
+    limits = ("--rpm", "6000", "--tpm", "9000000", "--judge-rpm", "3000", "--judge-tpm", "4500000")
+    assert run_eval(synthetic(6), server.base_url, out, *flags, *limits, model="model-a") == 0
+    assert _stage_rpm(out) == {"generation": [(6000, 9_000_000)], "judge": [(3000, 4_500_000)]}
+    assert "share one rate-limit bucket" not in caplog.text
+
+
+def test_one_model_for_both_stages_shares_its_bucket_and_says_so(
+    tmp_path, synthetic, sim_server, caplog
+):
+    server = sim_server()
+    out = tmp_path / "run"
+    limits = ("--rpm", "6000", "--judge-rpm", "3000", "--judge-model", "same")
+    assert run_eval(synthetic(6), server.base_url, out, *limits, model="same") == 0
+    # One allowance for one model on one account: the judge draws on the model's bucket.
+    assert _stage_rpm(out) == {"generation": [(6000, None)], "judge": [(6000, None)]}
+    warnings = [r.getMessage() for r in caplog.records if "share one rate-limit" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "model endpoint and judge endpoint send model 'same'" in warnings[0]
+    assert "the limits given for judge endpoint (rpm 3000.0, tpm None) do not apply" in warnings[0]
+
+
+def test_limits_registry_is_keyed_by_url_key_and_model():
+    from workers.client import EndpointConfig
+    from workers.pool import EndpointPool, PoolConfig
+
+    registry: dict = {}
+    url = "http://127.0.0.1:9/v1"
+
+    def pool(name: str, model: str, key: str = KEY, rpm: float = 600.0) -> EndpointPool:
+        ep = EndpointConfig(url, api_key=key, model=model, rpm=rpm)
+        return EndpointPool([ep], PoolConfig(name=name), registry)
+
+    gen = pool("model endpoint", "a")
+    assert pool("judge endpoint", "b", rpm=60.0).endpoints[0].limits is not gen.endpoints[0].limits
+    assert pool("judge endpoint", "a").endpoints[0].limits is gen.endpoints[0].limits
+    assert pool("other key", "a", key="sk-another-0123456789").endpoints[0].limits is not (
+        gen.endpoints[0].limits
+    )
+    judge_b = registry[(url, KEY, "b")][0]
+    assert judge_b.rpm == 60.0 and judge_b.bucket("requests").max_rate == 1.0  # 60/min

@@ -132,6 +132,25 @@ def test_resume_with_changed_request_settings_is_refused(tmp_path, synthetic, si
     assert "judge_model" in capsys.readouterr().err
 
 
+def test_checkpoint_of_an_older_version_with_http_processes_resumes(
+    tmp_path, synthetic, sim_server
+):
+    """Versions before issue 13 stored `http_processes` in the run config; such a run
+    must still resume (the key is dropped), and report and status read it too."""
+    data = synthetic(6)
+    server = sim_server()
+    out = tmp_path / "run"
+    assert run_eval(data, server.base_url, out, "--limit", "3") == 0
+    with Store.open(out, create=False, lock=False) as store:
+        stored = store.get_meta("config")
+        store.set_meta("config", {**stored, "http_processes": 2, "limit": None})
+    assert run_cli("--resume", "--out", out, "--quiet") == 0
+    assert read_summary(out)["n_valid"] == 6
+    assert run_cli("status", out) == 0
+    with Store.open(out, create=False, lock=False) as store:
+        assert "http_processes" not in store.get_meta("config")
+
+
 def test_new_run_into_used_directory_is_refused(tmp_path, synthetic, sim_server, capsys):
     data = synthetic(5)
     server = sim_server()

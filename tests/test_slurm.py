@@ -1,8 +1,11 @@
-"""deploy/slurm on a real Slurm: a one-node cluster on this machine (Debian's packages,
-brought up by deploy/slurm/local-cluster.sh), the project's simulated backend as
-the model, and simulated "vLLM" servers started by each array task through the
-evaluator's own server manager. No GPU is needed; the job scripts are the ones
-users submit, pointed at this checkout and this Python by environment variables.
+"""deploy/slurm on a real Slurm: a private one-node cluster on this machine (Debian's
+packages, brought up by deploy/slurm/local-cluster.sh with everything under a temp dir:
+munge's key and socket, slurm.conf and its state, spool, logs and pid files, two free
+ports; SLURM_CONF points at it), the project's simulated backend as the model, and
+simulated "vLLM" servers started by each array task through the evaluator's own server
+manager. No GPU is needed; the job scripts are the ones users submit, pointed at this
+checkout and this Python by environment variables. Nothing is installed here (.ci/run
+installs the packages) and nothing outside the temp dir is written.
 """
 
 from __future__ import annotations
@@ -29,34 +32,48 @@ from tests.conftest import (
 
 SLURM = ROOT / "deploy" / "slurm"
 CLUSTER_SCRIPT = SLURM / "local-cluster.sh"
-OUR_CLUSTER = "ClusterName=valbench-ci"
+TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged", "mungekey")
 
 
 def _skip_reason() -> str | None:
     if sys.platform != "linux" or os.geteuid() != 0:
-        return "starting a local Slurm cluster needs root on Linux"
-    if not shutil.which("sbatch") and not shutil.which("apt-get"):
-        return "Slurm is not installed and apt-get is not available to install it"
-    conf = Path("/etc/slurm/slurm.conf")
-    if conf.exists() and OUR_CLUSTER not in conf.read_text(errors="replace"):
-        return f"{conf} belongs to another Slurm set-up; not overwriting it"
+        return "a local Slurm cluster needs root on Linux (slurmd starts the jobs)"
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        # CI installs them (.ci/run): there a missing tool is a failure, not a skip.
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Slurm tools missing in CI: {', '.join(missing)}")
+        return (
+            f"Slurm and munge are not installed ({', '.join(missing)} missing; "
+            ".ci/run installs Debian's slurmctld slurmd slurm-client munge)"
+        )
     return None
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    """A one-node Slurm cluster on localhost for this module; torn down after it."""
+def slurm(tmp_path_factory):
+    """A private one-node Slurm cluster for this module, all of it in a temp dir, with
+    SLURM_CONF pointing at it while the module runs; torn down after it."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    where = tmp_path_factory.mktemp("slurm")
+    conf = where / "slurm.conf"
     up = subprocess.run(
-        ["bash", str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=300
+        ["bash", str(CLUSTER_SCRIPT), "up", str(where)], capture_output=True, text=True, timeout=300
     )
     try:
         assert up.returncode == 0, f"local Slurm did not come up:\n{up.stdout}\n{up.stderr}"
-        yield
+        assert conf.is_file() and f"export SLURM_CONF={conf}" in up.stdout
+        with pytest.MonkeyPatch.context() as mp:
+            # Every sbatch/squeue/scancel of this module, and the jobs (sbatch passes the
+            # environment on), use the private cluster.
+            mp.setenv("SLURM_CONF", str(conf))
+            yield conf
     finally:
-        subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "down", str(where)], capture_output=True, timeout=120
+        )
 
 
 def job_env() -> dict[str, str]:

@@ -145,7 +145,6 @@ def _server_pid(out: Path, name: str) -> int | None:
 def _spawn(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         evaluator_cmd("run", "--config", cfg, "--out", out, "--quiet", *extra),
-        cwd=ROOT,
         env=SUBPROCESS_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

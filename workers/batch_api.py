@@ -51,7 +51,15 @@ import orjson
 
 from workers.anthropic import ERROR_STATUS as ANTHROPIC_ERROR_STATUS
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
-from workers.client import EndpointConfig, EndpointUnreachable, Wire
+from workers.client import (
+    EndpointConfig,
+    EndpointMisconfigured,
+    EndpointUnreachable,
+    Wire,
+    certificate_message,
+    redirect_message,
+    tls_context,
+)
 from workers.providers import get_provider
 
 log = logging.getLogger("evaluator")
@@ -67,6 +75,11 @@ __all__ = [
 ]
 
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Anthropic's rule; OpenAI accepts it too
+
+
+class _Misconfigured(FatalEndpointError):
+    """A certificate that does not verify or a redirect: stops a run; check() reports it as
+    EndpointMisconfigured, like the online client's start-up check."""
 
 
 class BatchError(Exception):
@@ -110,8 +123,10 @@ class BatchAPI(ABC):
         http_attempts: int = 6,
         backoff_base_s: float = 1.0,
         timeout_s: float = 600.0,
+        ca_bundle: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.ca_bundle = ca_bundle
         self.api_key = api_key
         self.wire = wire
         self.name = name
@@ -122,7 +137,11 @@ class BatchAPI(ABC):
         self._secrets = (api_key,) if api_key else ()
 
     async def __aenter__(self) -> BatchAPI:
-        self._session = aiohttp.ClientSession(headers=self.wire.auth_headers(self.api_key))
+        # TLS as the online client has it (workers.client): always verified.
+        tls = tls_context(self.ca_bundle) if self.base_url.startswith("https://") else True
+        self._session = aiohttp.ClientSession(
+            headers=self.wire.auth_headers(self.api_key), connector=aiohttp.TCPConnector(ssl=tls)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -135,19 +154,25 @@ class BatchAPI(ABC):
 
     # -- one HTTP exchange, retried while the provider says "later" ---------------
     async def _http(self, method: str, url: str, **kwargs: Any) -> bytes:
-        """The body of a 2xx answer. Raises FatalEndpointError (key, quota), BatchError
-        (a final error), or EndpointUnreachable once transient failures are spent."""
+        """The body of a 2xx answer. Raises FatalEndpointError (key, quota, an untrusted
+        certificate, a redirect: never followed), BatchError (a final error), or
+        EndpointUnreachable once transient failures are spent."""
         assert self._session is not None, "use the batch API as an async context manager"
         last = ""
         for attempt in range(1, self.http_attempts + 1):
             wait: float | None = None
             try:
                 async with self._session.request(
-                    method, url, timeout=self._timeout, **kwargs
+                    method, url, timeout=self._timeout, allow_redirects=False, **kwargs
                 ) as resp:
                     raw = await resp.read()
                     if resp.status < 300:
                         return raw
+                    if resp.status < 400:
+                        where = resp.headers.get("Location")
+                        msg = redirect_message(self.name, method, url, resp.status, where)
+                        failure = CallFailure(ErrorClass.FATAL, self.redact(msg), resp.status)
+                        raise _Misconfigured(self.name, failure)
                     error_class, msg = self.wire.error(resp.status, raw)
                     failure = CallFailure(error_class, self.redact(msg), resp.status)
                     if error_class is ErrorClass.FATAL:
@@ -156,6 +181,9 @@ class BatchAPI(ABC):
                         raise BatchError(failure)
                     wait = self.wire.retry_after(resp.headers)
                     last = failure.message
+            except aiohttp.ClientConnectorCertificateError as exc:
+                failure = CallFailure(ErrorClass.FATAL, certificate_message(self.name, exc))
+                raise _Misconfigured(self.name, failure) from None
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = self.redact(f"{type(exc).__name__}: {exc}")
             if attempt < self.http_attempts:
@@ -182,6 +210,8 @@ class BatchAPI(ABC):
         have a Batch API (an OpenAI-compatible server often has only the online one)."""
         try:
             await self._http("GET", self.base_url + self.list_path, params={"limit": "1"})
+        except _Misconfigured as exc:
+            raise EndpointMisconfigured(exc.failure.message) from None
         except BatchError as exc:
             raise FatalEndpointError(
                 self.name,
@@ -401,10 +431,11 @@ class AnthropicBatchAPI(BatchAPI):
         return BatchStatus(batch_id, state, state == "ended", None, b)
 
     async def results(self, status: BatchStatus) -> list[tuple[str, Completion | CallFailure]]:
-        url = status.raw.get("results_url")
-        if not url:
+        if not status.raw.get("results_url"):
             return []
-        raw = await self._http("GET", str(url))
+        # The documented path at the configured base URL, not `results_url` itself: the key
+        # goes to no host but the one the run was given.
+        raw = await self._http("GET", f"{self.base_url}/messages/batches/{status.id}/results")
         out: list[tuple[str, Completion | CallFailure]] = []
         for obj in _jsonl(raw):
             cid = obj.get("custom_id")

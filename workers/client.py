@@ -8,10 +8,19 @@ Retries, routing and pacing live in workers.pool.
 What differs between providers is small and lives in a `Wire` (see
 workers.providers): the URL path, the auth headers, how a 200 body is read,
 how an error body is classified, and which rate-limit headers are sent.
+
+TLS and redirects, the same for every request the evaluator makes (calls,
+checks, batch files): certificates are always verified, against the system's
+CAs (OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR) plus an optional CA bundle
+(`--ca-bundle`, for gateways signed by a private CA); a certificate that does
+not verify is a configuration error, never retried and never waved through.
+Redirects are never followed: the auth headers would go along to wherever the
+Location points, so a 3xx is reported as a configuration error naming it.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,10 +30,20 @@ import orjson
 from yarl import URL
 
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
-from workers.http11 import HTTP11Pool
 from workers.limits import RateLimitHeaders
 
-__all__ = ["Attempt", "EndpointConfig", "EndpointUnreachable", "HTTPClient", "ModelList", "Wire"]
+__all__ = [
+    "Attempt",
+    "EndpointConfig",
+    "EndpointMisconfigured",
+    "EndpointUnreachable",
+    "HTTPClient",
+    "ModelList",
+    "Wire",
+    "certificate_message",
+    "redirect_message",
+    "tls_context",
+]
 
 
 @dataclass(slots=True)
@@ -37,6 +56,8 @@ class EndpointConfig:
     tpm: float | None = None
     timeout_s: float = 600.0
     provider: str = "openai"  # a name in workers.providers.PROVIDERS
+    model: str | None = None  # the model asked for here: rate buckets are per model
+    ca_bundle: str | None = None  # PEM file of extra CAs to trust (https endpoints)
 
 
 @dataclass(slots=True)
@@ -68,6 +89,44 @@ class ModelList:
     @property
     def listed(self) -> bool:
         return self.status == 200 and bool(self.ids)
+
+
+class EndpointMisconfigured(EndpointUnreachable):
+    """The endpoint answered in a way no retry can fix: a TLS certificate that does not
+    verify, or a redirect. The URL or the trusted CAs must change."""
+
+
+def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """A verifying client context: the system's CAs plus those in `ca_bundle`.
+
+    Built per client rather than taking aiohttp's default, which is made once at import
+    and so misses an SSL_CERT_FILE set later in the process. Raises OSError or
+    ssl.SSLError for a bundle that cannot be read.
+    """
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+def certificate_message(name: str, exc: aiohttp.ClientConnectorCertificateError) -> str:
+    """One line naming the host whose certificate failed, why, and what to do."""
+    cause = exc.certificate_error
+    reason = getattr(cause, "verify_message", None) or str(cause)
+    return (
+        f"{name}: the TLS certificate of {exc.host}:{exc.port} was not accepted ({reason}); "
+        "if a private CA signed it, pass that CA's certificate with --ca-bundle "
+        "(or SSL_CERT_FILE)"
+    )
+
+
+def redirect_message(name: str, method: str, url: Any, status: int, location: str | None) -> str:
+    """One line naming the redirect an endpoint answered and where it pointed."""
+    return (
+        f"{name}: {method} {url} answered {status}, a redirect to {location or '(no Location)'}; "
+        "API calls do not follow redirects (the key would be sent there too): "
+        "set the base URL to where the API really is"
+    )
 
 
 class Wire(Protocol):
@@ -106,7 +165,6 @@ class HTTPClient:
         self.url = config.base_url.rstrip("/") + wire.path
         self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         self._session: aiohttp.ClientSession | None = None
-        self._plain: HTTP11Pool | None = None  # plain-http endpoints: see workers.http11
         self._secrets = (config.api_key,) if config.api_key else ()
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
@@ -115,19 +173,18 @@ class HTTPClient:
             "Content-Type": "application/json",
             **self.wire.auth_headers(self.config.api_key),
         }
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency + 8, ttl_dns_cache=300)
+        # Plain-http endpoints never need a TLS context: skip loading the CA store for them.
+        tls = tls_context(self.config.ca_bundle) if self._url.scheme == "https" else True
+        connector = aiohttp.TCPConnector(
+            limit=self.config.concurrency + 8, ttl_dns_cache=300, ssl=tls
+        )
         self._session = aiohttp.ClientSession(headers=headers, connector=connector)
-        if self._url.scheme == "http":
-            self._plain = HTTP11Pool(self.url, headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._plain is not None:
-            await self._plain.close()
-            self._plain = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -139,15 +196,20 @@ class HTTPClient:
         """Fail fast before any paid call: GET /models must answer. Returns what it lists.
 
         OpenAI, Anthropic and vLLM all list models at `{base_url}/models`.
-        Raises EndpointUnreachable, or FatalEndpointError when the key is refused.
+        Raises EndpointUnreachable (EndpointMisconfigured for a certificate that does not
+        verify or a redirect), or FatalEndpointError when the key is refused.
         """
         assert self._session is not None, "use the client as an async context manager"
         url = self.config.base_url.rstrip("/") + "/models"
         try:
             async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
             ) as resp:
                 raw = await resp.read()
+                if 300 <= resp.status < 400:
+                    where = resp.headers.get("Location")
+                    msg = redirect_message(self.config.name, "GET", url, resp.status, where)
+                    raise EndpointMisconfigured(self.redact(msg))
                 if resp.status in (401, 403):
                     _, msg = self.wire.error(resp.status, raw)
                     failure = CallFailure(
@@ -160,6 +222,8 @@ class HTTPClient:
                     # Some compatible APIs do not implement /models; reachability is what matters.
                     return ModelList(resp.status, [], set())
                 return _model_list(resp.status, raw)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise EndpointMisconfigured(certificate_message(self.config.name, exc)) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise EndpointUnreachable(
                 f"{self.config.name} ({self.config.base_url}) is unreachable: "
@@ -171,11 +235,17 @@ class HTTPClient:
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
         try:
-            if self._plain is not None:
-                resp = await self._plain.post(body, self.config.timeout_s)
-                return self._answer(resp.status, resp.headers, resp.body, start)
-            async with self._session.post(self._url, data=body, timeout=self._timeout) as r:
+            async with self._session.post(
+                self._url, data=body, timeout=self._timeout, allow_redirects=False
+            ) as r:
                 return self._answer(r.status, r.headers, await r.read(), start)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Not transient: retrying the same certificate cannot help.
+            failure = CallFailure(
+                ErrorClass.FATAL, certificate_message(self.config.name, exc), None
+            )
+            failure.latency_s = time.monotonic() - start
+            return Attempt(failure)
         except TimeoutError:
             failure = CallFailure(
                 ErrorClass.TRANSIENT, f"timed out after {self.config.timeout_s:g}s", None
@@ -199,6 +269,12 @@ class HTTPClient:
                 parsed.message = self.redact(parsed.message)
                 return Attempt(parsed, self.wire.retry_after(headers), limits)
             return Attempt(parsed, None, limits)
+        if 300 <= status < 400:
+            location = headers.get("Location")
+            msg = redirect_message(self.config.name, "POST", self.url, status, location)
+            failure = CallFailure(ErrorClass.FATAL, self.redact(msg), status)
+            failure.latency_s = time.monotonic() - start
+            return Attempt(failure)
         error_class, msg = self.wire.error(status, raw)
         failure = CallFailure(error_class, self.redact(msg), status)
         failure.latency_s = time.monotonic() - start

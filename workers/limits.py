@@ -224,11 +224,11 @@ class RateLimitHeaders:
 
 @dataclass
 class EndpointLimits:
-    """The provider's limits for one endpoint and key: rate buckets and pauses.
+    """The provider's limits for one endpoint, key and model: rate buckets and pauses.
 
-    Shared by every stage that uses the same endpoint with the same key (a
-    model and its judge on one account draw on one allowance); concurrency is
-    each stage's own (AdaptiveConcurrency).
+    Shared by every stage that sends the same model to the same endpoint with the
+    same key (they draw on one allowance; workers.pool keeps the registry);
+    concurrency is each stage's own (AdaptiveConcurrency).
     """
 
     rpm: float | None = None

@@ -33,8 +33,14 @@ from workers.base import (
     RetryBudget,
     cancel_and_wait,
 )
-from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient, ModelList
-from workers.http_processes import HTTPProcesses, RemoteClient
+from workers.client import (
+    Attempt,
+    EndpointConfig,
+    EndpointMisconfigured,
+    EndpointUnreachable,
+    HTTPClient,
+    ModelList,
+)
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
 
@@ -42,7 +48,13 @@ log = logging.getLogger("evaluator")
 
 SLOW_START = 8  # first wave per endpoint and stage when its rate limits are unknown
 
-__all__ = ["Endpoint", "EndpointPool", "PoolConfig", "PoolObserver"]
+__all__ = ["Endpoint", "EndpointPool", "LimitsRegistry", "PoolConfig", "PoolObserver"]
+
+# Rate buckets of a run by (base URL, API key, model): providers limit each model of an
+# account apart (OpenAI's limits are per model), so a model and its judge on one account
+# get a bucket each unless they are the same model. The value also names the pool that
+# made the bucket, for the warning when another stage shares it.
+LimitsRegistry = dict[tuple[str, str | None, str | None], tuple[EndpointLimits, str]]
 
 
 class PoolObserver(Protocol):
@@ -67,10 +79,8 @@ class EndpointStats:
 
 @dataclass
 class Endpoint:
-    # The endpoint's provider's client (workers.providers), or its stand-in that sends
-    # through the run's HTTP helper processes.
-    client: HTTPClient | RemoteClient
-    limits: EndpointLimits  # may be shared with another stage's endpoint (same URL and key)
+    client: HTTPClient  # the endpoint's provider's client (workers.providers)
+    limits: EndpointLimits  # shared with another stage's endpoint of the same URL, key, model
     concurrency: AdaptiveConcurrency
     healthy: bool = True
     consecutive_failures: int = 0
@@ -108,13 +118,12 @@ class EndpointPool:
         self,
         endpoints: list[EndpointConfig],
         config: PoolConfig,
-        shared_limits: dict[tuple[str, str | None], EndpointLimits] | None = None,
+        shared_limits: LimitsRegistry | None = None,
         observer: PoolObserver | None = None,
-        remote: HTTPProcesses | None = None,
     ) -> None:
-        """`shared_limits`: one registry for all pools of a run, so stages that use the
-        same endpoint with the same key share its rate buckets. `remote`: the run's HTTP
-        helper processes, which then do this pool's HTTP exchanges."""
+        """`shared_limits`: one registry for all pools of a run, so stages that send the
+        same model to the same endpoint with the same key share its rate buckets (and
+        are told so at start)."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
@@ -122,19 +131,20 @@ class EndpointPool:
         registry = shared_limits if shared_limits is not None else {}
         self.endpoints = []
         for ep in endpoints:
-            key = (ep.base_url.rstrip("/"), ep.api_key)
-            limits = registry.get(key)
-            if limits is None:
-                limits = registry[key] = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
+            key = (ep.base_url.rstrip("/"), ep.api_key, ep.model)
+            found = registry.get(key)
+            if found is None:
+                limits = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
+                registry[key] = (limits, config.name)
+            else:
+                limits, owner = found
+                if owner != config.name:
+                    _warn_shared(config.name, owner, ep, limits)
             # Unknown limits: slow start, so the first wave is small, not a burst of 429s.
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
             client = get_provider(ep.provider).client(ep)
             self.endpoints.append(
-                Endpoint(
-                    client if remote is None else RemoteClient(client, remote),
-                    limits,
-                    AdaptiveConcurrency(ep.concurrency, initial=initial),
-                )
+                Endpoint(client, limits, AdaptiveConcurrency(ep.concurrency, initial=initial))
             )
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
@@ -166,6 +176,8 @@ class EndpointPool:
         for ep in self.endpoints:
             try:
                 ep.models = await ep.client.check()
+            except EndpointMisconfigured:
+                raise  # a wrong URL or an untrusted certificate: no waiting fixes it
             except EndpointUnreachable as exc:
                 errors.append(str(exc))
                 ep.healthy = False
@@ -372,3 +384,22 @@ class EndpointPool:
                 ep.consecutive_failures = 0
                 log.warning("%s: %s answers again; back in rotation", self.config.name, ep.name)
                 self._wake(ep.concurrency.free)
+
+
+def _warn_shared(name: str, owner: str, ep: EndpointConfig, limits: EndpointLimits) -> None:
+    """Say at start that two stages share one rate bucket, and whose limits it has."""
+    note = ""
+    if (ep.rpm, ep.tpm) != (limits.rpm, limits.tpm):
+        note = f"; the limits given for {name} (rpm {ep.rpm}, tpm {ep.tpm}) do not apply"
+    log.warning(
+        "%s and %s send model %r to %s with the same key: they share one rate-limit "
+        "bucket (rpm %s, tpm %s, as set for %s)%s",
+        owner,
+        name,
+        ep.model,
+        ep.base_url,
+        limits.rpm,
+        limits.tpm,
+        owner,
+        note,
+    )

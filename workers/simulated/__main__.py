@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001, help="0 picks a free port")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate (chain)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
     p.add_argument("--persona", choices=personas.PERSONAS, default="consistent")
     p.add_argument("--share", type=float, default=0.7, help="mixture: share of consistent pairs")
     p.add_argument("--seed", type=int, default=0)
@@ -127,8 +130,12 @@ async def serve(args: argparse.Namespace) -> None:
         batch_expire_every=args.batch_expire_every,
         batch_limit=args.batch_limit,
     )
+    tls = None
+    if args.tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     server = SimulatedServer(config)
-    url = await server.start(args.host, args.port)
+    url = await server.start(args.host, args.port, ssl_context=tls)
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(url.rsplit(":", 1)[1].split("/")[0])
@@ -150,6 +157,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     try:
         import uvloop
 

@@ -156,6 +156,7 @@ class SimBatches:
                 "created_at": int(time.time()),
                 "filename": filename,
                 "purpose": purpose,
+                "status": "processed",  # deprecated by OpenAI, still in its File object
             }
         )
 

@@ -11,6 +11,7 @@ Endpoints: POST /v1/chat/completions (OpenAI-compatible), POST /v1/responses
 (OpenAI Responses), POST /v1/messages (Anthropic Messages; key in x-api-key),
 GET /v1/models, GET /health, GET /sim/stats (add ?bodies=1 for the per-body
 counts). Each format's bodies, errors and rate-limit headers are in wire.py.
+Given an SSL context, it serves https (tests make certificates with trustme).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import hashlib
 import math
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -142,13 +144,17 @@ class SimulatedServer:
         self.batches.install(app)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen; returns the base URL (https when `ssl_context` is given)."""
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=2048)
+        site = web.TCPSite(self._runner, host, port, backlog=2048, ssl_context=ssl_context)
         await site.start()
         bound = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound}/v1"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{host}:{bound}/v1"
         return self.base_url
 
     async def stop(self) -> None:
@@ -200,19 +206,9 @@ class SimulatedServer:
         if (denied := self._unauthorized(request)) is not None:
             return denied
         names = [n for n in self.config.served_names or DEFAULT_SERVED if n in self.served_names]
-        data = [
-            {
-                "id": m,
-                "object": "model",
-                "created": 0,
-                "owned_by": SIM_FINGERPRINT,
-                "max_model_len": self.config.max_model_len,
-            }
-            for m in names
-        ]
-        return web.json_response(
-            {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
-        )
+        anthropic = "anthropic-version" in request.headers
+        body = wire.models_body(names, anthropic=anthropic, max_model_len=self.config.max_model_len)
+        return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -385,9 +381,15 @@ def _error(kind: str, status: int, code: str, message: str) -> web.Response:
 class ThreadedServer:
     """The simulated server on its own event loop in a background thread (tests, the demo)."""
 
-    def __init__(self, config: SimConfig | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = SimulatedServer(config)
         self._port = port
+        self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="simulated-server", daemon=True
@@ -395,7 +397,8 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(port=self._port), self._loop).result(30)
+        start = self.server.start(port=self._port, ssl_context=self._ssl)
+        asyncio.run_coroutine_threadsafe(start, self._loop).result(30)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,6 +50,7 @@ _ANTHROPIC_ERRORS = {
     "rate_limit_exceeded": (429, "rate_limit_error"),
     "server_error": (529, "overloaded_error"),
     "context_length_exceeded": (400, "invalid_request_error"),
+    "model_not_found": (404, "not_found_error"),
     "invalid_request_error": (400, "invalid_request_error"),
 }
 
@@ -68,6 +69,9 @@ class SimRequest:
     cache_system: bool = False  # Messages: system block marked cache_control
     size: int = 0  # request bytes, for token counts
     tools: list[str] = field(default_factory=list)
+    # Responses: the request's tools and tool_choice, which the response object repeats.
+    tool_defs: list[Any] = field(default_factory=list)
+    tool_choice: Any = "auto"
 
 
 def _text(content: Any) -> str:
@@ -113,6 +117,8 @@ def extract(kind: str, body: dict[str, Any]) -> SimRequest:
             reasoning=isinstance(body.get("reasoning"), dict),
             web_search=any(str(t).startswith("web_search") for t in tools),
             size=size,
+            tool_defs=list(body.get("tools") or []),
+            tool_choice=body.get("tool_choice") or "auto",
         )
     if kind == "messages":
         max_tokens = body["max_tokens"]  # required by the Messages API
@@ -286,6 +292,42 @@ def not_found(flavor: str, method: str, path: str) -> tuple[int, dict[str, Any]]
         message = f"Invalid URL ({method} {path})"
         return _openai_error(404, message, "invalid_request_error", None, None)
     return 404, {"detail": "Not Found"}
+
+
+def models_body(names: list[str], anthropic: bool, max_model_len: int) -> dict[str, Any]:
+    """GET /v1/models in OpenAI's shape (`{"object": "list", "data": [{id, object, created,
+    owned_by}]}`, as vLLM serves it too), or, for a client that sent `anthropic-version`,
+    in Anthropic's (`{data: [{type, id, display_name, created_at, lifecycle}], has_more,
+    first_id, last_id}`: the Models API reference, docs.anthropic.com/en/api/models-list,
+    and the fields the official anthropic SDK requires). Both carry `owned_by`, which
+    says "simulated-backend": how the evaluator knows to stamp a run SIMULATION (the SDKs
+    accept extra fields); OpenAI's shape has vLLM's `max_model_len` too."""
+    created = 1_700_000_000  # a fixed stamp: these "models" were never made
+    if anthropic:
+        data = [
+            {
+                "type": "model",
+                "id": name,
+                "display_name": f"{name} (SIMULATED)",
+                "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
+                "lifecycle": "active",
+                "owned_by": SIM_FINGERPRINT,
+            }
+            for name in names
+        ]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return {"data": data, "has_more": False, "first_id": first, "last_id": last}
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": SIM_FINGERPRINT,
+            "max_model_len": max_model_len,
+        }
+        for name in names
+    ]
+    return {"object": "list", "data": data}
 
 
 def limit_headers(kind: str, buckets: dict[str, list[float]]) -> dict[str, str]:
@@ -465,9 +507,14 @@ def _responses(req, content, finish, reasoning, citations, prompt, out) -> dict[
         "error": None,
         "model": req.model,
         "output": output,
+        # Echoes of the request that the Responses object always carries (the official
+        # openai SDK's Response type requires them).
+        "parallel_tool_calls": True,
+        "tool_choice": req.tool_choice,
+        "tools": req.tool_defs,
         "usage": {
             "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": out,
             "output_tokens_details": {"reasoning_tokens": len(reasoning) // 4 if reasoning else 0},
             "total_tokens": prompt + out,
@@ -505,7 +552,9 @@ def _messages(req, content, finish, reasoning, citations, verdict, usage) -> dic
                 ],
             }
         )
-        usage = {**usage, "server_tool_use": {"web_search_requests": 1}}
+        # Server tool counts as the Messages usage object has them (the anthropic SDK
+        # requires both).
+        usage = {**usage, "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0}}
     stop = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}[finish]
     if verdict is not None and req.forced_tool:
         blocks.append(
