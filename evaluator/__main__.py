@@ -20,7 +20,16 @@ import orjson
 from evaluator import report
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
 from evaluator.costs import CostMeter, expected_calls
-from evaluator.dataset import SAMPLE, DatasetError, describe_source, iter_pairs
+from evaluator.dataset import SAMPLE, DatasetError, describe_source, has_answer_columns, iter_pairs
+from evaluator.judge_prompt import (
+    BUILTIN,
+    DEFAULT_FOR_RUN,
+    PAPER,
+    JudgePrompt,
+    JudgePromptError,
+    read_prompt_file,
+)
+from evaluator.judge_prompt import resolve as resolve_judge_prompt
 from evaluator.runner import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -37,6 +46,8 @@ from evaluator.store import DB_NAME, Store, StoreError
 DEFAULT_OUT = Path("runs/latest")
 LAST_RUN = Path("runs/.last-run")  # which run a bare `--resume` continues
 DEFAULT_DEMO_OUT = Path("runs/demo")
+# The model name a judge-only run reports when --model is not given.
+JUDGE_ONLY_MODEL = "answers from the dataset"
 log = logging.getLogger("evaluator")
 
 
@@ -108,7 +119,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             help=f"{who}: give the model the provider's web search tool",
         )
     g.add_argument(
-        "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
+        "--judge-prompt",
+        metavar="paper|builtin|FILE",
+        help="the judge's system prompt: paper (default: the authors' exact prompt and schema, "
+        "fetched by pinned commit and hash and cached; see `fetch`), builtin (our wording of "
+        "the rubric), or a file (trailing line breaks removed)",
+    )
+    g.add_argument("--judge-prompt-file", type=Path, help="the same as --judge-prompt FILE")
+    g.add_argument(
+        "--judge-only",
+        action="store_const",
+        const=True,
+        help="the dataset holds the answers (for_response, against_response): judge them, "
+        "generate nothing; an error if the columns are missing (a dataset with them is "
+        "judge-only anyway)",
     )
     g.add_argument(
         "--system-prompt-file",
@@ -312,18 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_text(path: Path | None, what: str) -> str | None:
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what} {path}: {exc}") from None
-    if not text.strip():
-        raise UserError(f"{what} {path} is empty")
-    return text
-
-
 # Flags that map one to one onto RunConfig fields.
 RUN_FIELDS = (
     "data",
@@ -364,6 +376,7 @@ RUN_FIELDS = (
     "judge_price_in",
     "judge_price_out",
     "shard",
+    "judge_only",
     "mode",
     "judge_mode",
     "batch_max_requests",
@@ -374,6 +387,8 @@ RUN_FIELDS = (
     "batch_poll_s",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
+# paper | builtin | a file: resolved to the prompt's text, source and schema (judge_prompt.py).
+PROMPT_CHOICE = ("judge_prompt",)
 SERVER_TABLES = ("vllm", "judge_vllm")  # [model.vllm] and [judge.vllm]
 # Flags that set keys of those tables: (flag attribute, table, key).
 SERVER_FLAGS = (
@@ -388,7 +403,9 @@ SERVER_FLAGS = (
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        n: getattr(args, n) for n in (*RUN_FIELDS, *FILE_ONLY) if getattr(args, n, None) is not None
+        n: getattr(args, n)
+        for n in (*RUN_FIELDS, *FILE_ONLY, *PROMPT_CHOICE)
+        if getattr(args, n, None) is not None
     }
 
 
@@ -429,9 +446,28 @@ def _merge_server_flags(values: dict[str, Any], flags: dict[str, dict[str, Any]]
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Settings given on a bare resume; resuming refuses any that would change requests.
     Managed-server flags come as partial tables, merged into the stored ones."""
-    out = {k: v for k, v in _given(args).items() if k in RUN_FIELDS}
+    given = _given(args)
+    out = {k: v for k, v in given.items() if k in RUN_FIELDS}
     out.update(_server_flags(args))
+    choice = _prompt_choice(given)
+    if choice is not None:  # compared with the stored prompt: a change is refused
+        out.update(_resolve_judge_prompt(choice).config_values())
     return out
+
+
+def _prompt_choice(values: dict[str, Any]) -> str | Path | None:
+    choice = values.pop("judge_prompt", None)
+    path = values.pop("judge_prompt_file", None)
+    if choice is not None and path is not None:
+        raise UserError("give --judge-prompt or --judge-prompt-file, not both")
+    return path if path is not None else choice
+
+
+def _resolve_judge_prompt(choice: str | Path) -> JudgePrompt:
+    try:
+        return resolve_judge_prompt(choice)
+    except JudgePromptError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _type_name(expected: Any) -> str:
@@ -466,6 +502,8 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     for name in FILE_ONLY:
         if name in values:
             values[name] = path.parent / values[name]
+    if values.get("judge_prompt") not in (None, PAPER, BUILTIN):
+        values["judge_prompt"] = path.parent / values["judge_prompt"]  # a file, as above
     return values
 
 
@@ -497,6 +535,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_thinking_budget": int,
     "web_search": bool,
     "judge_web_search": bool,
+    "judge_only": bool,
     "max_cost": (int, float),
     "concurrency": int,
     "judge_concurrency": int,
@@ -543,6 +582,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
             values.setdefault(name, values[table]["model"])
     if values.get("vllm"):
         values.setdefault("base_url", [])  # filled in by the servers once they answer
+    _judge_only_defaults(values)
     needed = ["data", "model", "base_url"]
     missing = [f"--{n.replace('_', '-')}" for n in needed if n not in values]
     if missing:
@@ -553,18 +593,44 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     if values.get("judge_vllm"):
         values.setdefault("judge_base_url", [])  # filled in by the judge's servers
     elif "judge_base_url" not in values:
+        if values.get("judge_only") and not values["base_url"]:
+            raise UserError(
+                "a judge-only run needs --judge-base-url (or --judge-vllm): it has no model "
+                "endpoint to share"
+            )
         # The judge shares the model's endpoints (or its managed servers): same key too.
         values["judge_base_url"] = values["base_url"]
         if "provider" in values:  # same endpoint, same API
             values.setdefault("judge_provider", values["provider"])
         values.setdefault("judge_api_key_env", values.get("api_key_env"))
-    judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
-    if judge_prompt is not None:
-        values["judge_prompt"] = judge_prompt
-    system_prompt = _read_text(values.pop("system_prompt_file", None), "system prompt file")
-    if system_prompt is not None:
+    choice = _prompt_choice(values)
+    values.update(_resolve_judge_prompt(choice or DEFAULT_FOR_RUN).config_values())
+    system_path = values.pop("system_prompt_file", None)
+    if system_path is not None:
+        try:
+            system_prompt = read_prompt_file(system_path, "system prompt file")
+        except JudgePromptError as exc:
+            raise UserError(str(exc)) from None
         values["system_prompt"] = system_prompt.strip()
+        values["system_prompt_source"] = f"file:{Path(system_path).resolve()}"
     return RunConfig(**values)
+
+
+def _judge_only_defaults(values: dict[str, Any]) -> None:
+    """A dataset that holds the answers needs no model endpoint: judge-only defaults.
+
+    Without --model or --base-url, the dataset is looked at: if it holds both answer
+    columns the run is judge-only (the run checks the columns again either way).
+    """
+    if not values.get("judge_only") and "data" in values and not values.get("vllm"):
+        if "model" not in values or "base_url" not in values:
+            try:
+                values["judge_only"] = has_answer_columns(values["data"], values.get("split", "test"))
+            except DatasetError as exc:
+                raise UserError(str(exc)) from None
+    if values.get("judge_only"):
+        values.setdefault("model", JUDGE_ONLY_MODEL)
+        values.setdefault("base_url", [])
 
 
 def _finish(result: RunResult, print_report: bool) -> int:

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,16 @@ from workers.simulated import SimConfig, ThreadedServer
 from workers.simulated.data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty valbench cache, and nothing it runs can download:
+    the reference repository's URL points at a closed local port and the hub is offline
+    (subprocesses inherit both). A test that wants the paper's prompt serves a stand-in."""
+    monkeypatch.setenv("VALBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("valbench-cache")))
+    monkeypatch.setenv("VALBENCH_REFERENCE_URL_BASE", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
@@ -50,8 +61,14 @@ def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
-def run_args(data, base_url, out, *extra, model: str = "m") -> list:
-    """Arguments for a quiet `run` of `model` at `base_url`; `extra` flags go last."""
+def run_args(
+    data, base_url, out, *extra, model: str = "m", judge_prompt: str | None = "builtin"
+) -> list:
+    """Arguments for a quiet `run` of `model` at `base_url`; `extra` flags go last.
+
+    The judge prompt is our builtin rubric unless asked otherwise: `run`'s default, the
+    paper's prompt, is downloaded, and tests download nothing (see _no_downloads)."""
+    prompt = ["--judge-prompt", judge_prompt] if judge_prompt else []
     return [
         "run",
         "--data",
@@ -63,13 +80,14 @@ def run_args(data, base_url, out, *extra, model: str = "m") -> list:
         "--out",
         out,
         "--quiet",
+        *prompt,
         *extra,
     ]
 
 
-def run_eval(data, base_url, out, *extra, model: str = "m") -> int:
+def run_eval(data, base_url, out, *extra, model: str = "m", judge_prompt="builtin") -> int:
     """A quiet `run` in this process; returns the exit code."""
-    return run_cli(*run_args(data, base_url, out, *extra, model=model))
+    return run_cli(*run_args(data, base_url, out, *extra, model=model, judge_prompt=judge_prompt))
 
 
 def run_demo(out, *extra) -> int:
@@ -151,7 +169,24 @@ def evaluator_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "evaluator", *map(str, args)]
 
 
-SUBPROCESS_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+class _LiveEnv(Mapping):
+    """os.environ as it is when a subprocess starts (with a test's monkeypatched variables),
+    plus unbuffered output."""
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def __getitem__(self, key: str) -> str:
+        return self._env()[key]
+
+    def __iter__(self):
+        return iter(self._env())
+
+    def __len__(self) -> int:
+        return len(self._env())
+
+
+SUBPROCESS_ENV = _LiveEnv()
 
 
 def spawn_run(

@@ -21,6 +21,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8001, help="0 picks a free port")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     p.add_argument("--persona", choices=personas.PERSONAS, default="consistent")
+    p.add_argument(
+        "--judge-persona",
+        choices=personas.JUDGE_PERSONAS,
+        default="faithful",
+        help="how the simulated judge reads answers (lenient: a miscalibrated judge)",
+    )
     p.add_argument("--share", type=float, default=0.7, help="mixture: share of consistent pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -69,6 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         sides = sides_from_pairs(iter_pairs(args.dataset))
     config = SimConfig(
         persona=args.persona,
+        judge_persona=args.judge_persona,
         share=args.share,
         seed=args.seed,
         latency_median_ms=args.latency_ms,

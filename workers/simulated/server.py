@@ -41,6 +41,7 @@ from workers.simulated.wire import (  # noqa: F401 - markers tests put in questi
 @dataclass
 class SimConfig:
     persona: str = "consistent"
+    judge_persona: str = "faithful"  # personas.JUDGE_PERSONAS: how the judge reads answers
     share: float = 0.7  # mixture: share of pairs answered consistently
     seed: int = 0
     latency_median_ms: float = 0.0
@@ -77,6 +78,11 @@ class SimConfig:
         if self.persona not in personas.PERSONAS:
             raise ValueError(
                 f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}"
+            )
+        if self.judge_persona not in personas.JUDGE_PERSONAS:
+            raise ValueError(
+                f"unknown judge persona {self.judge_persona!r}; choose from "
+                f"{', '.join(personas.JUDGE_PERSONAS)}"
             )
 
 

@@ -224,7 +224,7 @@ def respond(server: SimulatedServer, kind: str, body: Any) -> tuple[int, dict[st
     finish = "stop"
     reasoning = REASONING_TEXT if req.reasoning or (c.reasoning and kind != "chat") else None
     if judge:
-        verdict = personas.verdict(req.user)
+        verdict = personas.verdict(req.user, c.judge_persona)
         content = orjson.dumps(verdict).decode()
         if MARK_JUDGE_GARBAGE in req.user:
             content, verdict = "(simulated) I cannot produce a verdict for this pair.", None
