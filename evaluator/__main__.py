@@ -1,5 +1,5 @@
-"""Command line: `python -m evaluator {run,demo,score,report,status,compare,agreement,merge}`
-and bare `--resume`."""
+"""Command line: `python -m evaluator {run,demo,score,report,status,compare,agreement,merge,
+fetch,calibrate}` and bare `--resume`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from evaluator import report
+from evaluator.calibrate import TOLERANCE as CALIBRATION_TOLERANCE
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
 from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import SAMPLE, DatasetError, describe_source, has_answer_columns, iter_pairs
@@ -30,9 +31,11 @@ from evaluator.judge_prompt import (
     read_prompt_file,
 )
 from evaluator.judge_prompt import resolve as resolve_judge_prompt
+from evaluator.prefetch import PARTS as PREFETCH_PARTS
 from evaluator.runner import (
     EXIT_INTERNAL,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     EXIT_USER,
     RunOptions,
     RunResult,
@@ -333,6 +336,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="the judge on the authors' four calibration sets: expected vs measured PAC",
+    )
+    _add_common(cal, Path("runs/calibration"))
+    cal.add_argument("--judge-model", required=True, help="judge model (the name served)")
+    cal.add_argument(
+        "--judge-base-url", action="append", required=True, help="judge endpoint (repeatable)"
+    )
+    cal.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
+    cal.add_argument(
+        "--judge-provider",
+        choices=("openai", "openai-responses", "anthropic"),
+        default="openai",
+        help="the judge endpoint's API",
+    )
+    cal.add_argument(
+        "--judge-prompt",
+        default=DEFAULT_FOR_RUN,
+        metavar="paper|builtin|FILE",
+        help="the judge's system prompt (default: paper, as for run)",
+    )
+    cal.add_argument(
+        "--data-dir",
+        type=Path,
+        help="local copies of the sets (calibration-unaligned-0.parquet, ...; .jsonl and .csv "
+        "too); default: the hub, or its cache (see fetch)",
+    )
+    cal.add_argument("--limit", type=int, help="judge only the first N pairs of each set")
+    cal.add_argument("--judge-concurrency", type=int, default=64, help="judge calls in flight")
+    cal.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
+    cal.add_argument("--judge-retries", type=int, default=2, help="re-asks of invalid verdicts")
+    cal.add_argument(
+        "--tolerance",
+        type=float,
+        default=CALIBRATION_TOLERANCE,
+        help=f"points of PAC a set may be off and pass ({CALIBRATION_TOLERANCE:g})",
+    )
+
+    fet = sub.add_parser(
+        "fetch",
+        help="download ahead of time what runs need (the paper's judge prompt, the hub "
+        "dataset, the calibration sets) into the cache, for machines without internet access",
+    )
+    fet.add_argument("--data", default="hf:val-bench/VAL-Bench", help="hub dataset to fetch")
+    fet.add_argument("--split", default="test", help="its split (test)")
+    fet.add_argument(
+        "--only",
+        choices=PREFETCH_PARTS,
+        action="append",
+        help="fetch only this part (repeatable; default: all)",
+    )
     return parser
 
 
@@ -933,6 +989,82 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if summary["complete"] else 75
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from evaluator import calibrate
+
+    chosen = _resolve_judge_prompt(args.judge_prompt)
+    base = RunConfig(
+        data="",
+        model="calibration",
+        base_url=[],
+        judge_base_url=args.judge_base_url,
+        judge_model=args.judge_model,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_provider=args.judge_provider,
+        judge_concurrency=args.judge_concurrency,
+        judge_rpm=args.judge_rpm,
+        judge_retries=args.judge_retries,
+        limit=args.limit,
+        judge_only=True,
+        **chosen.config_values(),
+    )
+    try:
+        sets = calibrate.sets(args.data_dir)
+        for cset in sets:
+            calibrate.set_config(base, cset).validate()
+    except calibrate.CalibrationError as exc:
+        raise UserError(str(exc)) from None
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+    async def go() -> tuple[int, list[dict[str, Any]]]:
+        rows = []
+        for cset in sets:
+            log.info("calibration set %s (expected PAC %g): %s", cset.name, cset.expected_pac, cset.data)
+            result = await execute(
+                args.out / cset.name,
+                calibrate.set_config(base, cset),
+                resume=args.resume,
+                options=_options(args),
+            )
+            if result.exit_code != EXIT_OK:
+                return result.exit_code, rows
+            rows.append(calibrate.verdict_row(cset, result.summary, args.tolerance))
+        return EXIT_OK, rows
+
+    code, rows = _run_loop(go())
+    if code != EXIT_OK:
+        log.error(
+            "calibration stopped at set %d of %d (exit %d); fix the cause, then rerun with "
+            "--resume --out %s",
+            len(rows) + 1,
+            len(sets),
+            code,
+            args.out,
+        )
+        return code
+    result = calibrate.write_summary(args.out, rows, base, args.tolerance)
+    print(calibrate.markdown(result))
+    print(f"written: {args.out}/calibration.json, calibration.md; one run directory per set")
+    return EXIT_OK if result["all_pass"] else calibrate.EXIT_MISCALIBRATED
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from evaluator.paper_prompt import cache_dir
+    from evaluator.prefetch import fetch
+
+    parts = tuple(args.only) if args.only else PREFETCH_PARTS
+    results = fetch(parts, data=args.data, split=args.split)
+    for r in results:
+        print(f"{'ok' if r.ok else 'FAILED'}  {r.what}: {r.detail}")
+    failed = [r for r in results if not r.ok]
+    print(
+        f"cache: {cache_dir()} (set VALBENCH_CACHE_DIR to the same directory on machines that "
+        "run from it)"
+    )
+    return EXIT_UNREACHABLE if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -956,6 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
         "compare": cmd_compare,
         "agreement": cmd_agreement,
         "merge": cmd_merge,
+        "fetch": cmd_fetch,
+        "calibrate": cmd_calibrate,
     }
     try:
         return handlers[command](args)

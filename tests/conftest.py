@@ -57,6 +57,27 @@ def sim_server():
         server.__exit__(None, None, None)
 
 
+@pytest.fixture
+def reference_server(monkeypatch):
+    """Factory: the stand-in of the authors' evaluator_flow.py served on loopback, and pinned
+    (in this process) as the paper's prompt; see tests/standins.py."""
+    from evaluator import paper_prompt
+    from tests.standins import STANDIN_PATH, STANDIN_PIN, STANDIN_SOURCE, FileServer
+
+    servers: list[FileServer] = []
+
+    def start(body: bytes = STANDIN_SOURCE) -> FileServer:
+        server = FileServer({STANDIN_PATH: body}).__enter__()
+        servers.append(server)
+        monkeypatch.setattr(paper_prompt, "PAPER", STANDIN_PIN)
+        monkeypatch.setenv(paper_prompt.URL_BASE_ENV, server.base_url)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 

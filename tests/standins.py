@@ -111,3 +111,123 @@ class FileServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(10)
+
+
+# -- the hub --------------------------------------------------------------------------
+class FakeHub:
+    """A stand-in for the Hugging Face hub's HTTP API, enough for huggingface_hub's
+    snapshot_download: repo info (`GET /api/datasets/{repo}/revision/{rev}`), the file
+    tree (`GET /api/datasets/{repo}/tree/{sha}`) and file downloads (`HEAD`/`GET
+    /datasets/{repo}/resolve/{sha}/{path}` with `X-Repo-Commit` and `ETag`), as the hub's
+    API documents them (huggingface.co/docs/hub/api). `repos`: repo -> {path: bytes}.
+    """
+
+    SHA = "1" * 40
+
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        self.repos = repos
+        self.requests: Counter[str] = Counter()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                hub.requests[self.path] += 1
+                status, headers, payload = hub.route(self.path.split("?")[0])
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer(True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(False)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def route(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        import orjson
+
+        for repo, files in self.repos.items():
+            info = f"/api/datasets/{repo}/revision/"
+            tree = f"/api/datasets/{repo}/tree/{self.SHA}"
+            resolve = f"/datasets/{repo}/resolve/{self.SHA}/"
+            if path.startswith(info):
+                body = {"id": repo, "sha": self.SHA, "siblings": [{"rfilename": f} for f in files]}
+                return 200, {"Content-Type": "application/json"}, orjson.dumps(body)
+            if path.startswith(tree):
+                body = [
+                    {"type": "file", "path": f, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                    for f, b in files.items()
+                ]
+                return 200, {"Content-Type": "application/json"}, orjson.dumps(body)
+            if path.startswith(resolve) and path[len(resolve) :] in files:
+                data = files[path[len(resolve) :]]
+                etag = f'"{hashlib.sha1(data).hexdigest()}"'
+                return 200, {"X-Repo-Commit": self.SHA, "ETag": etag}, data
+        return 404, {}, b'{"error": "not found (fake hub)"}'
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def __enter__(self) -> FakeHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(10)
+
+
+# -- calibration sets in the authors' responses schema ------------------------------
+# The stance each side's answer states, per set (the simulated judge reads them back):
+# opposite stances toward the two opposite questions are the same position.
+CALIBRATION_STANCES = {
+    "calibration-unaligned-0": ("agree", "agree"),
+    "calibration-aligned-100": ("agree", "disagree"),
+    "calibration-refusal-100": ("refuse", "refuse"),
+    "calibration-one-refusal-50": ("agree", "refuse"),
+}
+
+
+def responses_rows(name: str, n: int, start: int = 1) -> list[dict]:
+    """A calibration set as the authors publish one: the dataset's columns plus
+    `for_response` / `against_response` as `{content, role}` records."""
+    from workers.simulated import personas
+    from workers.simulated.data import synthetic_row
+
+    stance_for, stance_against = CALIBRATION_STANCES[name]
+    rows = []
+    for i in range(start, start + n):
+        row = synthetic_row(i)
+        row["for_response"] = {
+            "content": personas.answer_text(stance_for, row["for_question"]),
+            "role": "assistant",
+        }
+        row["against_response"] = {
+            "content": personas.answer_text(stance_against, row["against_question"]),
+            "role": "assistant",
+        }
+        rows.append(row)
+    return rows
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return sink.getvalue()

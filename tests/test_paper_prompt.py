@@ -22,25 +22,7 @@ from tests.standins import (
     STANDIN_PROMPT,
     STANDIN_PROMPT_SHA256,
     STANDIN_SOURCE,
-    FileServer,
 )
-
-
-@pytest.fixture
-def reference_server(monkeypatch):
-    """Factory: the stand-in reference file served on loopback, pinned for this test."""
-    servers: list[FileServer] = []
-
-    def start(body: bytes = STANDIN_SOURCE) -> FileServer:
-        server = FileServer({STANDIN_PATH: body}).__enter__()
-        servers.append(server)
-        monkeypatch.setattr(paper_prompt, "PAPER", STANDIN_PIN)
-        monkeypatch.setenv(paper_prompt.URL_BASE_ENV, server.base_url)
-        return server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 def test_the_pin_is_the_spec_facts():
