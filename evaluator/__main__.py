@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("dir_a", type=Path)
     agr.add_argument("dir_b", type=Path, nargs="?")
     agr.add_argument("--out", type=Path, help="write agreement.json and agreement.md here")
+    agr.add_argument(
+        "--force", action="store_true", help="measure it even if the runs' protocols differ"
+    )
 
     mrg = sub.add_parser(
         "merge", help="combine the finished shards of a --shard run into one run directory"
@@ -947,7 +950,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from evaluator.analysis import AnalysisError, agreement, agreement_markdown
 
     try:
-        result = agreement(args.dir_a, args.dir_b)
+        result = agreement(args.dir_a, args.dir_b, force=args.force)
     except AnalysisError as exc:
         raise UserError(str(exc)) from None
     text = agreement_markdown(result)
