@@ -543,7 +543,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
     values = _flatten_stage_tables(values, path)
-    known = set(RUN_FIELDS) | set(FILE_ONLY) | set(SERVER_TABLES)
+    known = set(RUN_FIELDS) | set(FILE_ONLY) | set(PROMPT_CHOICE) | set(SERVER_TABLES)
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(
@@ -626,8 +626,12 @@ _FIELD_TYPES: dict[str, Any] = {
 }
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig | None:
-    """A RunConfig from `run` flags and --config; None when only --resume was asked for."""
+def config_from_args(args: argparse.Namespace, *, fetch_paper: bool = True) -> RunConfig | None:
+    """A RunConfig from `run` flags and --config; None when only --resume was asked for.
+
+    `fetch_paper=False` (checking a config that runs elsewhere, e.g. deploy/k8s/render.py):
+    the paper's prompt is only named, not fetched; the config's prompt text is then not the
+    one the run will send."""
     values = _load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(_given(args))
     flags = _server_flags(args)
@@ -662,8 +666,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
         if "provider" in values:  # same endpoint, same API
             values.setdefault("judge_provider", values["provider"])
         values.setdefault("judge_api_key_env", values.get("api_key_env"))
-    choice = _prompt_choice(values)
-    values.update(_resolve_judge_prompt(choice or DEFAULT_FOR_RUN).config_values())
+    choice = _prompt_choice(values) or DEFAULT_FOR_RUN
+    if choice == PAPER and not fetch_paper:
+        values["judge_prompt_source"] = PAPER
+    else:
+        values.update(_resolve_judge_prompt(choice).config_values())
     system_path = values.pop("system_prompt_file", None)
     if system_path is not None:
         try:

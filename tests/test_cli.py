@@ -50,6 +50,8 @@ def test_key_from_dotenv(tmp_path, synthetic, sim_server, monkeypatch):
             "--api-key-env",
             "SIM_KEY",
             "--quiet",
+            "--judge-prompt",
+            "builtin",
         )
         == 0
     )
@@ -151,6 +153,8 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
                 "--out",
                 out,
                 "--resume",
+                "--judge-prompt",
+                "builtin",
             ),
             "data",
         ),
@@ -169,6 +173,8 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
                 "--out",
                 out,
                 "--resume",
+                "--judge-prompt",
+                "builtin",
             ),
             "",
         ),
@@ -204,6 +210,8 @@ def test_progress_lines_and_cost_estimate(tmp_path, synthetic, sim_server, caplo
             server.base_url,
             "--out",
             out,
+            "--judge-prompt",
+            "builtin",
             "--progress",
             "log",
             "--progress-interval",
