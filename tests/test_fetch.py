@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 
 from evaluator.hub import CALIBRATION_SETS
-from tests.conftest import read_summary, run_cli, run_eval
+from tests.conftest import read_summary, run_cli, run_eval, run_evaluator
 from tests.standins import STANDIN_PROMPT_SHA256, FakeHub, parquet_bytes, responses_rows
 from workers.simulated.data import synthetic_row
 
@@ -36,12 +36,17 @@ def test_fetch_then_run_and_calibrate_offline(
     reference = reference_server()
     hub = FakeHub(_hub_repos()).__enter__()
     try:
+        # The paper's prompt in this process (its pin is the stand-in's here); the hub
+        # parts as a separate `fetch` process would on a login node: huggingface_hub reads
+        # HF_HUB_OFFLINE once, at import, and this test process has it set.
+        assert run_cli("fetch", "--only", "paper") == 0
+        assert capsys.readouterr().out.count("ok  ") == 1
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.delenv("HF_HUB_OFFLINE")
-        assert run_cli("fetch") == 0
-        printed = capsys.readouterr().out
-        assert printed.count("ok  ") == 6 and "FAILED" not in printed
-        assert "hf:val-bench/calibration-one-refusal-50 (split train)" in printed
+        proc = run_evaluator("fetch", "--only", "dataset", "--only", "calibration", timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.count("ok  ") == 5 and "FAILED" not in proc.stdout
+        assert "hf:val-bench/calibration-one-refusal-50 (split train)" in proc.stdout
     finally:
         hub.__exit__(None, None, None)
         reference.__exit__(None, None, None)
