@@ -626,7 +626,13 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
             f"- Merged from {len(shards)} shards: "
             + ", ".join(f"`{m['shard']}` {m['dir']}" for m in shards)
         )
-    counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
+    if s.get("unit") == "pair":  # both judge orders: the top-level counts are pairs
+        counts = [
+            f"pairs with a valid verdict {s['n_valid']}",
+            f"pairs without one {s['n_invalid']}",
+        ]
+    else:
+        counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
     if "n_failed" in s:
         counts += [
             f"failed pairs {s['n_failed']}",
