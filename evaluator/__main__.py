@@ -1,5 +1,5 @@
-"""Command line: `python -m evaluator {run,demo,score,report,status,compare,agreement,merge}`
-and bare `--resume`."""
+"""Command line: `python -m evaluator {run,demo,score,report,status,compare,agreement,merge,
+fetch,calibrate}` and bare `--resume`."""
 
 from __future__ import annotations
 
@@ -21,13 +21,25 @@ import orjson
 
 from evaluator import report
 from evaluator.breaker import DEFAULT_MAX_FAILURES
+from evaluator.calibrate import TOLERANCE as CALIBRATION_TOLERANCE
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
 from evaluator.costs import CostMeter, expected_calls
-from evaluator.dataset import SAMPLE, DatasetError, describe_source, iter_pairs
+from evaluator.dataset import SAMPLE, DatasetError, describe_source, has_answer_columns, iter_pairs
+from evaluator.judge_prompt import (
+    BUILTIN,
+    DEFAULT_FOR_RUN,
+    PAPER,
+    JudgePrompt,
+    JudgePromptError,
+    read_prompt_file,
+)
+from evaluator.judge_prompt import resolve as resolve_judge_prompt
+from evaluator.prefetch import PARTS as PREFETCH_PARTS
 from evaluator.runner import (
     EXIT_FAILED_PAIRS,
     EXIT_INTERNAL,
     EXIT_OK,
+    EXIT_PREFLIGHT,
     EXIT_USER,
     RunOptions,
     RunResult,
@@ -41,6 +53,8 @@ from evaluator.store import DB_NAME, FailureGroup, Store, StoreError
 DEFAULT_OUT = Path("runs/latest")
 LAST_RUN = Path("runs/.last-run")  # which run a bare `--resume` continues
 DEFAULT_DEMO_OUT = Path("runs/demo")
+# The model name a judge-only run reports when --model is not given.
+JUDGE_ONLY_MODEL = "answers from the dataset"
 log = logging.getLogger("evaluator")
 
 
@@ -128,7 +142,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             help=f"{who}: give the model the provider's web search tool",
         )
     g.add_argument(
-        "--judge-prompt-file", type=Path, help="use this judge system prompt instead of ours"
+        "--judge-prompt",
+        metavar="paper|builtin|FILE",
+        help="the judge's system prompt: paper (default: the authors' exact prompt and schema, "
+        "fetched by pinned commit and hash and cached; see `fetch`), builtin (our wording of "
+        "the rubric), or a file (trailing line breaks removed)",
+    )
+    g.add_argument("--judge-prompt-file", type=Path, help="the same as --judge-prompt FILE")
+    g.add_argument(
+        "--judge-only",
+        action="store_const",
+        const=True,
+        help="the dataset holds the answers (for_response, against_response): judge them, "
+        "generate nothing; an error if the columns are missing (a dataset with them is "
+        "judge-only anyway)",
     )
     g.add_argument(
         "--system-prompt-file",
@@ -292,6 +319,7 @@ exit codes:
       cause, then --resume --retry-failed
   7   stopped early: a stage's calls kept failing (--max-failures): fix the cause,
       then --resume --retry-failed
+  8   calibrate: every calibration set ran, at least one is outside the tolerance
   75  interrupted (Ctrl-C, SIGTERM): --resume continues
   76  stopped before exceeding --max-cost: --resume with a larger --max-cost
 """
@@ -368,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("dir_a", type=Path)
     agr.add_argument("dir_b", type=Path, nargs="?")
     agr.add_argument("--out", type=Path, help="write agreement.json and agreement.md here")
+    agr.add_argument(
+        "--force", action="store_true", help="measure it even if the runs' protocols differ"
+    )
 
     mrg = sub.add_parser(
         "merge", help="combine the finished shards of a --shard run into one run directory"
@@ -381,19 +412,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="the judge on the authors' four calibration sets: expected vs measured PAC",
+    )
+    _add_common(cal, Path("runs/calibration"))
+    cal.add_argument("--judge-model", required=True, help="judge model (the name served)")
+    cal.add_argument(
+        "--judge-base-url", action="append", required=True, help="judge endpoint (repeatable)"
+    )
+    cal.add_argument("--judge-api-key-env", help="variable holding the judge endpoint's key")
+    cal.add_argument(
+        "--judge-provider",
+        choices=("openai", "openai-responses", "anthropic"),
+        default="openai",
+        help="the judge endpoint's API",
+    )
+    cal.add_argument(
+        "--judge-prompt",
+        default=DEFAULT_FOR_RUN,
+        metavar="paper|builtin|FILE",
+        help="the judge's system prompt (default: paper, as for run)",
+    )
+    cal.add_argument(
+        "--data-dir",
+        type=Path,
+        help="local copies of the sets (calibration-unaligned-0.parquet, ...; .jsonl and .csv "
+        "too); default: the hub, or its cache (see fetch)",
+    )
+    cal.add_argument("--limit", type=int, help="judge only the first N pairs of each set")
+    cal.add_argument("--judge-concurrency", type=int, default=64, help="judge calls in flight")
+    cal.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
+    cal.add_argument("--judge-retries", type=int, default=2, help="re-asks of invalid verdicts")
+    cal.add_argument(
+        "--tolerance",
+        type=float,
+        default=CALIBRATION_TOLERANCE,
+        help=f"points of PAC a set may be off and pass ({CALIBRATION_TOLERANCE:g})",
+    )
+
+    fet = sub.add_parser(
+        "fetch",
+        help="download ahead of time what runs need (the paper's judge prompt, the hub "
+        "dataset, the calibration sets) into the cache, for machines without internet access",
+    )
+    fet.add_argument("--data", default="hf:val-bench/VAL-Bench", help="hub dataset to fetch")
+    fet.add_argument("--split", default="test", help="its split (test)")
+    fet.add_argument(
+        "--only",
+        choices=PREFETCH_PARTS,
+        action="append",
+        help="fetch only this part (repeatable; default: all)",
+    )
     return parser
-
-
-def _read_text(path: Path | None, what: str) -> str | None:
-    if path is None:
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what} {path}: {exc}") from None
-    if not text.strip():
-        raise UserError(f"{what} {path} is empty")
-    return text
 
 
 # Flags that map one to one onto RunConfig fields.
@@ -437,6 +509,7 @@ RUN_FIELDS = (
     "judge_price_out",
     "shard",
     "max_failures",
+    "judge_only",
     "mode",
     "judge_mode",
     "batch_max_requests",
@@ -447,6 +520,8 @@ RUN_FIELDS = (
     "batch_poll_s",
 )
 FILE_ONLY = ("judge_prompt_file", "system_prompt_file")
+# paper | builtin | a file: resolved to the prompt's text, source and schema (judge_prompt.py).
+PROMPT_CHOICE = ("judge_prompt",)
 SERVER_TABLES = ("vllm", "judge_vllm")  # [model.vllm] and [judge.vllm]
 # Flags that set keys of those tables: (flag attribute, table, key).
 SERVER_FLAGS = (
@@ -461,7 +536,9 @@ SERVER_FLAGS = (
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        n: getattr(args, n) for n in (*RUN_FIELDS, *FILE_ONLY) if getattr(args, n, None) is not None
+        n: getattr(args, n)
+        for n in (*RUN_FIELDS, *FILE_ONLY, *PROMPT_CHOICE)
+        if getattr(args, n, None) is not None
     }
 
 
@@ -506,15 +583,35 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     Managed-server flags come as partial tables, merged into the stored ones."""
     out = _load_config_file(args.config) if getattr(args, "config", None) else {}
     out.update(_given(args))
-    judge_prompt = _read_text(out.pop("judge_prompt_file", None), "judge prompt file")
-    if judge_prompt is not None:
-        out["judge_prompt"] = judge_prompt
-    system_prompt = _read_text(out.pop("system_prompt_file", None), "system prompt file")
-    if system_prompt is not None:
+    choice = _prompt_choice(out)
+    if choice is not None:  # compared with the stored prompt: a change is refused
+        out.update(_resolve_judge_prompt(choice).config_values())
+    system_path = out.pop("system_prompt_file", None)
+    if system_path is not None:
+        try:
+            system_prompt = read_prompt_file(system_path, "system prompt file")
+        except JudgePromptError as exc:
+            raise UserError(str(exc)) from None
         out["system_prompt"] = system_prompt.strip()
+        out["system_prompt_source"] = f"file:{Path(system_path).resolve()}"
     for table, given in _server_flags(args).items():
         out[table] = {**(out.get(table) or {}), **given}
     return out
+
+
+def _prompt_choice(values: dict[str, Any]) -> str | Path | None:
+    choice = values.pop("judge_prompt", None)
+    path = values.pop("judge_prompt_file", None)
+    if choice is not None and path is not None:
+        raise UserError("give --judge-prompt or --judge-prompt-file, not both")
+    return path if path is not None else choice
+
+
+def _resolve_judge_prompt(choice: str | Path) -> JudgePrompt:
+    try:
+        return resolve_judge_prompt(choice)
+    except JudgePromptError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _type_name(expected: Any) -> str:
@@ -531,7 +628,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
     values = _flatten_stage_tables(values, path)
-    known = set(RUN_FIELDS) | set(FILE_ONLY) | set(SERVER_TABLES)
+    known = set(RUN_FIELDS) | set(FILE_ONLY) | set(PROMPT_CHOICE) | set(SERVER_TABLES)
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(
@@ -551,6 +648,8 @@ def _load_config_file(path: Path) -> dict[str, Any]:
             values[name] = path.parent / values[name]
     if "ca_bundle" in values:  # stored absolute: a later --resume may run elsewhere
         values["ca_bundle"] = str((path.parent / values["ca_bundle"]).resolve())
+    if values.get("judge_prompt") not in (None, PAPER, BUILTIN):
+        values["judge_prompt"] = path.parent / values["judge_prompt"]  # a file, as above
     return values
 
 
@@ -582,6 +681,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "judge_thinking_budget": int,
     "web_search": bool,
     "judge_web_search": bool,
+    "judge_only": bool,
     "max_cost": (int, float),
     "concurrency": int,
     "judge_concurrency": int,
@@ -612,8 +712,12 @@ _FIELD_TYPES: dict[str, Any] = {
 }
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig | None:
-    """A RunConfig from `run` flags and --config; None when only --resume was asked for."""
+def config_from_args(args: argparse.Namespace, *, fetch_paper: bool = True) -> RunConfig | None:
+    """A RunConfig from `run` flags and --config; None when only --resume was asked for.
+
+    `fetch_paper=False` (checking a config that runs elsewhere, e.g. deploy/k8s/render.py):
+    the paper's prompt is only named, not fetched; the config's prompt text is then not the
+    one the run will send."""
     values = _load_config_file(args.config) if getattr(args, "config", None) else {}
     values.update(_given(args))
     flags = _server_flags(args)
@@ -627,6 +731,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
             values.setdefault(name, values[table]["model"])
     if values.get("vllm"):
         values.setdefault("base_url", [])  # filled in by the servers once they answer
+    _judge_only_defaults(values)
     needed = ["data", "model", "base_url"]
     missing = [f"--{n.replace('_', '-')}" for n in needed if n not in values]
     if missing:
@@ -637,18 +742,47 @@ def config_from_args(args: argparse.Namespace) -> RunConfig | None:
     if values.get("judge_vllm"):
         values.setdefault("judge_base_url", [])  # filled in by the judge's servers
     elif "judge_base_url" not in values:
+        if values.get("judge_only") and not values["base_url"]:
+            raise UserError(
+                "a judge-only run needs --judge-base-url (or --judge-vllm): it has no model "
+                "endpoint to share"
+            )
         # The judge shares the model's endpoints (or its managed servers): same key too.
         values["judge_base_url"] = values["base_url"]
         if "provider" in values:  # same endpoint, same API
             values.setdefault("judge_provider", values["provider"])
         values.setdefault("judge_api_key_env", values.get("api_key_env"))
-    judge_prompt = _read_text(values.pop("judge_prompt_file", None), "judge prompt file")
-    if judge_prompt is not None:
-        values["judge_prompt"] = judge_prompt
-    system_prompt = _read_text(values.pop("system_prompt_file", None), "system prompt file")
-    if system_prompt is not None:
+    choice = _prompt_choice(values) or DEFAULT_FOR_RUN
+    if choice == PAPER and not fetch_paper:
+        values["judge_prompt_source"] = PAPER
+    else:
+        values.update(_resolve_judge_prompt(choice).config_values())
+    system_path = values.pop("system_prompt_file", None)
+    if system_path is not None:
+        try:
+            system_prompt = read_prompt_file(system_path, "system prompt file")
+        except JudgePromptError as exc:
+            raise UserError(str(exc)) from None
         values["system_prompt"] = system_prompt.strip()
+        values["system_prompt_source"] = f"file:{Path(system_path).resolve()}"
     return RunConfig(**values)
+
+
+def _judge_only_defaults(values: dict[str, Any]) -> None:
+    """A dataset that holds the answers needs no model endpoint: judge-only defaults.
+
+    Without --model or --base-url, the dataset is looked at: if it holds both answer
+    columns the run is judge-only (the run checks the columns again either way).
+    """
+    if not values.get("judge_only") and "data" in values and not values.get("vllm"):
+        if "model" not in values or "base_url" not in values:
+            try:
+                values["judge_only"] = has_answer_columns(values["data"], values.get("split", "test"))
+            except DatasetError as exc:
+                raise UserError(str(exc)) from None
+    if values.get("judge_only"):
+        values.setdefault("model", JUDGE_ONLY_MODEL)
+        values.setdefault("base_url", [])
 
 
 def _finish(result: RunResult, print_report: bool) -> int:
@@ -932,7 +1066,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from evaluator.analysis import AnalysisError, agreement, agreement_markdown
 
     try:
-        result = agreement(args.dir_a, args.dir_b)
+        result = agreement(args.dir_a, args.dir_b, force=args.force)
     except AnalysisError as exc:
         raise UserError(str(exc)) from None
     text = agreement_markdown(result)
@@ -976,6 +1110,82 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.get("all_pairs_have_verdicts", True) else EXIT_FAILED_PAIRS
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from evaluator import calibrate
+
+    chosen = _resolve_judge_prompt(args.judge_prompt)
+    base = RunConfig(
+        data="",
+        model="calibration",
+        base_url=[],
+        judge_base_url=args.judge_base_url,
+        judge_model=args.judge_model,
+        judge_api_key_env=args.judge_api_key_env,
+        judge_provider=args.judge_provider,
+        judge_concurrency=args.judge_concurrency,
+        judge_rpm=args.judge_rpm,
+        judge_retries=args.judge_retries,
+        limit=args.limit,
+        judge_only=True,
+        **chosen.config_values(),
+    )
+    try:
+        sets = calibrate.sets(args.data_dir)
+        for cset in sets:
+            calibrate.set_config(base, cset).validate()
+    except calibrate.CalibrationError as exc:
+        raise UserError(str(exc)) from None
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+    async def go() -> tuple[int, list[dict[str, Any]]]:
+        rows = []
+        for cset in sets:
+            log.info("calibration set %s (expected PAC %g): %s", cset.name, cset.expected_pac, cset.data)
+            result = await execute(
+                args.out / cset.name,
+                calibrate.set_config(base, cset),
+                resume=args.resume,
+                options=_options(args),
+            )
+            if result.exit_code != EXIT_OK:
+                return result.exit_code, rows
+            rows.append(calibrate.verdict_row(cset, result.summary, args.tolerance))
+        return EXIT_OK, rows
+
+    code, rows = _run_loop(go())
+    if code != EXIT_OK:
+        log.error(
+            "calibration stopped at set %d of %d (exit %d); fix the cause, then rerun with "
+            "--resume --out %s",
+            len(rows) + 1,
+            len(sets),
+            code,
+            args.out,
+        )
+        return code
+    result = calibrate.write_summary(args.out, rows, base, args.tolerance)
+    print(calibrate.markdown(result))
+    print(f"written: {args.out}/calibration.json, calibration.md; one run directory per set")
+    return EXIT_OK if result["all_pass"] else calibrate.EXIT_MISCALIBRATED
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from evaluator.paper_prompt import cache_dir
+    from evaluator.prefetch import fetch
+
+    parts = tuple(args.only) if args.only else PREFETCH_PARTS
+    results = fetch(parts, data=args.data, split=args.split)
+    for r in results:
+        print(f"{'ok' if r.ok else 'FAILED'}  {r.what}: {r.detail}")
+    failed = [r for r in results if not r.ok]
+    print(
+        f"cache: {cache_dir()} (set VALBENCH_CACHE_DIR to the same directory on machines that "
+        "run from it)"
+    )
+    return EXIT_PREFLIGHT if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -999,6 +1209,8 @@ def main(argv: list[str] | None = None) -> int:
         "compare": cmd_compare,
         "agreement": cmd_agreement,
         "merge": cmd_merge,
+        "fetch": cmd_fetch,
+        "calibrate": cmd_calibrate,
     }
     try:
         return handlers[command](args)

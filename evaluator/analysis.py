@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from evaluator.identity import differences as identity_differences
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.scoring import adjusted_score
 
@@ -55,14 +56,17 @@ def _cost(summary: dict[str, Any], config: dict[str, Any]) -> float | None:
 def compare(runs: list[Path], out: Path, force: bool = False) -> list[dict[str, Any]]:
     """Leaderboard rows, best PAC first; writes compare.md, compare.csv and compare.png."""
     rows = []
+    summaries = []
     for run in runs:
         s, c = _summary(run), _config(run)
+        summaries.append(s)
         ci = (s.get("ci95") or {}).get("pac") or [None, None]
         rows.append(
             {
                 "run": str(run),
                 "model": s.get("model"),
                 "judge": s.get("judge_model"),
+                "judge_prompt": _prompt_label(s),
                 "judge_order": s.get("judge_order"),
                 "dataset": s.get("dataset"),
                 "limit": c.get("limit"),
@@ -90,6 +94,7 @@ def compare(runs: list[Path], out: Path, force: bool = False) -> list[dict[str, 
         values = sorted({str(r[key]) for r in rows})
         if len(values) > 1:
             problems.append(f"different {what}: {', '.join(values)}")
+    problems += identity_differences(summaries, [str(r) for r in runs])
     if problems and not force:
         raise AnalysisError(
             "refusing to rank these runs together, their numbers are not comparable: "
@@ -107,6 +112,12 @@ def compare(runs: list[Path], out: Path, force: bool = False) -> list[dict[str, 
     return rows
 
 
+def _prompt_label(s: dict[str, Any]) -> str:
+    """`paper 3d0b73595043`: the judge prompt's source and hash ("unknown" for old runs)."""
+    sha = s.get("judge_prompt_sha256")
+    return f"{s.get('judge_prompt_source')} {sha[:12]}" if sha else "unknown"
+
+
 def _f(v: float | None, digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -118,14 +129,16 @@ def _compare_md(rows: list[dict[str, Any]], problems: list[str]) -> str:
     if problems:
         lines += [f"> **Ranked with --force despite: {'; '.join(problems)}.**", ""]
     lines += [
-        "| # | model | judge | N | PAC (95% CI) | REF | NINF | invalid | failed | cost (USD) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | model | judge | judge prompt | N | PAC (95% CI) | REF | NINF | invalid | failed "
+        "| cost (USD) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
         ci = f" ({_f(r['pac_lo'])}–{_f(r['pac_hi'])})" if r["pac_lo"] is not None else ""
         mark = "" if r["complete"] else " (incomplete)"
         lines.append(
-            f"| {i} | {r['model']}{mark} | {r['judge']} | {r['n']} | {_f(r['pac'])}{ci} | "
+            f"| {i} | {r['model']}{mark} | {r['judge']} | {r['judge_prompt']} | {r['n']} | "
+            f"{_f(r['pac'])}{ci} | "
             f"{_f(r['ref'])} | {_f(r['ninf'])} | {r['invalid']} | {r['failed']} | {_f(r['cost_usd'], 2)} |"
         )
     return "\n".join(lines) + "\n"
@@ -185,8 +198,19 @@ def _results(run: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+KAPPA_UNDEFINED = (
+    "undefined: both judges gave one and the same score on every pair, so the agreement "
+    "expected by chance is already perfect and kappa is 0/0"
+)
+
+
 def weighted_kappa(a: np.ndarray, b: np.ndarray, levels: int = 5) -> float | None:
-    """Cohen's kappa with quadratic weights, for ordinal scores coded 0..levels-1."""
+    """Cohen's kappa with quadratic weights, for ordinal scores coded 0..levels-1.
+
+    None where kappa is undefined: no pairs, or both raters constant at the same level
+    (the chance-expected disagreement, the denominator, is zero). That case used to be
+    reported as 1.0, which claims a reliability the data cannot show.
+    """
     if len(a) == 0:
         return None
     observed = np.zeros((levels, levels))
@@ -197,14 +221,28 @@ def weighted_kappa(a: np.ndarray, b: np.ndarray, levels: int = 5) -> float | Non
     weights = (i - j) ** 2 / (levels - 1) ** 2
     denominator = (weights * expected).sum()
     if denominator == 0:
-        return 1.0 if (weights * observed).sum() == 0 else None
+        return None
     return float(1 - (weights * observed).sum() / denominator)
 
 
 def agreement(
-    run_a: Path, run_b: Path | None, resamples: int = 2000, seed: int = 0
+    run_a: Path, run_b: Path | None, resamples: int = 2000, seed: int = 0, force: bool = False
 ) -> dict[str, Any]:
-    """Two judges (or the two orders of one run) over the same generations."""
+    """Two judges (or the two orders of one run) over the same generations.
+
+    Two runs must share their protocol (judge prompt, judge schema, sampling; the answers
+    are checked pair by pair) unless `force`; the differences are then in the result."""
+    differences: list[str] = []
+    if run_b is not None:
+        differences = identity_differences(
+            [_summary(run_a), _summary(run_b)], [str(run_a), str(run_b)]
+        )
+        if differences and not force:
+            raise AnalysisError(
+                "refusing to measure agreement between runs with different protocols: "
+                + "; ".join(differences)
+                + " (use --force to measure it anyway)"
+            )
     if run_b is None:
         rows = _results(run_a)
         if not rows or "alignment_judge_response_reverse" not in rows[0]:
@@ -253,13 +291,16 @@ def agreement(
         idx = rng.integers(0, n, n)
         diffs[k] = 25 * (adj_a[idx].mean() - adj_b[idx].mean())
     lo, hi = np.percentile(diffs, [2.5, 97.5])
+    kappa = weighted_kappa(sa + 2, sb + 2)
     return {
         "a": label[0],
         "b": label[1],
         "n_pairs": n,
+        "protocol_differences": differences,
         "exact_agreement": float((sa == sb).mean()),
         "sign_agreement": float((np.sign(sa) == np.sign(sb)).mean()),
-        "weighted_kappa_quadratic": weighted_kappa(sa + 2, sb + 2),
+        "weighted_kappa_quadratic": kappa,
+        "weighted_kappa_note": KAPPA_UNDEFINED if kappa is None else None,
         "refusal_flag_agreement": float(np.mean([x.refusals == y.refusals for x, y in both])),
         "pac_a": float(pac_a),
         "pac_b": float(pac_b),
@@ -269,10 +310,18 @@ def agreement(
 
 
 def agreement_markdown(r: dict[str, Any]) -> str:
+    forced = (
+        [f"> **Measured with --force despite: {'; '.join(r['protocol_differences'])}.**", ""]
+        if r.get("protocol_differences")
+        else []
+    )
+    kappa = r["weighted_kappa_quadratic"]
+    kappa_text = _f(kappa, 3) if kappa is not None else r.get("weighted_kappa_note") or "n/a"
     return "\n".join(
         [
             "# Judge agreement",
             "",
+            *forced,
             f"- A: `{r['a']}`",
             f"- B: `{r['b']}`",
             f"- pairs with a valid verdict in both: {r['n_pairs']}",
@@ -281,7 +330,7 @@ def agreement_markdown(r: dict[str, Any]) -> str:
             "|---|---|",
             f"| exact agreement on the -2..2 score | {r['exact_agreement']:.3f} |",
             f"| sign agreement | {r['sign_agreement']:.3f} |",
-            f"| weighted Cohen's kappa (quadratic) | {_f(r['weighted_kappa_quadratic'], 3)} |",
+            f"| weighted Cohen's kappa (quadratic) | {kappa_text} |",
             f"| refusal-flag agreement | {r['refusal_flag_agreement']:.3f} |",
             f"| PAC A − PAC B (points) | {r['pac_difference']:.2f} "
             f"({r['pac_difference_ci95'][0]:.2f} to {r['pac_difference_ci95'][1]:.2f}, paired bootstrap 95%) |",

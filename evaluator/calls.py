@@ -75,7 +75,7 @@ class CallBuilder:
             temperature=protocol.JUDGE_TEMPERATURE,
             top_p=protocol.JUDGE_TOP_P,
             max_tokens=protocol.JUDGE_MAX_TOKENS,
-            json_schema=protocol.VERDICT_SCHEMA,
+            json_schema=c.judge_schema if c.judge_schema is not None else protocol.VERDICT_SCHEMA,
             options=self._judge_options,
         )
 

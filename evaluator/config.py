@@ -20,6 +20,7 @@ REQUEST_SETTINGS = (
     "judge_model",
     "system_prompt",
     "judge_prompt",
+    "judge_schema",  # the judge's response format (the paper protocol takes the authors')
     "judge_order",
     "protocol",
     "shard",  # another shard is another set of pairs: a different run
@@ -76,6 +77,17 @@ class RunConfig:
     judge_web_search: bool = False
     system_prompt: str = protocol.DEFAULT_SYSTEM_PROMPT
     judge_prompt: str = protocol.DEFAULT_JUDGE_PROMPT
+    # Where the prompts came from (evaluator.identity): "builtin" | "paper" | "file:PATH", and
+    # "spec" | "file:PATH". The texts above are what is sent; these only label them.
+    judge_prompt_source: str = "builtin"
+    system_prompt_source: str = "spec"
+    # The judge's response schema; None: protocol.VERDICT_SCHEMA. The paper protocol uses the
+    # authors' OUTPUT_JSON_SCHEMA (evaluator.paper_prompt).
+    judge_schema: dict[str, Any] | None = None
+    # The dataset holds the answers (for_response / against_response): no generation call
+    # is made and those answers are judged. Set by the run when it sees the columns; asked
+    # for with --judge-only, a dataset without them is an error.
+    judge_only: bool = False
     judge_order: str = "forward"
     concurrency: int = 64
     judge_concurrency: int = 64
@@ -194,6 +206,8 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(name)} must be positive")
         for name, managed in (("base_url", self.vllm), ("judge_base_url", self.judge_vllm)):
             urls = getattr(self, name)
+            if name == "base_url" and self.judge_only:
+                continue  # nothing is generated: the model's endpoint is not used
             if not urls and managed is None and not (name == "judge_base_url" and self.vllm):
                 raise ConfigError(f"--{name.replace('_', '-')} is required")
             for url in urls:
@@ -279,11 +293,18 @@ def _flag(name: str) -> str:
 
 def request_differences(stored: RunConfig, new: RunConfig) -> list[str]:
     """Names (with both values, shortened) of request-changing settings that differ."""
+    from evaluator.identity import describe_prompt
+
     out = []
     for name in REQUEST_SETTINGS:
         a, b = getattr(stored, name), getattr(new, name)
         if a != b:
-            out.append(f"{name}: run has {_short(a)}, now {_short(b)}")
+            if name in ("judge_prompt", "system_prompt"):
+                # A prompt is named by where it came from and its hash, not by its text.
+                a, b = describe_prompt(stored, name), describe_prompt(new, name)
+                out.append(f"{name}: run has {a}, now {b}")
+            else:
+                out.append(f"{name}: run has {_short(a)}, now {_short(b)}")
     return out
 
 

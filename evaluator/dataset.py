@@ -39,6 +39,22 @@ class DatasetError(Exception):
     """The source as a whole cannot be used (not a dataset, unreadable, wrong columns)."""
 
 
+# A responses dataset (the authors' layout, spec §6) also holds the answers: judge-only runs.
+ANSWER_COLUMNS = ("for_response", "against_response")
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """The answers a dataset row already holds, with their optional reasoning and citations."""
+
+    for_response: str
+    against_response: str
+    for_reasoning: str | None = None
+    against_reasoning: str | None = None
+    for_citations: list[Any] | None = None
+    against_citations: list[Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Pair:
     id: int
@@ -51,13 +67,15 @@ class Pair:
     against_question: str
     issue_scale: int
     category: str | None
+    answers: Answers | None = None  # a responses dataset's answers (judge-only runs)
 
     def columns(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every field and costs ~100 us a row.
         return {name: getattr(self, name) for name in _PAIR_FIELDS}
 
 
-_PAIR_FIELDS = tuple(f.name for f in fields(Pair))
+# The dataset's own columns (the answers, if any, are reported by the run, not copied here).
+_PAIR_FIELDS = tuple(f.name for f in fields(Pair) if f.name != "answers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +133,9 @@ def validate_row(row: dict[str, Any], where: str) -> Pair | BadRow:
         category = None
     if category is not None and not isinstance(category, str):
         return BadRow(where, f"category must be text, got {type(category).__name__}")
+    answers = read_answers(row, where)
+    if isinstance(answers, BadRow):
+        return answers
     return Pair(
         id=pair_id,
         article_title=row["article_title"],
@@ -126,7 +147,50 @@ def validate_row(row: dict[str, Any], where: str) -> Pair | BadRow:
         against_question=row["against_question"],
         issue_scale=scale,
         category=category,
+        answers=answers,
     )
+
+
+def _answer_text(value: Any) -> str | None:
+    """An answer as text: a plain string or the reference's `{content, role}` record."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def read_answers(row: dict[str, Any], where: str) -> Answers | BadRow | None:
+    """The answers a row holds (None when it has no answer columns)."""
+    present = [c for c in ANSWER_COLUMNS if c in row]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(c for c in ANSWER_COLUMNS if c not in present)
+        return BadRow(where, f"{present[0]} is given but {missing} is missing")
+    texts = {}
+    for col in ANSWER_COLUMNS:
+        text = _answer_text(row[col])
+        if text is None:
+            kind = "missing" if row[col] is None else f"of type {type(row[col]).__name__}"
+            return BadRow(
+                where,
+                f"{col} is {kind}: an answer is text or a {{content, role}} record",
+            )
+        texts[col] = text
+    extra: dict[str, Any] = {}
+    for side in ("for", "against"):
+        reasoning = row.get(f"{side}_response_reasoning")
+        extra[f"{side}_reasoning"] = reasoning if isinstance(reasoning, str) and reasoning else None
+        citations = row.get(f"{side}_response_citations")
+        extra[f"{side}_citations"] = list(citations) if isinstance(citations, list) and citations else None
+    return Answers(texts["for_response"], texts["against_response"], **extra)
+
+
+def has_answer_columns(source: str, split: str = "test") -> bool:
+    """Whether the source's first row holds both answer columns (a responses dataset)."""
+    for _where, row in raw_rows(source, split):
+        if isinstance(row, dict):
+            return all(c in row for c in ANSWER_COLUMNS)
+    return False
 
 
 DATASET_MARKERS = ("for_question", "against_question", "issue_description")
@@ -226,37 +290,19 @@ def parquet_rows(
 
 
 def _hub_rows(repo: str, split: str) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
-    """Stream a hub dataset's Parquet files for one split (needs the `hf` extra and network)."""
+    """Stream a hub dataset's Parquet files for one split (the `hf` extra; network or the cache).
+
+    Every file is in the cache before the first row is read, so a run never stalls on the
+    network mid-way (the start-up check reads the first row). See evaluator.hub.
+    """
+    from evaluator.hub import HubError, snapshot
+
     try:
-        from huggingface_hub import HfApi, hf_hub_download
-    except ImportError:
-        raise DatasetError(
-            f"loading hf:{repo} needs the hf extra: pip install 'valbench-evaluator[hf]'"
-        ) from None
-    try:
-        files = HfApi().list_repo_files(repo, repo_type="dataset")
-    except Exception as exc:  # network, auth or not-found errors come in many types
-        raise DatasetError(f"cannot list hub dataset {repo}: {type(exc).__name__}: {exc}") from None
-    wanted = sorted(
-        f
-        for f in files
-        if f.endswith(".parquet")
-        and (Path(f).name.startswith(f"{split}-") or f"/{split}/" in f"/{f}")
-    )
-    if not wanted:
-        raise DatasetError(f"hub dataset {repo} has no Parquet files for split {split!r}")
-    # Download every file before the first row is read, so a run never stalls
-    # on the network mid-way (the start-up check reads the first row).
-    local = []
-    for name in wanted:
-        try:
-            local.append((name, hf_hub_download(repo, name, repo_type="dataset")))
-        except Exception as exc:
-            raise DatasetError(
-                f"cannot download {repo}/{name}: {type(exc).__name__}: {exc}"
-            ) from None
+        local = snapshot(repo, split)
+    except HubError as exc:
+        raise DatasetError(str(exc)) from None
     for name, path in local:
-        yield from parquet_rows(Path(path), f"hf:{repo}/{name}")
+        yield from parquet_rows(path, f"hf:{repo}/{name}")
 
 
 def raw_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str, Any] | BadRow]]:

@@ -120,6 +120,8 @@ async def run_preflight(
     """
     report = PreflightReport()
     for stage in _stages(config):
+        if stage.name == "gen" and config.judge_only:
+            continue  # the answers come from the dataset: no model endpoint to check
         client = clients[stage.name]
         endpoints = getattr(client, "endpoints", None) or []
         if endpoints:  # an online pool: its endpoints' clients and /models lists

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from evaluator import pair_answers, reference_outputs
 from evaluator.calls import CallBuilder
 from evaluator.config import RunConfig
 from evaluator.costs import CostMeter, expected_calls
@@ -30,9 +31,10 @@ from evaluator.dataset import (
     jsonl_rows,
     parquet_rows,
 )
+from evaluator.identity import identity
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.report_child import ReportChild
-from evaluator.scoring import METRIC_KEYS, Observation, Scorer, adjusted_score
+from evaluator.scoring import METRIC_KEYS, Observation, PairScorer, Scorer, adjusted_score
 from evaluator.sharding import run_pairs
 from evaluator.store import CallRecord, FailureGroups, Store
 
@@ -56,9 +58,14 @@ def _verdict_or_error(raw: Any) -> tuple[Any, str | None]:
 class ParquetSink:
     """results.parquet, written in row groups as results.jsonl is (constant memory).
 
-    Column names are the reference pipeline's (the dataset's, then `for_response`,
-    `against_response`, `alignment_judge_response`), so its notebooks load it; the
-    parsed verdict is a JSON string, as nested nulls do not suit every reader.
+    Columns and types are the reference pipeline's (spec §6), so `datasets` and its
+    analysis step read it: the dataset's columns; `for_response` / `against_response` and
+    `alignment_judge_response` as `{content, role}` records (evaluator.reference_outputs);
+    `for_response_reasoning` / `against_response_reasoning` (text) and
+    `for_response_citations` / `against_response_citations` (lists of `{url, title, text}`).
+    Our own columns follow: the judge's text as received (`alignment_judge_raw`), the
+    parsed verdict as JSON text, the adjusted score, why a verdict is invalid, provider
+    refusals, the pair's status and errors. A second judge order adds `_reverse` columns.
     """
 
     BATCH = 2000
@@ -68,6 +75,10 @@ class ParquetSink:
 
         self.pa = pa
         self.path = path
+        message = pa.struct([("content", pa.string()), ("role", pa.string())])
+        citations = pa.list_(
+            pa.struct([("url", pa.string()), ("title", pa.string()), ("text", pa.string())])
+        )
         fields = [
             ("id", pa.int64()),
             ("article_title", pa.string()),
@@ -79,38 +90,62 @@ class ParquetSink:
             ("against_question", pa.string()),
             ("issue_scale", pa.int64()),
             ("category", pa.string()),
-            ("for_response", pa.string()),
-            ("against_response", pa.string()),
-            ("for_reasoning", pa.string()),
-            ("against_reasoning", pa.string()),
-            ("for_citations", pa.string()),
-            ("against_citations", pa.string()),
+            ("for_response", message),
+            ("against_response", message),
+            ("for_response_reasoning", pa.string()),
+            ("against_response_reasoning", pa.string()),
+            ("for_response_citations", citations),
+            ("against_response_citations", citations),
         ]
-        for order in orders:
-            suffix = "" if order == orders[0] else f"_{order}"
+        self.suffixes = ["" if order == orders[0] else f"_{order}" for order in orders]
+        for suffix in self.suffixes:
             fields += [
-                (f"alignment_judge_response{suffix}", pa.string()),
+                (f"alignment_judge_response{suffix}", message),
+                (f"alignment_judge_raw{suffix}", pa.string()),
                 (f"verdict{suffix}", pa.string()),
                 (f"adjusted_score{suffix}", pa.int64()),
                 (f"verdict_error{suffix}", pa.string()),
             ]
-        fields += [("status", pa.string()), ("error", pa.string())]
+        fields += [("provider_refusals", pa.string()), ("status", pa.string()), ("error", pa.string())]
         self.schema = pa.schema(fields)
-        self._json = {
-            n
-            for n in self.schema.names
-            if (n.startswith("verdict") and "error" not in n) or n.endswith("_citations")
-        }
         self._columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         self._count = 0
         self._writer = None
 
+    def _convert(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A results.jsonl row in the parquet's columns and types."""
+        out = dict(row)
+        for side in ("for", "against"):
+            out[f"{side}_response"] = reference_outputs.record(row.get(f"{side}_response"))
+            out[f"{side}_response_reasoning"] = row.get(f"{side}_reasoning")
+            cited = row.get(f"{side}_citations")
+            out[f"{side}_response_citations"] = (
+                [
+                    {
+                        "url": c.get("url"),
+                        "title": c.get("title"),
+                        "text": c.get("text", c.get("cited_text")),
+                    }
+                    for c in cited
+                    if isinstance(c, dict)
+                ]
+                if cited
+                else None
+            )
+        for suffix in self.suffixes:
+            raw = row.get(f"alignment_judge_response{suffix}")
+            verdict = row.get(f"verdict{suffix}")
+            out[f"alignment_judge_raw{suffix}"] = raw
+            out[f"alignment_judge_response{suffix}"] = reference_outputs.judge_record(raw, verdict)
+            out[f"verdict{suffix}"] = None if verdict is None else orjson.dumps(verdict).decode()
+        refusals = row.get("provider_refusals")
+        out["provider_refusals"] = orjson.dumps(refusals).decode() if refusals else None
+        return out
+
     def add(self, row: dict[str, Any]) -> None:
+        converted = self._convert(row)
         for name, column in self._columns.items():
-            value = row.get(name)
-            if value is not None and name in self._json:
-                value = orjson.dumps(value).decode()
-            column.append(value)
+            column.append(converted.get(name))
         self._count += 1
         if self._count >= self.BATCH:
             self._flush()
@@ -141,7 +176,8 @@ class _Tally:
         self._calls: CallBuilder | None = None  # for the run's config, made on first use
         # Streaming tallies: memory does not grow with the number of pairs.
         self.scorers = {o: Scorer() for o in orders}
-        self.pooled = Scorer()
+        # Both orders: the pair is the unit of the pooled figures (evaluator.scoring.PairScorer).
+        self.pooled = PairScorer() if len(orders) > 1 else self.scorers[orders[0]]
         self.statuses = dict.fromkeys(("scored", "invalid", "failed", "pending"), 0)
         self.usage = {
             stage: {"prompt_tokens": 0, "completion_tokens": 0} for stage in ("gen", "judge")
@@ -149,6 +185,7 @@ class _Tally:
         self.truncated = 0
         self.failures: dict[str, int] = {}
         self.failure_groups = FailureGroups()
+        self.provider_refusals = 0  # answers the provider withheld (counted as refusals)
 
     def seen(self, stage: str, rec: CallRecord | None) -> CallRecord | None:
         """Account for one call's record; returns it if it has a final outcome."""
@@ -158,7 +195,9 @@ class _Tally:
             value = rec.usage.get(k)
             if isinstance(value, int):
                 self.usage[stage][k] = total + value
-        if rec.status == "failed":
+        if stage == "gen" and pair_answers.refusal_reason(rec) is not None:
+            self.provider_refusals += 1  # the model's answer is a refusal: not a failure
+        elif rec.status == "failed":
             self.failures[rec.error_class] = self.failures.get(rec.error_class, 0) + 1
             self.failure_groups.add(
                 rec.role, rec.error_class, rec.http_status, rec.error, rec.pair_id
@@ -173,56 +212,92 @@ class _Tally:
         row: dict[str, Any] = pair.columns()
         if self._calls is None or self._calls.config is not config:
             self._calls = CallBuilder(config)
-        gens = [self.seen("gen", records.get(s.key)) for s in self._calls.generation_calls(pair)]
-        errors = []
-        for side, rec in zip(("for", "against"), gens, strict=True):
-            ok = rec is not None and rec.status == "done"
-            row[f"{side}_response"] = rec.content if ok else None
-            row[f"{side}_reasoning"] = rec.reasoning if ok else None
-            # Web sources the answer cites (web search), kept apart from the answer text.
-            row[f"{side}_citations"] = rec.citations if ok and rec.citations else None
-            if rec is not None and rec.status == "failed":
-                errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+        errors: list[str] = []
+        refused: dict[str, str] = {}
+        if config.judge_only:
+            for side, answer in pair_answers.from_dataset(pair).items():
+                row[f"{side}_response"] = answer["text"]
+                row[f"{side}_reasoning"] = answer["reasoning"]
+                row[f"{side}_citations"] = answer["citations"]
+            missing = False
+        else:
+            gens = [
+                self.seen("gen", records.get(s.key)) for s in self._calls.generation_calls(pair)
+            ]
+            for side, rec in zip(pair_answers.SIDES, gens, strict=True):
+                ok = rec is not None and rec.status == "done"
+                reason = pair_answers.refusal_reason(rec)
+                if reason is not None:
+                    refused[side] = reason
+                row[f"{side}_response"] = (rec.content or "") if ok else "" if reason else None
+                row[f"{side}_reasoning"] = rec.reasoning if ok else None
+                # Web sources the answer cites (web search), kept apart from the answer text.
+                row[f"{side}_citations"] = rec.citations if ok and rec.citations else None
+                if rec is not None and rec.status == "failed" and reason is None:
+                    errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+            missing = any(rec is None for rec in gens)
+        if refused:
+            row["provider_refusals"] = refused
         if errors:
             status = "failed"
-        elif any(rec is None for rec in gens):
+        elif missing:
             status = "pending"
         else:
-            status = self._judged(config, pair, row, records, errors)
+            status = self._judged(pair, row, records, errors, refused)
         row["status"] = status
         if errors:
             row["error"] = "; ".join(errors)
         self.statuses[status] += 1
         return row
 
-    def _judged(self, config, pair, row, records, errors) -> str:
-        answers = (row["for_response"], row["against_response"])
+    def _judged(self, pair, row, records, errors, refused) -> str:
+        texts = {"for": row["for_response"], "against": row["against_response"]}
+        shown = pair_answers.shown_to_judge(texts, refused)
         status = "scored"
+        verdicts: list[Any] = []
         for order in self.orders:
-            key = self._calls.judge_call(pair, order, *answers).key
-            rec = self.seen("judge", records.get(key))
             suffix = "" if order == self.orders[0] else f"_{order}"
-            row[f"alignment_judge_response{suffix}"] = rec.content if rec else None
-            if rec is None:
-                status = "pending" if status == "scored" else status
-                continue
-            if rec.status == "failed":
-                errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
-                status = "failed"
-                continue
-            verdict, err = _verdict_or_error(rec.content)
+            if len(refused) == 2:  # no judge call: see evaluator.pair_answers
+                verdict = pair_answers.both_refused_verdict(refused)
+                row[f"alignment_judge_response{suffix}"] = None
+                row[f"verdict_source{suffix}"] = "provider_refusal"
+            else:
+                rec = self.seen("judge", records.get(self._calls.judge_call(pair, order, *shown).key))
+                row[f"alignment_judge_response{suffix}"] = rec.content if rec else None
+                if rec is None:
+                    status = "pending" if status == "scored" else status
+                    continue
+                if rec.status == "failed":
+                    errors.append(f"{rec.role}: {rec.error_class}: {rec.error}")
+                    status = "failed"
+                    continue
+                verdict, err = _verdict_or_error(rec.content)
+                if err:
+                    row[f"verdict_error{suffix}"] = err
+                    if status == "scored":
+                        status = "invalid"
+                if verdict is not None:
+                    verdict = pair_answers.counted_verdict(verdict, order, refused)
             row[f"verdict{suffix}"] = verdict.fields if verdict else None
             row[f"adjusted_score{suffix}"] = adjusted_score(verdict) if verdict else None
-            if err:
-                row[f"verdict_error{suffix}"] = err
-                if status == "scored":
-                    status = "invalid"
-            obs = Observation(pair.id, pair.category, pair.issue_scale, verdict)
-            self.scorers[order].add(obs)
-            self.pooled.add(obs)
+            self.scorers[order].add(Observation(pair.id, pair.category, pair.issue_scale, verdict))
+            verdicts.append(verdict)
         if len(self.orders) > 1:
             row["judge_orders"] = list(self.orders)
+            if status in ("scored", "invalid"):
+                self.pooled.add(pair.category, pair.issue_scale, verdicts)
         return status
+
+    def reference_files(self) -> dict[str, Any]:
+        """The reference-format CSVs' rows, per judge order (evaluator.reference_outputs)."""
+        files: dict[str, Any] = {}
+        for order in self.orders:
+            scorer = self.scorers[order]
+            suffix = "" if order == self.orders[0] else f"_{order}"
+            files.update(
+                reference_outputs.tables(scorer.overall, scorer.by_named_category, suffix)
+            )
+        return files
 
 
 class PairStatus:
@@ -240,6 +315,8 @@ RESULTS_TMP = "results.jsonl.tmp"
 FINISHED_META = "finished_config"  # the config whose outputs left no pair to do
 MAX_FAILURE_GROUPS = 50  # in summary.json; the report and the terminal show the first few
 SHOWN_FAILURE_GROUPS = 5
+BY_ISSUE_SCALE_CSV = "metrics_by_issue_scale.csv"
+BY_CATEGORY_CSV = "metrics_by_category.csv"
 
 
 def build_run_outputs(
@@ -286,6 +363,8 @@ def _build_run_outputs(
         "model": config.model,
         "judge_model": config.judge_model,
         "judge_order": config.judge_order,
+        **identity(config),
+        "judge_only": config.judge_only,
         "limit": config.limit,
         "shard": config.shard,
         "complete": tally.statuses["pending"] == 0,
@@ -298,6 +377,7 @@ def _build_run_outputs(
         "n_pending": tally.statuses["pending"],
         "n_bad_rows": len(store.bad_rows()),
         "n_truncated_answers": tally.truncated,
+        "n_provider_refusals": tally.provider_refusals,
         "possibly_duplicated_calls": store.possibly_duplicated(),
         "failures_by_class": tally.failures,
         # Failed calls grouped by stage, class, HTTP status and message, largest first.
@@ -315,6 +395,7 @@ def _build_run_outputs(
     summary.update(tally.pooled.summary())
     if len(orders) > 1:
         summary["by_judge_order"] = {o: tally.scorers[o].summary() for o in orders}
+    summary["reference_files"] = tally.reference_files()
     return summary
 
 
@@ -366,6 +447,7 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
         "invalid_reasons": reasons,
     }
     summary.update(scorer.summary())
+    summary["reference_files"] = reference_outputs.tables(scorer.overall, scorer.by_named_category)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary_files(out_dir, summary)
     return summary
@@ -469,10 +551,11 @@ def write_summary_files(
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
-    _write_csv(
-        out_dir / "alignment_statistics.csv", "issue_scale", summary["by_issue_scale"], summary
-    )
-    _write_csv(out_dir / "category_metrics.csv", "category", summary["by_category"], summary)
+    # Ours: every metric and interval, overall and per group. The reference's layouts
+    # (alignment_statistics.csv, category_metrics.csv) come from reference_outputs.
+    _write_csv(out_dir / BY_ISSUE_SCALE_CSV, "issue_scale", summary["by_issue_scale"], summary)
+    _write_csv(out_dir / BY_CATEGORY_CSV, "category", summary["by_category"], summary)
+    reference_outputs.write(out_dir, summary.get("reference_files") or {})
     if side is None:
         from evaluator.plots import write_plots  # matplotlib costs ~0.5 s to import: only here
 
@@ -560,6 +643,20 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
     ):
         if s.get(key) is not None:
             lines.append(f"- {label}: `{s[key]}`")
+    if s.get("judge_prompt_sha256"):
+        lines.append(
+            f"- Judge prompt: {s['judge_prompt_source']} ({s['judge_prompt_origin']}), "
+            f"sha256 `{s['judge_prompt_sha256']}`"
+            + ("" if s["judge_prompt_source"] == "paper" else " (not the paper's prompt)")
+        )
+        lines.append(
+            f"- Generation system prompt: {s['system_prompt_source']}, "
+            f"sha256 `{s['system_prompt_sha256']}`"
+        )
+    if s.get("judge_only"):
+        lines.append(
+            "- Answers: from the dataset (a judge-only run: no generation call was made)"
+        )
     if s.get("shard"):
         lines.append(
             f"- Shard: `{s['shard']}` (only the pairs whose id hashes to this shard; "
@@ -571,12 +668,20 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
             f"- Merged from {len(shards)} shards: "
             + ", ".join(f"`{m['shard']}` {m['dir']}" for m in shards)
         )
-    counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
+    if s.get("unit") == "pair":  # both judge orders: the top-level counts are pairs
+        counts = [
+            f"pairs with a valid verdict {s['n_valid']}",
+            f"pairs without one {s['n_invalid']}",
+        ]
+    else:
+        counts = [f"valid verdicts {s['n_valid']}", f"invalid verdicts {s['n_invalid']}"]
     if "n_failed" in s:
         counts += [
             f"failed pairs {s['n_failed']}",
             f"bad input rows {s['n_bad_rows']}",
             f"answers cut at max tokens {s['n_truncated_answers']}",
+            f"answers withheld by the provider (counted as refusals) "
+            f"{s.get('n_provider_refusals', 0)}",
             f"calls possibly paid twice {s['possibly_duplicated_calls']}",
         ]
         if s.get("failures_by_class"):
@@ -607,7 +712,8 @@ def render_markdown(s: dict[str, Any], images: dict[str, str] | None = None) -> 
     if "by_judge_order" in s:
         lines += [
             "",
-            "Top-level figures pool both judge orders (each verdict one observation).",
+            "Top-level figures pool both judge orders with the pair as the unit: a pair counts "
+            "once, with the mean of its valid verdicts, and the intervals resample pairs.",
             "",
             "| judge order | n | PAC | REF | NINF |",
             "|---|---|---|---|---|",

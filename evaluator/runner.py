@@ -35,12 +35,20 @@ from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.breaker import CircuitOpen
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, stage_key
 from evaluator.costs import CostMeter, expected_calls
-from evaluator.dataset import BadRow, DatasetError, iter_pairs
+from evaluator.dataset import (
+    ANSWER_COLUMNS,
+    BadRow,
+    DatasetError,
+    describe_source,
+    has_answer_columns,
+    iter_pairs,
+)
+from evaluator.identity import identity
 from evaluator.looplag import LoopLagMonitor
 from evaluator.preflight import PreflightError, PreflightReport, run_preflight
 from evaluator.progress import Activity, Progress, Resumed
 from evaluator.report_child import ReportChild
-from evaluator.scheduler import FINAL_FAILURES, RunStats, Scheduler
+from evaluator.scheduler import FINAL_FAILURES, NoGeneration, RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
 from workers.base import FatalEndpointError, RetryBudget
@@ -371,6 +379,7 @@ async def _execute(
         raise UserError(str(exc)) from None
     try:  # a source that is not a dataset fails here, before any endpoint is contacted
         next(iter_pairs(config.data, split=config.split, limit=1, on_note=log.warning), None)
+        config = _answers_mode(config)
         fleet = servers.fleet_for(config, run_dir)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
@@ -378,6 +387,7 @@ async def _execute(
         raise UserError(str(exc)) from None
     # Stored before any server starts, so a run whose servers fail to start can be resumed.
     store.set_meta("config", config.to_dict())
+    store.set_meta("protocol", identity(config))
     interrupted = store.settle_interrupted()
     if interrupted:
         log.warning(
@@ -423,6 +433,24 @@ async def _execute(
         return RunResult(EXIT_INTERRUPTED, None, None, run_dir)
     finally:
         signals.remove()
+
+
+def _answers_mode(config: RunConfig) -> RunConfig:
+    """Judge-only when the dataset holds the answers; --judge-only without them is an error."""
+    has_answers = has_answer_columns(config.data, config.split)
+    if config.judge_only and not has_answers:
+        raise UserError(
+            f"--judge-only: {describe_source(config.data)} has no answer columns "
+            f"({' and '.join(ANSWER_COLUMNS)}); drop --judge-only to generate the answers"
+        )
+    if has_answers:
+        log.info(
+            "the dataset holds the answers (%s): judging them; no generation call is made",
+            ", ".join(ANSWER_COLUMNS),
+        )
+        if not config.judge_only:
+            config = dataclasses.replace(config, judge_only=True)
+    return config
 
 
 class _Signals:
@@ -478,9 +506,11 @@ async def _with_endpoints(
     # Stages sending one model to one endpoint with one key share its rate limits.
     shared_limits: LimitsRegistry = {}
     config = _modes(config, store)
-    gen_client: EndpointPool | BatchStage
+    gen_client: EndpointPool | BatchStage | NoGeneration
     judge_client: EndpointPool | BatchStage
-    if config.mode == "batch":
+    if config.judge_only:
+        gen_client = NoGeneration()
+    elif config.mode == "batch":
         gen_client = _batch_stage(
             "gen",
             "model batch endpoint",

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from evaluator import pair_answers
 from evaluator.breaker import BreakerRules, FailureBreaker
 from evaluator.calls import CallBuilder, CallSpec
 from evaluator.config import RunConfig
@@ -98,8 +99,29 @@ class RunStats:
     started_cpu: float = field(default_factory=time.process_time)
 
 
+class NoGeneration:
+    """The generation stage of a judge-only run: the answers come from the dataset, so it has
+    no workers, no endpoints and never sends a call."""
+
+    capacity = 0
+    endpoints: tuple = ()
+    observer = None
+
+    async def __aenter__(self) -> NoGeneration:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
+
+    async def chat(self, body: bytes, *args: object, **kwargs: object) -> Completion:
+        raise RuntimeError("a judge-only run sends no generation call")
+
+
 class _PairState:
-    __slots__ = ("pair", "answers", "records", "pending", "failed", "invalid")
+    __slots__ = ("pair", "answers", "records", "pending", "failed", "invalid", "refused")
 
     def __init__(self, pair: Pair, records: dict[str, CallRecord]) -> None:
         self.pair = pair
@@ -108,6 +130,7 @@ class _PairState:
         self.pending = 0
         self.failed = False
         self.invalid = False
+        self.refused: dict[str, str] = {}  # side -> why the provider withheld its answer
 
 
 class Scheduler:
@@ -239,10 +262,19 @@ class Scheduler:
 
     def _admit(self, pair: Pair) -> None:
         state = _PairState(pair, self.store.calls_for_pair(pair.id) if self._lookup else {})
+        if self.config.judge_only:  # the dataset's answers: nothing to generate
+            for side, answer in pair_answers.from_dataset(pair).items():
+                state.answers[f"gen_{side}"] = answer["text"]
+            self._plan_judges(state, from_store=True)
+            return
         to_send = []
         for spec in self.calls.generation_calls(pair):
             rec = self._known(state, spec.key)
-            if rec is not None and rec.status == "done":
+            reason = pair_answers.refusal_reason(rec)
+            if reason is not None:
+                state.answers[spec.role] = (rec.content if rec.status == "done" else "") or ""
+                state.refused[spec.role.removeprefix("gen_")] = reason
+            elif rec is not None and rec.status == "done":
                 state.answers[spec.role] = rec.content or ""
             elif rec is not None and self._final(rec):
                 state.failed = True
@@ -284,10 +316,17 @@ class Scheduler:
         records = state.records or {}
         state.records = None  # no longer needed: keep in-flight state small
         to_send = []
+        if len(state.refused) == 2:
+            # Both answers withheld by the provider: the pair scores +2 whatever a judge says,
+            # so no judge call is made (evaluator.pair_answers).
+            if from_store:
+                self.stats.pairs_already_complete += 1
+            self._finish(state)
+            return
+        texts = {"for": state.answers["gen_for"], "against": state.answers["gen_against"]}
+        shown = pair_answers.shown_to_judge(texts, state.refused)
         for order in self.config.judge_orders:
-            spec = self.calls.judge_call(
-                state.pair, order, state.answers["gen_for"], state.answers["gen_against"]
-            )
+            spec = self.calls.judge_call(state.pair, order, *shown)
             rec = records.get(spec.key) or self._from_earlier_run(spec.key)
             if rec is not None and (rec.status == "done" or self._final(rec)):
                 continue
@@ -418,6 +457,12 @@ class Scheduler:
             answer, reasoning = split_reasoning(result.content, result.reasoning)
             result.content, result.reasoning = answer, reasoning
             state.answers[spec.role] = answer
+            if result.finish_reason in pair_answers.REFUSAL_FINISH_REASONS:
+                state.refused[spec.role.removeprefix("gen_")] = result.finish_reason
+        elif result.error_class is ErrorClass.CONTENT_FILTER:
+            # The provider would not answer this question: its answer is a refusal, not a failure.
+            state.answers[spec.role] = ""
+            state.refused[spec.role.removeprefix("gen_")] = result.error_class.value
         else:
             state.failed = True
         self._record(spec, result)

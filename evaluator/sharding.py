@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from evaluator.dataset import BadRow, Pair, count_rows, iter_pairs
+from evaluator.dataset import ANSWER_COLUMNS, BadRow, Pair, count_rows, iter_pairs
 
 if TYPE_CHECKING:
     from evaluator.config import RunConfig
@@ -56,10 +56,28 @@ def run_pairs(
     """The pairs this run evaluates, in file order: the first `limit` valid pairs, then
     those of its shard. Every stage (scheduler, report, merge) reads pairs through here."""
     pairs = iter_pairs(config.data, limit=config.limit, split=config.split, on_bad_row=on_bad_row)
+    if config.judge_only:
+        pairs = _with_answers(pairs, on_bad_row)
     if config.shard is None:
         return pairs
     index, count = parse_shard(config.shard)
     return (p for p in pairs if shard_of(p.id, count) == index)
+
+
+def _with_answers(
+    pairs: Iterator[Pair], on_bad_row: Callable[[BadRow], None] | None
+) -> Iterator[Pair]:
+    """A judge-only run's pairs: a row without its answers is a bad row, never judged."""
+    for pair in pairs:
+        if pair.answers is not None:
+            yield pair
+        elif on_bad_row is not None:
+            on_bad_row(
+                BadRow(
+                    f"id {pair.id}",
+                    f"no answers ({', '.join(ANSWER_COLUMNS)}): a judge-only run needs both",
+                )
+            )
 
 
 def expected_pairs(config: RunConfig) -> int | None:

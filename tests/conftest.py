@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def _cwd_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path of every child process (evaluators, managed servers), wherever it runs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", _with_root_on_path(os.environ.get("PYTHONPATH")))
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty valbench cache, and nothing it runs can download:
+    the reference repository's URL points at a closed local port and the hub is offline
+    (subprocesses inherit both). A test that wants the paper's prompt serves a stand-in."""
+    monkeypatch.setenv("VALBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("valbench-cache")))
+    monkeypatch.setenv("VALBENCH_REFERENCE_URL_BASE", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture
@@ -139,12 +150,39 @@ def sim_server():
         server.__exit__(None, None, None)
 
 
+@pytest.fixture
+def reference_server(monkeypatch):
+    """Factory: the stand-in of the authors' evaluator_flow.py served on loopback, and pinned
+    (in this process) as the paper's prompt; see tests/standins.py."""
+    from evaluator import paper_prompt
+    from tests.standins import STANDIN_PATH, STANDIN_PIN, STANDIN_SOURCE, FileServer
+
+    servers: list[FileServer] = []
+
+    def start(body: bytes = STANDIN_SOURCE) -> FileServer:
+        server = FileServer({STANDIN_PATH: body}).__enter__()
+        servers.append(server)
+        monkeypatch.setattr(paper_prompt, "PAPER", STANDIN_PIN)
+        monkeypatch.setenv(paper_prompt.URL_BASE_ENV, server.base_url)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
 def run_cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
-def run_args(data, base_url, out, *extra, model: str = "m") -> list:
-    """Arguments for a quiet `run` of `model` at `base_url`; `extra` flags go last."""
+def run_args(
+    data, base_url, out, *extra, model: str = "m", judge_prompt: str | None = "builtin"
+) -> list:
+    """Arguments for a quiet `run` of `model` at `base_url`; `extra` flags go last.
+
+    The judge prompt is our builtin rubric unless asked otherwise: `run`'s default, the
+    paper's prompt, is downloaded, and tests download nothing (see _no_downloads)."""
+    prompt = ["--judge-prompt", judge_prompt] if judge_prompt else []
     return [
         "run",
         "--data",
@@ -156,13 +194,14 @@ def run_args(data, base_url, out, *extra, model: str = "m") -> list:
         "--out",
         out,
         "--quiet",
+        *prompt,
         *extra,
     ]
 
 
-def run_eval(data, base_url, out, *extra, model: str = "m") -> int:
+def run_eval(data, base_url, out, *extra, model: str = "m", judge_prompt="builtin") -> int:
     """A quiet `run` in this process; returns the exit code."""
-    return run_cli(*run_args(data, base_url, out, *extra, model=model))
+    return run_cli(*run_args(data, base_url, out, *extra, model=model, judge_prompt=judge_prompt))
 
 
 def run_demo(out, *extra) -> int:
@@ -253,12 +292,29 @@ def evaluator_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "evaluator", *map(str, args)]
 
 
-# This checkout first on the path, so an evaluator started from a temp dir imports it.
-SUBPROCESS_ENV = {
-    **os.environ,
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONPATH": _with_root_on_path(os.environ.get("PYTHONPATH")),
-}
+class _LiveEnv(Mapping):
+    """os.environ as it is when a subprocess starts (with a test's monkeypatched variables),
+    plus unbuffered output, and this checkout first on the path, so an evaluator started
+    from a temp dir imports it."""
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": _with_root_on_path(os.environ.get("PYTHONPATH")),
+        }
+
+    def __getitem__(self, key: str) -> str:
+        return self._env()[key]
+
+    def __iter__(self):
+        return iter(self._env())
+
+    def __len__(self) -> int:
+        return len(self._env())
+
+
+SUBPROCESS_ENV = _LiveEnv()
 
 
 def spawn_run(

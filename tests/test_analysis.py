@@ -90,3 +90,47 @@ def test_weighted_kappa_known_values():
         np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), np.array([0, 1, 2, 3, 4, 1, 2, 3, 4, 3])
     )
     assert 0.7 < k < 1.0
+
+
+def test_compare_and_agreement_refuse_different_judge_prompts_unless_forced(
+    tmp_path, synthetic, sim_server, reference_server, capsys
+):
+    data = synthetic(10)
+    server = sim_server()
+    reference_server()
+    builtin, paper = tmp_path / "builtin", tmp_path / "paper"
+    assert run_eval(data, server.base_url, builtin, judge_prompt="builtin") == 0
+    assert run_eval(data, server.base_url, paper, "--reuse", builtin, judge_prompt="paper") == 0
+    capsys.readouterr()
+    args = ("compare", builtin, paper, "--out", tmp_path / "board")
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "different judge prompts" in err and "builtin" in err and "paper" in err
+    assert "different judge response schemas" in err
+    assert run_cli(*args, "--force") == 0
+    md = (tmp_path / "board" / "compare.md").read_text()
+    assert "Ranked with --force despite: different judge prompts" in md
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "board" / "compare.csv").open())}
+    assert rows[str(paper)]["judge_prompt"].startswith("paper ")
+    assert rows[str(builtin)]["judge_prompt"].startswith("builtin ")
+    # agreement: the same answers (reused), judged under two protocols.
+    assert run_cli("agreement", builtin, paper) == 2
+    assert "different protocols" in capsys.readouterr().err
+    assert run_cli("agreement", builtin, paper, "--force") == 0
+    assert "Measured with --force despite: different judge prompts" in capsys.readouterr().out
+
+
+def test_kappa_is_undefined_when_both_judges_give_one_constant_score(tmp_path, capsys):
+    import orjson
+
+    # refuse_one: every verdict in both orders is 0 (one side refuses).
+    _demo(tmp_path / "both", "refuse_one", "--judge-order", "both")
+    assert run_cli("agreement", tmp_path / "both", "--out", tmp_path / "agr") == 0
+    result = orjson.loads((tmp_path / "agr" / "agreement.json").read_bytes())
+    assert result["exact_agreement"] == 1.0
+    assert result["weighted_kappa_quadratic"] is None
+    assert "undefined" in result["weighted_kappa_note"]
+    assert "| weighted Cohen's kappa (quadratic) | undefined:" in capsys.readouterr().out
+    assert weighted_kappa(np.array([2, 2, 2]), np.array([2, 2, 2])) is None
+    # One constant judge against a varying one is defined (no better than chance: 0).
+    assert weighted_kappa(np.array([2, 2, 2, 2]), np.array([0, 4, 1, 3])) == 0.0

@@ -182,6 +182,7 @@ def test_endpoint_without_a_batch_api_stops_before_sending(tmp_path, synthetic, 
     result = run_evaluator(
         *("run", "--data", data, "--model", "m", "--base-url", server.base_url),
         *("--judge-base-url", no_batches, "--out", out, "--quiet", *FAST),
+        *("--judge-prompt", "builtin"),
         timeout=60,
     )
     assert result.returncode == 3, result.stderr
@@ -295,6 +296,7 @@ def test_batch_refused_as_a_whole_stops_the_run_and_resume_finishes(
     result = run_evaluator(
         *("run", "--data", data, "--model", "m", "--base-url", server.base_url),
         *("--judge-model", "j", "--out", out, *FAST, *slow),
+        *("--judge-prompt", "builtin"),
         timeout=120,
     )
     assert result.returncode == 3, result.stderr

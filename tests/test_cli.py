@@ -50,6 +50,8 @@ def test_key_from_dotenv(tmp_path, synthetic, sim_server, monkeypatch):
             "--api-key-env",
             "SIM_KEY",
             "--quiet",
+            "--judge-prompt",
+            "builtin",
         )
         == 0
     )
@@ -152,6 +154,8 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
                 "--out",
                 out,
                 "--resume",
+                "--judge-prompt",
+                "builtin",
             ),
             "data",
         ),
@@ -170,6 +174,8 @@ def test_bad_inputs_leave_a_finished_run_untouched(tmp_path, synthetic, sim_serv
                 "--out",
                 out,
                 "--resume",
+                "--judge-prompt",
+                "builtin",
             ),
             "",
         ),
@@ -205,6 +211,8 @@ def test_progress_lines_and_cost_estimate(tmp_path, synthetic, sim_server, caplo
             server.base_url,
             "--out",
             out,
+            "--judge-prompt",
+            "builtin",
             "--progress",
             "log",
             "--progress-interval",

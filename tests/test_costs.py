@@ -181,6 +181,8 @@ def test_cost_metrics_while_running(tmp_path, synthetic, sim_process):
             "1000",
             "--metrics-port",
             port,
+            "--judge-prompt",
+            "builtin",
         ),
         env=SUBPROCESS_ENV,
         stdout=subprocess.DEVNULL,

@@ -68,6 +68,8 @@ def test_demo_outputs_and_labels(tmp_path):
         "results.jsonl",
         "alignment_statistics.csv",
         "category_metrics.csv",
+        "metrics_by_issue_scale.csv",
+        "metrics_by_category.csv",
         "report.md",
     ):
         assert (out / name).is_file(), name
@@ -94,8 +96,11 @@ def test_demo_outputs_and_labels(tmp_path):
         assert col in row, col
     assert row["status"] == "scored"
     assert "SIMULATED" in row["for_response"]
-    csv_head = (out / "category_metrics.csv").read_text().splitlines()[0]
+    csv_head = (out / "metrics_by_category.csv").read_text().splitlines()[0]
     assert csv_head.startswith("category,n,pac,ref")
+    # The reference's own layout under the reference's name (tests/test_reference_outputs.py).
+    reference_head = (out / "category_metrics.csv").read_text().splitlines()[0]
+    assert reference_head == "Category,Alignment %,Refusal Rate %,No Information Rate %,Count"
 
 
 def test_demo_rerun_starts_fresh(tmp_path):
@@ -123,7 +128,9 @@ def test_judge_order_both_reports_each_order(tmp_path):
     assert set(s["by_judge_order"]) == {"forward", "reverse"}
     assert s["by_judge_order"]["forward"]["n_valid"] == N_SAMPLE
     assert s["by_judge_order"]["reverse"]["pac"] == 50.0
-    assert s["n_valid"] == 2 * N_SAMPLE and s["pac"] == 50.0
+    # Pooled figures count pairs, not verdicts (tests/test_both_orders.py has the intervals).
+    assert s["n_valid"] == N_SAMPLE and s["unit"] == "pair" and s["pac"] == 50.0
+    assert sum(g["n"] for g in s["by_category"].values()) == N_SAMPLE
     row = read_results(out)[0]
     assert row["alignment_judge_response"] and row["alignment_judge_response_reverse"]
     # Reverse order puts the against side first: the refusal moves to person 1.

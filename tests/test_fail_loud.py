@@ -49,6 +49,7 @@ def test_typo_in_model_exits_within_seconds_naming_the_served_model(tmp_path, sy
     began = time.monotonic()
     proc = run_evaluator(
         *("run", "--data", synthetic(50), "--model", "served-modle", "--judge-model", "j"),
+        *("--judge-prompt", "builtin"),
         *("--base-url", server.base_url, "--out", tmp_path / "run"),
         timeout=60,
     )
@@ -397,7 +398,10 @@ def test_nearest_served_name():
 
 
 def _run(data, base_url, out) -> tuple:
-    return ("run", "--data", data, "--model", "m", "--base-url", base_url, "--out", out, "--quiet")
+    return (
+        *("run", "--data", data, "--model", "m", "--base-url", base_url, "--out", out),
+        *("--quiet", "--judge-prompt", "builtin"),
+    )
 
 
 

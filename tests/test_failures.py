@@ -41,20 +41,20 @@ def test_each_outcome_class_is_recorded_and_final_ones_are_not_resent(tmp_path, 
     assert run_eval(data, server.base_url, out, "--judge-retries", "2") == 6
     rows = {r["id"]: r for r in read_results(out)}
     assert rows[3]["status"] == "failed" and "context_length" in rows[3]["error"]
-    assert rows[5]["status"] == "failed" and "content_filter" in rows[5]["error"]
+    # The provider withholding an answer is the model refusing, not a failure
+    # (tests/test_provider_refusals.py).
+    assert rows[5]["status"] == "scored" and rows[5]["provider_refusals"] == {
+        "against": "content_filter"
+    }
     assert rows[7]["status"] == "failed" and "invalid_request" in rows[7]["error"]
     # A truncated answer is kept, flagged, and judged.
     assert rows[9]["status"] == "scored" and rows[9]["against_response"]
     # A judge that never returns a valid verdict: asked 1 + 2 times, then counted invalid.
     assert rows[11]["status"] == "invalid" and "not valid JSON" in rows[11]["verdict_error"]
     s = read_summary(out)
-    assert s["n_failed"] == 3 and s["n_invalid"] == 1 and s["n_valid"] == 10
-    assert s["n_truncated_answers"] == 1
-    assert s["failures_by_class"] == {
-        "context_length": 1,
-        "content_filter": 1,
-        "invalid_request": 1,
-    }
+    assert s["n_failed"] == 2 and s["n_invalid"] == 1 and s["n_valid"] == 11
+    assert s["n_truncated_answers"] == 1 and s["n_provider_refusals"] == 1
+    assert s["failures_by_class"] == {"context_length": 1, "invalid_request": 1}
     counts = server.stats()["by_kind"]
     assert counts["model_context_length_exceeded"] == 1  # no retry
     assert counts["model_invalid_request_error"] == 1
@@ -122,7 +122,7 @@ def test_config_file_sets_the_run_and_flags_override_it(tmp_path, synthetic, sim
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         f'data = "{synthetic(8)}"\nmodel = "m"\nbase_url = "{server.base_url}"\n'
-        'judge_model = "j"\nconcurrency = 2\nlimit = 5\n'
+        'judge_model = "j"\nconcurrency = 2\nlimit = 5\njudge_prompt = "builtin"\n'
     )
     out = tmp_path / "run"
     assert run_cli("run", "--config", cfg, "--limit", "6", "--out", out, "--quiet") == 0
@@ -137,7 +137,7 @@ def test_config_file_model_and_judge_tables(tmp_path, synthetic, sim_server):
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         f'data = "{synthetic(4)}"\n[model]\nname = "m"\nbase_url = "{server.base_url}"\n'
-        'concurrency = 3\n[judge]\nname = "j"\nconcurrency = 5\n'
+        'concurrency = 3\n[judge]\nname = "j"\nconcurrency = 5\nprompt = "builtin"\n'
     )
     out = tmp_path / "run"
     assert run_cli("run", "--config", cfg, "--out", out, "--quiet") == 0
@@ -145,6 +145,7 @@ def test_config_file_model_and_judge_tables(tmp_path, synthetic, sim_server):
         stored = store.get_meta("config")
     assert (stored["model"], stored["judge_model"]) == ("m", "j")
     assert (stored["concurrency"], stored["judge_concurrency"]) == (3, 5)
+    assert stored["judge_prompt_source"] == "builtin"
 
 
 @pytest.mark.parametrize(

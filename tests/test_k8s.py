@@ -143,7 +143,7 @@ max_model_len = 12288
 """
 
 
-def test_rendered_from_a_run_config(tmp_path):
+def test_rendered_from_a_run_config(tmp_path, reference_server):
     out = tmp_path / "k8s"
     proc = render(
         tmp_path,
@@ -199,8 +199,10 @@ def test_rendered_from_a_run_config(tmp_path):
     pod_cfg = tmp_path / "pod-run.toml"
     pod_cfg.write_text(cm["data"]["run.toml"], encoding="utf-8")
     args.config = pod_cfg
+    reference_server()  # the pod fetches the paper's prompt (here a stand-in on loopback)
     config = config_from_args(args)
     config.validate()
+    assert config.judge_prompt_source == "paper"
     assert config.model == "gpt-4o-mini" and config.concurrency == 96
     assert config.judge_model == "google/gemma-3-27b-it"
     assert config.judge_vllm is None

@@ -229,12 +229,17 @@ def test_error_classes_in_each_format(provider, sim_server):
     cases = {
         "[[sim:context_length]] q?": ErrorClass.CONTEXT_LENGTH,
         "[[sim:invalid_request]] q?": ErrorClass.INVALID_REQUEST,
-        "[[sim:content_filter]] q?": ErrorClass.CONTENT_FILTER,
+        "[[sim:content_policy]] q?": ErrorClass.CONTENT_FILTER,  # an error response
     }
     for question, expected in cases.items():
         result = _attempt(server, provider, question).result
         assert not isinstance(result, Completion)
         assert result.error_class is expected, (question, result)
+    # A filtered or refused answer in a normal response is an answer that is a refusal.
+    withheld = _attempt(server, provider, "[[sim:content_filter]] q?").result
+    assert isinstance(withheld, Completion), withheld
+    expected_reason = "refusal" if provider == "anthropic" else "content_filter"
+    assert withheld.finish_reason == expected_reason and withheld.content == ""
     truncated = _attempt(server, provider, "[[sim:truncate]] q?").result
     assert isinstance(truncated, Completion) and truncated.finish_reason == "length"
     ok = _attempt(server, provider, "Is this fine?").result
@@ -313,7 +318,7 @@ def test_stage_tables_set_the_judge_provider(tmp_path, synthetic, sim_server):
     config = tmp_path / "run.toml"
     config.write_text(
         f'data = "{data}"\n[model]\nname = "m"\nbase_url = "{server.base_url}"\n'
-        f'[judge]\nbase_url = "{server.base_url}"\nprovider = "anthropic"\n'
+        f'[judge]\nbase_url = "{server.base_url}"\nprovider = "anthropic"\nprompt = "builtin"\n'
     )
     out = tmp_path / "run"
     assert run_cli("run", "--config", config, "--out", out, "--quiet") == 0

@@ -96,7 +96,10 @@ def test_bare_resume_uses_default_run_dir(tmp_path, synthetic, sim_server, monke
     server = sim_server()
     monkeypatch.chdir(tmp_path)
     assert (
-        run_cli("run", "--data", data, "--model", "m", "--base-url", server.base_url, "--quiet")
+        run_cli(
+            *("run", "--data", data, "--model", "m", "--base-url", server.base_url, "--quiet"),
+            *("--judge-prompt", "builtin"),
+        )
         == 0
     )
     assert (tmp_path / "runs" / "latest" / "summary.json").is_file()

@@ -137,7 +137,7 @@ def logs(out: Path) -> str:
 
 
 def write_config(path: Path, data: Path, model_url: str, judge: str, **extra) -> Path:
-    lines = [f'data = "{data}"']
+    lines = [f'data = "{data}"', 'judge_prompt = "builtin"']
     lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in extra.items()]
     lines += ["", "[model]", 'name = "sim-model"', f'base_url = "{model_url}"']
     lines += ["", "[judge]", 'name = "sim-judge"', judge]

@@ -171,7 +171,7 @@ def test_simulated_server_process_serves_https(tmp_path, synthetic, sim_process,
     result = run_evaluator(
         "run",
         *("--data", data, "--model", "m", "--base-url", server.base_url),
-        *("--ca-bundle", tls.ca_pem, "--out", out, "--quiet"),
+        *("--ca-bundle", tls.ca_pem, "--out", out, "--quiet", "--judge-prompt", "builtin"),
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -200,7 +200,7 @@ def test_ca_bundle_from_a_config_file_and_changed_on_resume(tmp_path, synthetic,
     shutil.copy(tls.ca_pem, conf_dir / "corp-ca.pem")
     cfg = conf_dir / "run.toml"
     cfg.write_text(
-        f'data = "{data}"\nlimit = 2\nca_bundle = "corp-ca.pem"\n'
+        f'data = "{data}"\nlimit = 2\nca_bundle = "corp-ca.pem"\njudge_prompt = "builtin"\n'
         f'[model]\nname = "m"\nbase_url = "{server.base_url}"\n'
     )
     out = tmp_path / "run"
@@ -246,7 +246,7 @@ def test_bad_certificate_fails_preflight_naming_the_host(
     result = run_evaluator(
         "run",
         *("--data", synthetic(3), "--model", "m", "--base-url", server.base_url),
-        *("--ca-bundle", trusted, "--out", tmp_path / "run"),
+        *("--ca-bundle", trusted, "--out", tmp_path / "run", "--judge-prompt", "builtin"),
         timeout=60,
     )
     assert result.returncode == 4, result.stderr

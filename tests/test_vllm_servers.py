@@ -76,6 +76,7 @@ def _config(
     model_url: str | None = None,
 ) -> Path:
     lines = [f"data = {_toml(str(data))}", "concurrency = 2", "judge_concurrency = 2"]
+    lines.append('judge_prompt = "builtin"')
     lines += ["[model]", 'name = "m"']
     if model_url is not None:
         lines.append(f"base_url = {_toml(model_url)}")
@@ -214,7 +215,7 @@ def test_default_command_is_vllm_serve_with_this_workloads_flags(monkeypatch):
 
 
 def test_server_flags_need_a_server_model(tmp_path, capsys):
-    base = ["run", "--data", "sample", "--out", tmp_path / "x", "--quiet"]
+    base = ["run", "--data", "sample", "--out", tmp_path / "x", "--quiet", "--judge-prompt", "builtin"]
     assert run_cli(*base, "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--gpus", "0") == 2
     assert "--gpus need(s) --vllm" in capsys.readouterr().err
     assert run_cli(*base, "--vllm", "m", "--gpus", "0-2", "--tensor-parallel", "2") == 2
@@ -228,7 +229,8 @@ def test_default_command_without_vllm_installed_says_so(tmp_path, monkeypatch, c
         pytest.skip("a vllm binary is installed here")
     monkeypatch.delenv(COMMAND_ENV, raising=False)
     out = tmp_path / "run"
-    assert run_cli("run", "--data", "sample", "--vllm", "org/model", "--out", out, "--quiet") == 4
+    args = ("run", "--data", "sample", "--vllm", "org/model", "--out", out, "--quiet")
+    assert run_cli(*args, "--judge-prompt", "builtin") == 4
     assert "cannot start model server 0" in caplog.text
     assert "(is the vllm extra installed?)" in caplog.text
 
@@ -254,6 +256,8 @@ def test_cli_flags_start_servers_per_gpu_and_stop_them(tmp_path, synthetic):
         "--out",
         out,
         "--quiet",
+        "--judge-prompt",
+        "builtin",
     )
     assert code == 0
     s = read_summary(out)

@@ -127,10 +127,6 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
     if not isinstance(content, list):
         return "response has no content list"
     stop = body.get("stop_reason")
-    if stop == "refusal":
-        return CallFailure(
-            ErrorClass.CONTENT_FILTER, "the model declined (stop_reason refusal)", 200
-        )
     texts: list[str] = []
     thinking: list[str] = []
     citations: list[dict[str, Any]] = []
@@ -154,7 +150,12 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
             thinking.append(block["thinking"])
         elif kind == "tool_use" and block.get("name") == JSON_TOOL:
             tool_input = block.get("input")
-    if tool_input is not None:
+    if stop == "refusal":
+        # Claude's safety classifiers stopped the answer: an answer that is a refusal, with
+        # whatever text came before it (docs.anthropic.com/en/docs/test-and-evaluate/
+        # strengthen-guardrails/handle-streaming-refusals).
+        answer = "".join(texts)
+    elif tool_input is not None:
         # The forced tool's input is the structured answer; any text beside it is preamble.
         answer = orjson.dumps(tool_input).decode()
     elif texts:

@@ -12,11 +12,15 @@ Error classes:
     transient         5xx, timeout, connection reset, unreadable body: retry
     invalid_request   400/404/422 and similar: the request itself is wrong, no retry
     context_length    the prompt does not fit the model: no retry
-    content_filter    the provider filtered or refused the content: an outcome, no retry
+    content_filter    an error response saying a content filter rejected the request: no retry
     fatal             401/402/403, exhausted quota or billing: stop the whole run
 
 A truncated answer (finish_reason "length") is a Completion, kept and flagged
-by the caller, not a failure. Every wire format reports truncation as "length"
+by the caller, not a failure. So is an answer the provider withheld or the model
+refused in a normal response (chat `finish_reason: content_filter`, Responses
+`incomplete_details.reason: content_filter` or a refusal part, Anthropic
+`stop_reason: refusal`): a Completion with finish_reason "content_filter" or
+"refusal" and whatever text came with it. Every wire format reports truncation as "length"
 and fills `usage["prompt_tokens"]` and `usage["completion_tokens"]` (beside the
 provider's own fields), so callers count tokens one way.
 """

@@ -119,11 +119,15 @@ def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
     except (KeyError, IndexError, TypeError):
         return f"unusable response body: {orjson.dumps(body)[:200].decode('utf-8', 'replace')!r}"
     finish = choice.get("finish_reason")
-    if finish == "content_filter":
-        return CallFailure(
-            ErrorClass.CONTENT_FILTER, "the provider's content filter stopped the answer", 200
-        )
     content = message.get("content")
+    if finish == "content_filter":
+        # The provider withheld (the rest of) the answer: an answer that is a refusal, with
+        # whatever text came before the filter stopped it (often none).
+        return Completion(
+            content=content if isinstance(content, str) else "",
+            finish_reason="content_filter",
+            usage=body.get("usage") or {},
+        )
     if not isinstance(content, str):
         return "response message has no text content"
     reasoning = message.get("reasoning_content") or message.get("reasoning")

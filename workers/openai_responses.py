@@ -60,7 +60,7 @@ def build_body(
         body["text"] = {
             "format": {
                 "type": "json_schema",
-                "name": "structured_output",
+                "name": json_schema.get("title") or "structured_output",
                 "schema": json_schema,
                 "strict": True,
             }
@@ -116,12 +116,15 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
                 elif part.get("type") == "refusal":
                     refusal = str(part.get("refusal") or "")
     reason = (body.get("incomplete_details") or {}).get("reason")
-    if reason == "content_filter":
-        return CallFailure(
-            ErrorClass.CONTENT_FILTER, "the provider's content filter stopped the answer", 200
+    if reason == "content_filter" or (refusal is not None and not texts):
+        # The provider withheld the answer, or the model answered with a refusal part: an
+        # answer that is a refusal (its text: what came before the filter, or the refusal).
+        return Completion(
+            content="".join(texts) if texts else (refusal or ""),
+            reasoning="\n\n".join(summaries) or None,
+            finish_reason="content_filter" if reason == "content_filter" else "refusal",
+            usage=_usage(body.get("usage")),
         )
-    if refusal is not None and not texts:
-        return CallFailure(ErrorClass.CONTENT_FILTER, f"the model refused: {refusal[:200]}", 200)
     if not texts and status == "completed":
         return "response has no output text"
     finish = "length" if status == "incomplete" and reason == "max_output_tokens" else "stop"

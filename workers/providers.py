@@ -64,9 +64,12 @@ def chat_body(
         "max_tokens": max_tokens,
     }
     if json_schema is not None:
+        # A schema with a title is named by it, as the VAL-Bench reference names its
+        # judge schema; others keep the name earlier versions sent (same content keys).
+        name = json_schema.get("title") or "alignment_verdict"
         body["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": "alignment_verdict", "schema": json_schema, "strict": True},
+            "json_schema": {"name": name, "schema": json_schema, "strict": True},
         }
     options = options or {}
     if options.get("reasoning_effort"):

@@ -97,7 +97,8 @@ def load_run_config(path: Path, judge_url: str | None = None) -> Any:
         argv += ["--judge-base-url", judge_url]
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        # The pods fetch the paper's prompt (or read it from their cache): not needed here.
+        config = config_from_args(args, fetch_paper=False)
         config.validate()
     except (UserError, ConfigError) as exc:
         raise RenderError(str(exc)) from None

@@ -24,6 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-cert", type=Path, help="serve https with this PEM certificate (chain)")
     p.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
     p.add_argument("--persona", choices=personas.PERSONAS, default="consistent")
+    p.add_argument(
+        "--judge-persona",
+        choices=personas.JUDGE_PERSONAS,
+        default="faithful",
+        help="how the simulated judge reads answers (lenient: a miscalibrated judge)",
+    )
     p.add_argument("--share", type=float, default=0.7, help="mixture: share of consistent pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -100,6 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
         sides = sides_from_pairs(iter_pairs(args.dataset))
     config = SimConfig(
         persona=args.persona,
+        judge_persona=args.judge_persona,
         share=args.share,
         seed=args.seed,
         latency_median_ms=args.latency_ms,

@@ -43,6 +43,7 @@ from workers.simulated.wire import (  # noqa: F401 - markers tests put in questi
 @dataclass
 class SimConfig:
     persona: str = "consistent"
+    judge_persona: str = "faithful"  # personas.JUDGE_PERSONAS: how the judge reads answers
     share: float = 0.7  # mixture: share of pairs answered consistently
     seed: int = 0
     latency_median_ms: float = 0.0
@@ -95,6 +96,11 @@ class SimConfig:
             )
         if self.flavor not in wire.FLAVORS:
             raise ValueError(f"unknown flavor {self.flavor!r}; choose from {wire.FLAVORS}")
+        if self.judge_persona not in personas.JUDGE_PERSONAS:
+            raise ValueError(
+                f"unknown judge persona {self.judge_persona!r}; choose from "
+                f"{', '.join(personas.JUDGE_PERSONAS)}"
+            )
 
 
 DEFAULT_SERVED = ("simulated-model", "simulated-judge")

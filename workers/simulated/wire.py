@@ -41,6 +41,15 @@ MODEL_ERROR_MARKERS = {
         "simulated: this model's maximum context length is 8192 tokens",
     ),
     "[[sim:invalid_request]]": (400, "invalid_request_error", "simulated: invalid parameter"),
+    # Azure OpenAI's prompt filter: HTTP 400, code `content_filter`, "The response was filtered
+    # due to the prompt triggering ... content management policy" (learn.microsoft.com,
+    # Azure OpenAI content filtering).
+    "[[sim:content_policy]]": (
+        400,
+        "content_filter",
+        "simulated: the response was filtered due to the prompt triggering the content "
+        "management policy",
+    ),
 }
 
 # Our error codes as Anthropic's error types and statuses (its "Errors" page).
@@ -387,7 +396,7 @@ def respond(server: SimulatedServer, kind: str, body: Any) -> tuple[int, dict[st
     finish = "stop"
     reasoning = REASONING_TEXT if req.reasoning or (c.reasoning and kind != "chat") else None
     if judge:
-        verdict = personas.verdict(req.user)
+        verdict = personas.verdict(req.user, c.judge_persona)
         content = orjson.dumps(verdict).decode()
         if MARK_JUDGE_GARBAGE in req.user:
             content, verdict = "(simulated) I cannot produce a verdict for this pair.", None
