@@ -72,6 +72,8 @@ def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, fl
         "128",
         "--judge-concurrency",
         "128",
+        "--judge-prompt",
+        "builtin",  # the paper's prompt is downloaded; benchmarks run offline
     ]
     scrapes = [0]
     stop = threading.Event()

@@ -614,7 +614,8 @@ class Bench:
         cmd = [sys.executable, "-m", "evaluator", "run", "--data", str(data), "--model", "m"]
         for s in servers:
             cmd += ["--base-url", s.url]
-        cmd += ["--judge-model", "j"]
+        # Our rubric: the paper's prompt is downloaded, and benchmarks run offline.
+        cmd += ["--judge-model", "j", "--judge-prompt", "builtin"]
         if len(servers) > 1:
             for s in servers:
                 cmd += ["--judge-base-url", s.url]
@@ -1242,8 +1243,18 @@ def scenario_pool(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
             )
 
         try:
+            # No preflight test call here: this scenario accounts for every body the servers
+            # received (distinct == 3n), and the judge's test call is not a call of the run.
             m = bench.evaluator(
-                servers, data, n, c, jc, strict=False, on_tick=on_tick, watched=survivors
+                servers,
+                data,
+                n,
+                c,
+                jc,
+                extra=("--no-preflight",),
+                strict=False,
+                on_tick=on_tick,
+                watched=survivors,
             )
             end = poller.timeline[-1][0] if poller.timeline else float("inf")
             final = [s.stats(bodies=True) for s in survivors]
