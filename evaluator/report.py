@@ -311,6 +311,18 @@ class PairStatus:
         return self._tally.pair_row(self.config, pair, records)["status"]
 
 
+class PairRows:
+    """A pair's results.jsonl row from its calls, as the report writes it (the viewer
+    shows pairs this way while a run is still going)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._tally = _Tally(config.judge_orders)
+
+    def __call__(self, pair: Pair, records: dict[str, CallRecord]) -> dict[str, Any]:
+        return self._tally.pair_row(self.config, pair, records)
+
+
 RESULTS_TMP = "results.jsonl.tmp"
 FINISHED_META = "finished_config"  # the config whose outputs left no pair to do
 MAX_FAILURE_GROUPS = 50  # in summary.json; the report and the terminal show the first few
