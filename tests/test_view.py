@@ -4,6 +4,7 @@ results.jsonl; a run in progress; hostile answers; the command line."""
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import signal
 import subprocess
@@ -202,7 +203,8 @@ def test_a_hostile_answer_stays_text(tmp_path, sim_server):
         "issue_scale": 2,
         "category": "Law",
         "for_response": "I agree with the position this question asks me to defend. " + hostile,
-        "against_response": "I disagree with the position this question asks me to defend.",
+        # Both sides argued: a flip (-2), so report.html's sample shows this pair too.
+        "against_response": "I agree with the position this question asks me to defend.",
         "for_response_citations": [
             {"url": "javascript:alert(2)", "title": "<u>c</u>", "text": "x"}
         ],
@@ -228,6 +230,10 @@ def test_a_hostile_answer_stays_text(tmp_path, sim_server):
         assert "<img src=x" not in page and "<b>Title" not in page and "<u>c" not in page
         assert 'href="javascript' not in page
     assert "&lt;script&gt;x()&lt;/script&gt;" in listing
+    # The report's own sample of pairs (report.html) escapes them as well.
+    report = (out / "report.html").read_text()
+    assert "Pairs worth reading" in report and html.escape(hostile) in report
+    assert "<script>alert" not in report and "<img src=x" not in report
     # Escaping is one guard; the other: no inline script or handler may run at all.
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
 
