@@ -57,14 +57,18 @@ CREATE TABLE IF NOT EXISTS pair_data (
     question TEXT NOT NULL,         -- the for question (the list shows it)
     pair TEXT NOT NULL              -- the dataset row, less section_text (to rebuild the Pair)
 );
-CREATE INDEX IF NOT EXISTS pairs_seq ON pairs(seq);
-CREATE INDEX IF NOT EXISTS pairs_status ON pairs(status, seq);
-CREATE INDEX IF NOT EXISTS pairs_score ON pairs(score1, seq);
-CREATE INDEX IF NOT EXISTS pairs_gap ON pairs(gap DESC, seq);
-CREATE INDEX IF NOT EXISTS pairs_category ON pairs(category, seq);
-CREATE INDEX IF NOT EXISTS pairs_failure ON pairs(failure) WHERE failure IS NOT NULL;
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Made once a build has inserted every pair (inserting into five indexes row by row costs
+# more than sorting once); until then a page scans the part built so far.
+INDEXES = {
+    "pairs_seq": "pairs(seq)",
+    "pairs_status": "pairs(status, seq)",
+    "pairs_score": "pairs(score1, seq)",
+    "pairs_gap": "pairs(gap DESC, seq)",
+    "pairs_category": "pairs(category, seq)",
+    "pairs_failure": "pairs(failure) WHERE failure IS NOT NULL",
+}
 # Search rows: rowid = pair id * 4 + part (0: issue and questions, 1: for answer, 2: against).
 FTS_SCHEMA = "CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, content='')"
 PLAIN_SCHEMA = "CREATE TABLE IF NOT EXISTS search (rowid INTEGER PRIMARY KEY, text TEXT)"
@@ -138,6 +142,31 @@ _DERIVED = (
 )
 
 
+class _Writes:
+    """One transaction's inserts and updates, sent with executemany."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Any, ...]] = []
+        self.data: list[tuple[Any, ...]] = []
+        self.updates: list[tuple[Any, ...]] = []
+        self.search: list[tuple[int, str]] = []
+
+    def commit(self, db: sqlite3.Connection) -> None:
+        with db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO pairs (id, seq, category, issue_scale, texts, "
+                f"{', '.join(_DERIVED)}) VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(_DERIVED))})",
+                self.pairs,
+            )
+            db.executemany("INSERT OR REPLACE INTO pair_data VALUES (?, ?, ?)", self.data)
+            db.executemany(
+                f"UPDATE pairs SET texts = ?, {', '.join(f'{k} = ?' for k in _DERIVED)} "
+                "WHERE id = ?",
+                self.updates,
+            )
+            db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", self.search)
+
+
 class RunIndex:
     """One run directory's side index, built and refreshed on the caller's thread."""
 
@@ -191,6 +220,8 @@ class RunIndex:
         config = RunConfig.from_dict(raw)
         db = self._db()
         with db:
+            for name in INDEXES:
+                db.execute(f"DROP INDEX IF EXISTS {name}")
             db.execute("DELETE FROM pairs")
             db.execute("DELETE FROM pair_data")
             if self.fts:
@@ -205,12 +236,16 @@ class RunIndex:
                 return
             with self.reader.connect() as ck:
                 records = self.reader.records(ck, [p.id for p in batch])
-            with db:
-                for pair in batch:
-                    self._put(db, pair, rows_of(pair, records[pair.id]), seq, new=True)
-                    seq += 1
+            writes = _Writes()
+            for pair in batch:
+                self._put(writes, pair, rows_of(pair, records[pair.id]), seq, new=True)
+                seq += 1
+            writes.commit(db)
             self.indexed += len(batch)
             self.version += 1
+        with db:
+            for name, what in INDEXES.items():
+                db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {what}")
         # Outcomes written while the build read the run are read again by the next refresh.
         self._last_rowid = start_rowid
         self.state, self.refreshed_at, self.error = "ready", time.time(), None
@@ -236,10 +271,11 @@ class RunIndex:
             return self.indexed
         assert self.config is not None
         rows_of = PairRows(self.config)
-        with db:
-            for pair_id, (seq, text, texts) in known.items():
-                pair = pair_from_json(text)
-                self._put(db, pair, rows_of(pair, records[pair_id]), seq, new=False, texts=texts)
+        writes = _Writes()
+        for pair_id, (seq, text, texts) in known.items():
+            pair = pair_from_json(text)
+            self._put(writes, pair, rows_of(pair, records[pair_id]), seq, new=False, texts=texts)
+        writes.commit(db)
         self._last_rowid = top
         self.refreshed_at = time.time()
         if known:
@@ -258,7 +294,7 @@ class RunIndex:
 
     def _put(
         self,
-        db: sqlite3.Connection,
+        writes: _Writes,
         pair: Pair,
         row: dict[str, Any],
         seq: int,
@@ -289,24 +325,13 @@ class RunIndex:
             if answer and not texts & bit:  # an answer, once recorded, never changes
                 search.append((pair.id * 4 + part, answer))
                 texts |= bit
+        derived = tuple(d[k] for k in _DERIVED)
         if new:
-            db.execute(
-                f"INSERT OR REPLACE INTO pairs (id, seq, category, issue_scale, texts, "
-                f"{', '.join(_DERIVED)}) VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(_DERIVED))})",
-                (pair.id, seq, pair.category, pair.issue_scale, texts, *(d[k] for k in _DERIVED)),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO pair_data VALUES (?, ?, ?)",
-                (pair.id, pair.for_question, _pair_json(pair)),
-            )
+            writes.pairs.append((pair.id, seq, pair.category, pair.issue_scale, texts, *derived))
+            writes.data.append((pair.id, pair.for_question, _pair_json(pair)))
         else:
-            db.execute(
-                f"UPDATE pairs SET texts = ?, {', '.join(f'{k} = ?' for k in _DERIVED)} "
-                "WHERE id = ?",
-                (texts, *(d[k] for k in _DERIVED), pair.id),
-            )
-        if search:
-            db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", search)
+            writes.updates.append((texts, *derived, pair.id))
+        writes.search.extend(search)
 
     # -- reading one pair (for its page) ---------------------------------------------
     def pair_row(self, pair_id: int) -> dict[str, Any] | None:

@@ -109,16 +109,16 @@ class Page:
 
 
 @lru_cache(maxsize=64)
-def _words_pattern(q: str) -> re.Pattern[str]:
+def _word_patterns(q: str) -> tuple[re.Pattern[str], ...]:
     words = [re.escape(w) for w in _WORD.findall(q)]
-    ahead = "".join(f"(?=.*\\b{w}\\b)" for w in words[:-1])
-    return re.compile(f"^{ahead}.*\\b{words[-1]}", re.IGNORECASE | re.DOTALL)
+    whole = [re.compile(rf"\b{w}\b", re.IGNORECASE) for w in words[:-1]]
+    return (*whole, re.compile(rf"\b{words[-1]}", re.IGNORECASE))
 
 
 def words_match(text: str | None, q: str) -> bool:
     """FTS5's reading of a search (every word whole, the last also as a prefix), for
     SQLite builds without FTS5."""
-    return text is not None and _words_pattern(q).search(text) is not None
+    return text is not None and all(p.search(text) for p in _word_patterns(q))
 
 
 def connect(paths: list[Path]) -> sqlite3.Connection:
@@ -217,7 +217,7 @@ def list_page(paths: list[Path], f: Filters, fts: bool) -> Page:
         total = conn.execute(
             f"SELECT COUNT(*) FROM r{f.run}.pairs p{joins}{where}", args
         ).fetchone()[0]
-        order = _ORDER.get(f.sort) or f"{gap_expr} IS NULL, {gap_expr} DESC, p.seq"
+        order = _ORDER.get(f.sort) or f"{gap_expr} DESC, p.seq"  # NULLs sort last in DESC
         other_cols = "".join(f", o{o}.status, o{o}.score1, o{o}.score2" for o in others)
         cur = conn.execute(
             "SELECT p.id, p.category, p.issue_scale, p.status, p.score1, p.score2, p.adj1, "
