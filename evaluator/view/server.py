@@ -138,7 +138,13 @@ class Handlers:
             if row is not None:
                 found.append((run.label, row))
         if not found:
-            return self._error(404, "No such pair", f"pair {pair_id} is in none of these runs")
+            building = [r.label for r in self.v.runs if r.index.state != "ready"]
+            later = (
+                f" (still indexing {', '.join(building)}: try again shortly)" if building else ""
+            )
+            return self._error(
+                404, "No such pair", f"pair {pair_id} is in none of these runs{later}"
+            )
         try:
             f = queries.Filters.parse(request.query, len(self.v.runs))
         except queries.FilterError:

@@ -162,8 +162,10 @@ class Viewer:
                     ix.build(self._stop)
                 ix.error = None
             except Exception as exc:  # shown on the pages; tried again at the next look
-                ix.error = str(exc) or type(exc).__name__
-                log.warning("viewer: %s: %s", run.run_dir, ix.error)
+                error = str(exc) or type(exc).__name__
+                if error != ix.error:  # logged once, not at every look
+                    log.warning("viewer: %s: %s", run.run_dir, error)
+                ix.error = error
             self._stop.wait(self.refresh_s)
 
     def close(self) -> None:
