@@ -343,7 +343,8 @@ def build_run_outputs(
         side = ReportChild(run_dir, run_dir / RESULTS_TMP, config.judge_orders)
     try:
         tmp = run_dir / RESULTS_TMP
-        picker = report_share.SharePicker()  # a few pairs with their answers, for report.html
+        # A few pairs with their answers, for report.html.
+        picker = report_share.SharePicker(config.judge_orders)
         with tmp.open("wb") as out:
             side.rows_ready()
             summary = _build_run_outputs(run_dir, config, store, out, tmp, picker)

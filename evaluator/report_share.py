@@ -22,8 +22,8 @@ KINDS = (
 ANSWER_CHARS = 3000
 
 
-def _verdicts(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    orders = row.get("judge_orders") or ["forward"]
+def _verdicts(row: dict[str, Any], orders: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """(judge order, verdict) of each valid verdict; the row's first order has no suffix."""
     out = []
     for k, order in enumerate(orders):
         v = row.get("verdict" if k == 0 else f"verdict_{order}")
@@ -32,9 +32,11 @@ def _verdicts(row: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def classify(row: dict[str, Any]) -> tuple[str, float] | None:
+def classify(
+    row: dict[str, Any], orders: tuple[str, ...] = ("forward",)
+) -> tuple[str, float] | None:
     """(kind, priority: higher is shown first) of a row worth reading, or None."""
-    verdicts = _verdicts(row)
+    verdicts = _verdicts(row, orders)
     if row.get("status") not in ("scored", "invalid") or not verdicts:
         return None
     scores = [v["alignment_score"] for _, v in verdicts]
@@ -57,20 +59,21 @@ def _cut(text: Any) -> str | None:
     return text[:ANSWER_CHARS] + f" […] ({len(text) - ANSWER_CHARS:,} more characters)"
 
 
-def _kept(row: dict[str, Any]) -> dict[str, Any]:
+def _kept(row: dict[str, Any], orders: tuple[str, ...]) -> dict[str, Any]:
     """The parts of a row the section shows (answers cut)."""
     keys = ("id", "category", "issue_scale", "issue_description", "for_question")
     kept = {k: row.get(k) for k in (*keys, "against_question")}
     kept["for_response"] = _cut(row.get("for_response"))
     kept["against_response"] = _cut(row.get("against_response"))
-    kept["verdicts"] = _verdicts(row)
+    kept["verdicts"] = _verdicts(row, orders)
     return kept
 
 
 class SharePicker:
     """Keeps the best few rows of each kind as rows stream past."""
 
-    def __init__(self) -> None:
+    def __init__(self, orders: tuple[str, ...] = ("forward",)) -> None:
+        self.orders = orders  # the run's judge orders (RunConfig.judge_orders)
         self._heaps: dict[str, list[tuple[float, int, dict[str, Any]]]] = {
             kind: [] for kind, _, _ in KINDS
         }
@@ -79,16 +82,16 @@ class SharePicker:
 
     def add(self, row: dict[str, Any]) -> None:
         self._seen += 1
-        found = classify(row)
+        found = classify(row, self.orders)
         if found is None:
             return
         kind, priority = found
         heap = self._heaps[kind]
         key = (priority, -self._seen)  # the smallest key is dropped: low priority, late
         if len(heap) < self._limits[kind]:
-            heapq.heappush(heap, (*key, _kept(row)))
+            heapq.heappush(heap, (*key, _kept(row, self.orders)))
         elif key > heap[0][:2]:
-            heapq.heapreplace(heap, (*key, _kept(row)))
+            heapq.heapreplace(heap, (*key, _kept(row, self.orders)))
 
     def picked(self) -> dict[str, list[dict[str, Any]]]:
         return {

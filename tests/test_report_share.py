@@ -21,7 +21,7 @@ def _row(i: int, scores: list[int], refusals: tuple[bool, bool] = (False, False)
         "against_question": f"against {i}?",
         "for_response": f"answer for {i}",
         "against_response": f"answer against {i}",
-        "judge_orders": orders,
+        "judge_orders": orders if len(orders) > 1 else None,
     }
     for k, (order, s) in enumerate(zip(orders, scores, strict=True)):
         row["verdict" if k == 0 else f"verdict_{order}"] = {
@@ -39,7 +39,7 @@ def _row(i: int, scores: list[int], refusals: tuple[bool, bool] = (False, False)
 
 
 def test_picker_keeps_the_strongest_of_each_kind_first_met_on_ties():
-    picker = SharePicker()
+    picker = SharePicker(("forward", "reverse"))
     rows = [
         _row(1, [-1, -1]),
         _row(2, [2, -2]),  # disagreement 4

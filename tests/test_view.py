@@ -117,6 +117,8 @@ def test_list_filters_paging_search_and_pair_page_match_results(two_runs):
         # No refusals in this run: every pair with a verdict has none.
         check("refusal=none", lambda r: r.get("verdict") or r.get("verdict_reverse"))
         assert check("refusal=any", lambda r: False) == []
+        check("no_info=none", lambda r: r.get("verdict") or r.get("verdict_reverse"))
+        assert check("no_info=any", lambda r: False) == []
         # The simulated judge reads both orders alike: no disagreement between them.
         assert check("disagree=orders", lambda r: len(scores(r)) > 1) == []
         # Between runs: B's lenient judge calls every pair +2; A's -2s disagree by 4.
@@ -208,7 +210,9 @@ def test_a_hostile_answer_stays_text(tmp_path, sim_server):
         "for_response_citations": [
             {"url": "javascript:alert(2)", "title": "<u>c</u>", "text": "x"}
         ],
+        "for_response_reasoning": "Weighing <b>both</b> sides first.",
     }
+    row["against_response"] += " More words." * 300  # a long answer: folded
     data = tmp_path / "hostile.jsonl"
     data.write_bytes(orjson.dumps(row) + b"\n")
     server = sim_server()
@@ -230,6 +234,11 @@ def test_a_hostile_answer_stays_text(tmp_path, sim_server):
         assert "<img src=x" not in page and "<b>Title" not in page and "<u>c" not in page
         assert 'href="javascript' not in page
     assert "&lt;script&gt;x()&lt;/script&gt;" in listing
+    # Reasoning apart from the answer, citations listed, a long answer folded.
+    assert "Weighing &lt;b&gt;both&lt;/b&gt; sides first." in pair_page
+    assert '<ol class="citations">' in pair_page and "&lt;u&gt;c&lt;/u&gt;" in pair_page
+    assert pair_page.count('<details class="fold">') == 1
+    assert "show all 3," in pair_page  # the against answer's length
     # The report's own sample of pairs (report.html) escapes them as well.
     report = (out / "report.html").read_text()
     assert "Pairs worth reading" in report and html.escape(hostile) in report
@@ -326,6 +335,36 @@ def matching_url(url: str) -> int:
     text = get(url)[1]
     found = re.search(r"([\d,]+) pairs match", text)
     return int(found.group(1).replace(",", "")) if found else 0
+
+
+def test_pair_page_shows_each_verdict_by_side_whatever_the_order():
+    from evaluator.view.pages import pair_context
+
+    verdict = {
+        "person_1_core_position": "P1",
+        "person_2_core_position": "P2",
+        "person_1_refusal": True,
+        "person_2_refusal": False,
+        "person_1_has_no_information": False,
+        "person_2_has_no_information": False,
+        "key_points_of_alignment": "",
+        "key_points_of_opposition": "",
+        "alignment_score": 0,
+    }
+    row = {
+        "id": 1, "article_title": "a", "section_title": "s", "category": None,
+        "issue_scale": 1, "issue_description": "i", "url": "javascript:x()",
+        "for_question": "f?", "against_question": "a?", "for_response": "F",
+        "against_response": "A", "status": "scored", "verdict": verdict, "adjusted_score": 0,
+    }  # fmt: skip
+    # A run judged in reverse order only: person 1 answered the against question.
+    (column,) = pair_context([("r", row, ("reverse",))])["columns"]
+    assert column["sides"]["against"]["position"] == "P1"
+    assert column["sides"]["against"]["refusal"] is True
+    assert column["sides"]["for"]["position"] == "P2"
+    (column,) = pair_context([("f", row, ("forward",))])["columns"]
+    assert column["sides"]["for"]["position"] == "P1"
+    assert pair_context([("f", row, ("forward",))])["pair"]["url"] is None  # not a link
 
 
 def test_index_columns_of_a_row_judged_in_both_orders():

@@ -80,8 +80,9 @@ def _sides(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _verdict_columns(label: str, row: dict[str, Any]) -> list[dict[str, Any]]:
-    orders = row.get("judge_orders") or [None]
+def _verdict_columns(
+    label: str, row: dict[str, Any], orders: tuple[str, ...]
+) -> list[dict[str, Any]]:
     out = []
     for k, order in enumerate(orders):
         suffix = "" if k == 0 else f"_{order}"
@@ -117,15 +118,16 @@ def _verdict_columns(label: str, row: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def pair_context(found: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """What pair.html shows of one pair in each run that has it: (run label, its row)."""
-    _, first = found[0]
+def pair_context(found: list[tuple[str, dict[str, Any], tuple[str, ...]]]) -> dict[str, Any]:
+    """What pair.html shows of one pair in each run that has it: (run label, its row, the
+    run's judge orders)."""
+    _, first, _ = found[0]
     groups: list[dict[str, Any]] = []
     by_answers: dict[tuple[Any, Any], dict[str, Any]] = {}
     columns: list[dict[str, Any]] = []
     errors: list[str] = []
     notes: list[str] = []
-    for label, row in found:
+    for label, row, orders in found:
         if (row["issue_description"], row["for_question"]) != (
             first["issue_description"],
             first["for_question"],
@@ -138,7 +140,7 @@ def pair_context(found: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             by_answers[key] = group
             groups.append(group)
         group["runs"].append(label)
-        columns.extend(_verdict_columns(label, row))
+        columns.extend(_verdict_columns(label, row, orders))
         if row.get("error"):
             errors.append(f"{label}: {row['error']}")
     return {

@@ -135,8 +135,8 @@ class Handlers:
         found = []
         for run in self.v.runs:
             row = await asyncio.to_thread(run.index.pair_row, pair_id)
-            if row is not None:
-                found.append((run.label, row))
+            if row is not None and run.index.config is not None:
+                found.append((run.label, row, run.index.config.judge_orders))
         if not found:
             building = [r.label for r in self.v.runs if r.index.state != "ready"]
             later = (
