@@ -413,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild a run's output files from its checkpoint")
     rep.add_argument("dir", type=Path)
 
+    view = sub.add_parser(
+        "view",
+        help="a local web viewer of runs, pair by pair (read-only; works while a run goes)",
+    )
+    view.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run directories")
+    view.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free)")
+    view.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; the viewer has "
+        "no login, so anyone who can reach another address can read every answer)",
+    )
+
     cal = sub.add_parser(
         "calibrate",
         help="the judge on the authors' four calibration sets: expected vs measured PAC",
@@ -1110,6 +1123,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.get("all_pairs_have_verdicts", True) else EXIT_FAILED_PAIRS
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from evaluator.view.commands import view
+
+    return view(args.dirs, args.host, args.port, emit)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from evaluator import calibrate
 
@@ -1211,6 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
         "merge": cmd_merge,
         "fetch": cmd_fetch,
         "calibrate": cmd_calibrate,
+        "view": cmd_view,
     }
     try:
         return handlers[command](args)

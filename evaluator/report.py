@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from evaluator import pair_answers, reference_outputs
+from evaluator import pair_answers, reference_outputs, report_share
 from evaluator.calls import CallBuilder
 from evaluator.config import RunConfig
 from evaluator.costs import CostMeter, expected_calls
@@ -311,6 +311,18 @@ class PairStatus:
         return self._tally.pair_row(self.config, pair, records)["status"]
 
 
+class PairRows:
+    """A pair's results.jsonl row from its calls, as the report writes it (the viewer
+    shows pairs this way while a run is still going)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._tally = _Tally(config.judge_orders)
+
+    def __call__(self, pair: Pair, records: dict[str, CallRecord]) -> dict[str, Any]:
+        return self._tally.pair_row(self.config, pair, records)
+
+
 RESULTS_TMP = "results.jsonl.tmp"
 FINISHED_META = "finished_config"  # the config whose outputs left no pair to do
 MAX_FAILURE_GROUPS = 50  # in summary.json; the report and the terminal show the first few
@@ -331,10 +343,12 @@ def build_run_outputs(
         side = ReportChild(run_dir, run_dir / RESULTS_TMP, config.judge_orders)
     try:
         tmp = run_dir / RESULTS_TMP
+        # A few pairs with their answers, for report.html.
+        picker = report_share.SharePicker(config.judge_orders)
         with tmp.open("wb") as out:
             side.rows_ready()
-            summary = _build_run_outputs(run_dir, config, store, out, tmp)
-        write_summary_files(run_dir, summary, side)
+            summary = _build_run_outputs(run_dir, config, store, out, tmp, picker)
+        write_summary_files(run_dir, summary, side, share=picker.picked())
         if summary["all_pairs_have_verdicts"]:  # a later resume has nothing to send
             store.set_meta(FINISHED_META, store.get_meta("config"))
         return summary
@@ -343,15 +357,23 @@ def build_run_outputs(
 
 
 def _build_run_outputs(
-    run_dir: Path, config: RunConfig, store: Store, out: BinaryIO, tmp: Path
+    run_dir: Path,
+    config: RunConfig,
+    store: Store,
+    out: BinaryIO,
+    tmp: Path,
+    picker: report_share.SharePicker | None = None,
 ) -> dict[str, Any]:
     """results.jsonl (written through `out`, then renamed) and the summary."""
     tally = _Tally(config.judge_orders)
     n_pairs = 0
     for pair in run_pairs(config):
         n_pairs += 1
-        out.write(orjson.dumps(tally.pair_row(config, pair, store.calls_for_pair(pair.id))))
+        row = tally.pair_row(config, pair, store.calls_for_pair(pair.id))
+        out.write(orjson.dumps(row))
         out.write(b"\n")
+        if picker is not None:
+            picker.add(row)
     out.flush()
     tmp.replace(run_dir / "results.jsonl")
 
@@ -460,8 +482,9 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def render_html(markdown: str, out_dir: Path) -> str:
-    """A self-contained page from our own report.md (its few constructs only), images inlined."""
+def render_html(markdown: str, out_dir: Path, extra: str = "") -> str:
+    """A self-contained page from our own report.md (its few constructs only), images inlined;
+    `extra`: HTML of our own appended at the end (report_share's pairs)."""
     body: list[str] = []
     table: list[list[str]] = []
 
@@ -524,6 +547,7 @@ def render_html(markdown: str, out_dir: Path) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>VAL-Bench report</title><style>{style}</style></head><body>"
         + "\n".join(body)
+        + extra
         + "</body></html>\n"
     )
 
@@ -544,10 +568,14 @@ def _write_csv(
 
 
 def write_summary_files(
-    out_dir: Path, summary: dict[str, Any], side: ReportChild | None = None
+    out_dir: Path,
+    summary: dict[str, Any],
+    side: ReportChild | None = None,
+    share: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     """summary.json, the CSVs, the plots, report.md and report.html. With `side`, the
-    plots (and results.parquet) come from the report's side process."""
+    plots (and results.parquet) come from the report's side process; with `share`, pairs
+    worth reading (report_share) end report.html."""
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
@@ -564,7 +592,8 @@ def write_summary_files(
         images = side.finish(summary)
     markdown = render_markdown(summary, images)
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(markdown, out_dir), encoding="utf-8")
+    extra = report_share.render(share) if share else ""
+    (out_dir / "report.html").write_text(render_html(markdown, out_dir, extra), encoding="utf-8")
 
 
 def _usd(value: float | None) -> str:

@@ -31,8 +31,72 @@ def test_compare_ranks_comparable_runs(tmp_path):
     ]
     assert float(rows[1]["pac"]) == 50.0
     md = (out / "compare.md").read_text()
-    assert "SIMULATED" in md and "| 1 | simulated-consistent |" in md
+    assert "SIMULATED" in md and "| 1 | cons (simulated-consistent) |" in md
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_tells_two_runs_of_one_model_apart_and_hides_no_bar(tmp_path):
+    """The same model twice (a 60% run and a 100% run): two labels, bars side by side."""
+    from evaluator.analysis import compare_figure
+
+    _demo(tmp_path / "sixty", "mixture", "--share", "0.6")
+    _demo(tmp_path / "all", "mixture", "--share", "1.0")
+    out = tmp_path / "board"
+    assert run_cli("compare", tmp_path / "sixty", tmp_path / "all", "--out", out) == 0
+    md = (out / "compare.md").read_text()
+    assert "| 1 | all (simulated-mixture) |" in md and "| 2 | sixty (simulated-mixture) |" in md
+    assert f"- sixty (simulated-mixture): `{(tmp_path / 'sixty').resolve()}`" in md
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [float(r["pac"]) for r in rows] == sorted((float(r["pac"]) for r in rows), reverse=True)
+    assert float(rows[0]["pac"]) == 100.0 and 50 < float(rows[1]["pac"]) < 75
+    png = (out / "compare.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    # The figure as drawn: one bar per run and metric, none covering another, each
+    # labelled with its run, PAC bars as long as each run's PAC.
+    import matplotlib.pyplot as plt
+
+    for r in rows:
+        for k in (
+            "pac",
+            "pac_lo",
+            "pac_hi",
+            "ref",
+            "ref_lo",
+            "ref_hi",
+            "ninf",
+            "ninf_lo",
+            "ninf_hi",
+        ):
+            r[k] = float(r[k])
+        r["simulated"] = r["simulated"] == "True"
+    fig = compare_figure(rows)
+    try:
+        from matplotlib.container import BarContainer
+
+        ax = fig.axes[0]
+        groups = [c for c in ax.containers if isinstance(c, BarContainer)]
+        bars = [b for container in groups for b in container.patches]
+        assert len(bars) == 3 * len(rows)
+        spans = sorted((b.get_y(), b.get_y() + b.get_height()) for b in bars)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # disjoint
+        pac_bars = groups[0].patches
+        assert [b.get_width() for b in pac_bars] == [r["pac"] for r in rows]
+        assert pac_bars[0].get_y() > pac_bars[1].get_y()  # best on top
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == ["sixty (simulated-mixture)", "all (simulated-mixture)"]
+        assert [c.get_label() for c in groups] == ["PAC", "REF", "NINF"]
+    finally:
+        plt.close(fig)
+
+
+def test_compare_labels_name_what_differs():
+    from evaluator.analysis import run_labels
+
+    base = {"model": "m", "judge": "j", "judge_prompt": "builtin 23b1", "judge_order": "forward"}
+    rows = [{**base, "run": "/x/a/run"}, {**base, "run": "/x/b/run", "judge": "k"}]
+    assert run_labels(rows) == ["run (m, judge j)", "run (m, judge k)"]
+    rows[1]["judge"] = "j"
+    assert run_labels(rows) == ["a/run (m)", "b/run (m)"]
 
 
 def test_compare_refuses_different_judges_unless_forced(tmp_path, synthetic, sim_server, capsys):
