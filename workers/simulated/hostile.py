@@ -60,6 +60,7 @@ class HostileServer(SimulatedServer):
         self.chat_requests = 0
         self.huge_started = 0
         self.huge_aborted = 0  # huge answers the client stopped reading (connection closed)
+        self.barrier_full = False
         self._barrier: asyncio.Event | None = None
 
     def app(self) -> web.Application:
@@ -147,6 +148,7 @@ class HostileServer(SimulatedServer):
             if self._barrier is None:
                 self._barrier = asyncio.Event()
             if self.huge_started >= h.huge_barrier:
+                self.barrier_full = True  # that many huge answers were in flight at once
                 self._barrier.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._barrier.wait(), 30)
@@ -170,6 +172,7 @@ class HostileServer(SimulatedServer):
             "chat_requests": self.chat_requests,
             "huge_started": self.huge_started,
             "huge_aborted": self.huge_aborted,
+            "barrier_full": self.barrier_full,
         }
         return out
 
