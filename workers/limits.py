@@ -32,9 +32,9 @@ def per_minute_bucket(per_minute: float, largest: float = 1.0) -> AsyncLimiter:
     """
     window = min(_MAX_WINDOW_S, max(_MIN_WINDOW_S, 60.0 * largest / per_minute))
     # Below one unit a minute (--rpm 0.5: one request every two minutes) even a minute's
-    # window holds less than one acquisition, which aiolimiter refuses: the window grows
-    # until it holds one.
-    window = max(window, 60.0 * largest / per_minute)
+    # window holds less than one unit, and aiolimiter refuses to acquire more than its
+    # capacity: the window grows until it holds one.
+    window = max(window, 60.0 / per_minute)
     return AsyncLimiter(per_minute * window / 60.0, window)
 
 
