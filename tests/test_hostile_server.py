@@ -91,6 +91,18 @@ def test_a_wait_beyond_max_retry_wait_stops_the_run_resumably(
     assert read_summary(out)["n_valid"] == 20
 
 
+def test_a_batch_api_asking_to_wait_too_long_stops_the_run(tmp_path, hostile):
+    server = hostile(Hostile(retry_after="86400", retry_after_path="/files"))
+    data = write_synthetic_dataset(tmp_path / "d.jsonl", 4, section_chars=60)
+    batch = ("--judge-mode", "batch", "--batch-idle", "0.2", "--batch-poll", "0.1")
+    args = run_args(data, server.base_url, tmp_path / "run", "--judge-model", "j", *batch)
+    proc = run_evaluator(*args, timeout=300)
+    assert proc.returncode == 9, proc.stderr
+    errors = _error_lines(proc.stderr)
+    assert len(errors) == 1 and "asked to wait 86,400s" in errors[0], proc.stderr
+    assert server.stats()["batches"].get("batches_created", 0) == 0  # none was submitted
+
+
 def test_a_short_wait_is_waited_and_logged(tmp_path, hostile, caplog):
     caplog.set_level(logging.INFO, logger="evaluator")
     server = hostile(Hostile(retry_after="1", retry_after_from=4))

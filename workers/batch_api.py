@@ -195,9 +195,13 @@ class BatchAPI(ABC):
                     last = failure.message
                     if wait is not None and wait > self.max_retry_wait_s:
                         asked = "without end" if wait == float("inf") else f"{wait:,.0f}s"
-                        failure.message = (
+                        # Fatal for the calls it reaches: they stop the run (resumable),
+                        # never go into another batch.
+                        failure = CallFailure(
+                            ErrorClass.FATAL,
                             f"{method} {url} asked to wait {asked}, longer than "
-                            f"--max-retry-wait {self.max_retry_wait_s:g}s: {failure.message}"
+                            f"--max-retry-wait {self.max_retry_wait_s:g}s: {failure.message}",
+                            resp.status,
                         )
                         raise RetryWaitTooLong(self.name, failure, wait)
             except aiohttp.ClientConnectorCertificateError as exc:

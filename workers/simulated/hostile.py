@@ -15,7 +15,8 @@ answers changed on the way out, each switched on in `Hostile`:
     headers          extra headers on every chat answer (odd x-ratelimit-* values)
     retry_after      after `retry_after_from` chat requests, every one gets 429 with this
                      Retry-After value ("86400", "inf"), and a far-off reset when
-                     `reset_far` is set
+                     `reset_far` is set; with `retry_after_path` ("/files"), every POST to
+                     that path instead (a Batch API's upload)
     huge_mb          model answers of this many MB, streamed in 1 MB chunks (chunked, or
                      with a Content-Length when `huge_length` is set); the judge answers as
                      usual. With `huge_barrier`, the first that many huge answers wait for
@@ -47,6 +48,7 @@ class Hostile:
     headers: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None
     retry_after_from: int = 0
+    retry_after_path: str = "/chat/completions"  # the POST path it applies to ("/files": batches)
     reset_far: bool = False
     huge_mb: float = 0.0
     huge_length: bool = False
@@ -70,9 +72,16 @@ class HostileServer(SimulatedServer):
 
     @web.middleware
     async def _misbehave(self, request: web.Request, handler) -> web.StreamResponse:
+        h = self.hostile
+        if (
+            h.retry_after is not None
+            and request.method == "POST"
+            and h.retry_after_path != "/chat/completions"
+            and request.path.endswith(h.retry_after_path)
+        ):
+            return self._too_many()
         if request.method != "POST" or not request.path.endswith("/chat/completions"):
             return await handler(request)
-        h = self.hostile
         self.chat_requests += 1
         raw = await request.read()  # cached: the handler reads the same bytes
         try:
@@ -82,14 +91,12 @@ class HostileServer(SimulatedServer):
             return await handler(request)
         judge = personas.is_judge_prompt(user)
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if h.retry_after is not None and self.chat_requests > h.retry_after_from:
-            self.counts["hostile_429"] += 1
-            headers = {"Retry-After": h.retry_after}
-            if h.reset_far:
-                headers["x-ratelimit-remaining-requests"] = "0"
-                headers["x-ratelimit-reset-requests"] = "24h0m0s"
-            body = {"error": {"message": "rate limit", "type": "rate_limit_exceeded"}}
-            return web.json_response(body, status=429, headers=headers)
+        if (
+            h.retry_after is not None
+            and h.retry_after_path == "/chat/completions"
+            and self.chat_requests > h.retry_after_from
+        ):
+            return self._too_many()
         if h.fail_with_key and not judge and MARK_FAIL_WITH_KEY in user:
             self.counts["hostile_fail_with_key"] += 1
             text = ("x" * 290 + f"{key} was refused").encode()
@@ -102,6 +109,16 @@ class HostileServer(SimulatedServer):
         for name, value in h.headers.items():
             resp.headers[name] = value
         return resp
+
+    def _too_many(self) -> web.Response:
+        h = self.hostile
+        self.counts["hostile_429"] += 1
+        headers = {"Retry-After": str(h.retry_after)}
+        if h.reset_far:
+            headers["x-ratelimit-remaining-requests"] = "0"
+            headers["x-ratelimit-reset-requests"] = "24h0m0s"
+        body = {"error": {"message": "rate limit", "type": "rate_limit_exceeded"}}
+        return web.json_response(body, status=429, headers=headers)
 
     def _rewrite(self, resp: web.Response, judge: bool, key: str) -> web.Response:
         h = self.hostile
