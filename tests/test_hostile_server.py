@@ -91,6 +91,18 @@ def test_a_wait_beyond_max_retry_wait_stops_the_run_resumably(
     assert read_summary(out)["n_valid"] == 20
 
 
+def test_one_endpoint_of_a_pool_asking_a_long_wait_does_not_stop_the_run(tmp_path, hostile):
+    """Only a call that would have to wait stops the run: with another endpoint free, the
+    paused one is left out until its wait is over."""
+    slow = hostile(Hostile(retry_after="86400", retry_after_from=3))
+    good = hostile(Hostile())
+    data = write_synthetic_dataset(tmp_path / "d.jsonl", 10, section_chars=60)
+    out = tmp_path / "run"
+    assert run_eval(data, slow.base_url, out, "--base-url", good.base_url, "--judge-model", "j") == 0
+    assert read_summary(out)["n_valid"] == 10
+    assert slow.stats()["by_kind"]["hostile_429"] >= 1
+
+
 def test_a_batch_api_asking_to_wait_too_long_stops_the_run(tmp_path, hostile):
     server = hostile(Hostile(retry_after="86400", retry_after_path="/files"))
     data = write_synthetic_dataset(tmp_path / "d.jsonl", 4, section_chars=60)
