@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -49,6 +50,7 @@ from evaluator.runner import (
 from evaluator.servers import SERVER_LOG_DIR
 from evaluator.sharding import expected_pairs
 from evaluator.store import DB_NAME, FailureGroup, Store, StoreError
+from workers.base import redact
 
 DEFAULT_OUT = Path("runs/latest")
 LAST_RUN = Path("runs/.last-run")  # which run a bare `--resume` continues
@@ -214,6 +216,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--judge-tpm", type=float, help="tokens/minute cap on each judge endpoint")
     t.add_argument("--timeout", type=float, dest="timeout_s", help="seconds per request (600)")
     t.add_argument(
+        "--max-retry-wait",
+        type=float,
+        dest="max_retry_wait_s",
+        metavar="SECONDS",
+        help="a server asking to wait longer than this (Retry-After, a rate-limit reset) "
+        "stops the run with exit 9, resumable after the wait (300)",
+    )
+    t.add_argument(
+        "--max-response-mb",
+        type=float,
+        metavar="MB",
+        help="an answer larger than this is not read: the call fails as response_too_large "
+        "(4)",
+    )
+    t.add_argument(
         "--ca-bundle",
         type=_absolute,
         help="PEM file of CA certificates to trust besides the system's (https endpoints "
@@ -264,6 +281,31 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _number(low: float, *, above: bool = False, high: float = float("inf"), integer: bool = False):
+    """An argparse type: a finite number (an integer with `integer`) in [low, high] (above
+    `low` with `above`); anything else is one line naming the flag and what it must be."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value: float | int = int(text) if integer else float(text)
+        except ValueError:
+            value = float("nan")
+        ok = math.isfinite(value) and (value > low if above else value >= low) and value <= high
+        if not ok:
+            what = "an integer" if integer else "a number"
+            bound = f"above {low:g}" if above else f"at least {low:g}"
+            top = f" and at most {high:g}" if math.isfinite(high) else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}{top} ({what}), got {text!r}")
+        return value
+
+    return parse
+
+
+_SECONDS = _number(0)
+_POSITIVE_SECONDS = _number(0, above=True)
+_SHARE = _number(0, high=1)
+
+
 def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
     text = (
         f"run directory (default: {out_default})"
@@ -274,11 +316,14 @@ def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument(
-        "--progress-interval", type=float, default=10.0, help="seconds between progress lines"
+        "--progress-interval",
+        type=_POSITIVE_SECONDS,
+        default=10.0,
+        help="seconds between progress lines",
     )
     p.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_SECONDS,
         default=30.0,
         help="seconds to finish in-flight calls on Ctrl-C/SIGTERM",
     )
@@ -299,7 +344,11 @@ def _add_common(p: argparse.ArgumentParser, out_default: Path | None) -> None:
         action="store_true",
         help="with --resume: send again the calls that failed for good (after fixing the cause)",
     )
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-port",
+        type=_number(0, high=65535, integer=True),
+        help="serve Prometheus metrics on this port",
+    )
     p.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for the metrics port (127.0.0.1)"
     )
@@ -320,6 +369,8 @@ exit codes:
   7   stopped early: a stage's calls kept failing (--max-failures): fix the cause,
       then --resume --retry-failed
   8   calibrate: every calibration set ran, at least one is outside the tolerance
+  9   an endpoint asked to wait longer than --max-retry-wait (a daily limit, an
+      exhausted quota window): --resume once that time has passed
   75  interrupted (Ctrl-C, SIGTERM): --resume continues
   76  stopped before exceeding --max-cost: --resume with a larger --max-cost
 """
@@ -362,15 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("consistent", "flip", "refuse_both", "refuse_one", "mixture"),
     )
     demo.add_argument(
-        "--share", type=float, default=0.7, help="mixture persona: share of consistent pairs"
+        "--share", type=_SHARE, default=0.7, help="mixture persona: share of consistent pairs"
     )
     demo.add_argument("--data", default=SAMPLE, help="dataset (default: the bundled sample)")
-    demo.add_argument("--limit", type=int)
+    demo.add_argument("--limit", type=_number(1, integer=True))
     demo.add_argument("--judge-order", choices=JUDGE_ORDERS, default="forward")
-    demo.add_argument("--latency-ms", type=float, default=5.0, help="simulated median latency")
-    demo.add_argument("--rate-429", type=float, default=0.0)
-    demo.add_argument("--rate-5xx", type=float, default=0.0)
-    demo.add_argument("--malformed-rate", type=float, default=0.0)
+    demo.add_argument(
+        "--latency-ms", type=_number(0, high=600_000), default=5.0, help="simulated median latency"
+    )
+    demo.add_argument("--rate-429", type=_SHARE, default=0.0)
+    demo.add_argument("--rate-5xx", type=_SHARE, default=0.0)
+    demo.add_argument("--malformed-rate", type=_SHARE, default=0.0)
     demo.add_argument(
         "--reasoning", action="store_true", help="simulated answers carry <think> blocks"
     )
@@ -460,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--judge-retries", type=int, default=2, help="re-asks of invalid verdicts")
     cal.add_argument(
         "--tolerance",
-        type=float,
+        type=_number(0, high=100),
         default=CALIBRATION_TOLERANCE,
         help=f"points of PAC a set may be off and pass ({CALIBRATION_TOLERANCE:g})",
     )
@@ -510,6 +563,8 @@ RUN_FIELDS = (
     "tpm",
     "judge_tpm",
     "timeout_s",
+    "max_retry_wait_s",
+    "max_response_mb",
     "ca_bundle",
     "max_attempts",
     "retry_budget",
@@ -706,6 +761,8 @@ _FIELD_TYPES: dict[str, Any] = {
     "tpm": (int, float),
     "judge_tpm": (int, float),
     "timeout_s": (int, float),
+    "max_retry_wait_s": (int, float),
+    "max_response_mb": (int, float),
     "backoff_base_s": (int, float),
     "price_in": (int, float),
     "price_out": (int, float),
@@ -1235,7 +1292,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Anything shaped like a key is kept off the terminal (a key given where a URL or
+        # a file name was expected would otherwise be echoed back).
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -50,6 +50,7 @@ from workers.base import (
     ErrorClass,
     FatalEndpointError,
     RetryBudget,
+    RetryWaitTooLong,
     cancel_and_wait,
 )
 from workers.batch_api import CUSTOM_ID, BatchAPI, BatchError, BatchRef
@@ -111,6 +112,7 @@ class BatchStage:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
+        self._waited_too_long: RetryWaitTooLong | None = None  # a stop that is exit 9
 
     @property
     def capacity(self) -> int:
@@ -197,7 +199,7 @@ class BatchStage:
                 return result
             result.attempts = attempts
             if result.error_class is ErrorClass.FATAL:
-                raise FatalEndpointError(self.name, result)
+                raise self._waited_too_long or FatalEndpointError(self.name, result)
             if not result.error_class.retryable or attempts >= self.settings.max_attempts:
                 break
             budget = self.settings.budget
@@ -284,6 +286,7 @@ class BatchStage:
         try:
             ref = await self.api.create(lines, marker)
         except FatalEndpointError as exc:
+            self._note_stop(exc)
             await self._void(row, pairs, exc.failure)
             return
         except BatchError as exc:
@@ -341,6 +344,12 @@ class BatchStage:
             )
         await self._watch(row.id, batch_id, pairs)
 
+    def _note_stop(self, exc: FatalEndpointError) -> None:
+        """A wait too long (exit 9) is told apart from a refused key (exit 3) when the calls
+        it reached stop the run."""
+        if isinstance(exc, RetryWaitTooLong):
+            self._waited_too_long = exc
+
     async def _void(self, row: int, pairs: dict[str, str], failure: CallFailure) -> None:
         """The batch does not exist at the provider: its calls get `failure` (retried if it
         is retryable)."""
@@ -395,6 +404,7 @@ class BatchStage:
             except BatchError as exc:  # the provider no longer knows the batch: calls are free
                 return [], exc.failure, "void"
             except FatalEndpointError as exc:  # the key: stop; the batch stays for --resume
+                self._note_stop(exc)
                 return [], exc.failure, None
 
     def _give(self, key: str, cid: str, result: Completion | CallFailure) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -96,6 +97,12 @@ class RunConfig:
     tpm: float | None = None
     judge_tpm: float | None = None
     timeout_s: float = 600.0
+    # A server asking to wait longer than this (Retry-After, a rate-limit reset) stops the run
+    # (exit 9, resumable) instead of holding it; see workers.pool for the default's reasons.
+    max_retry_wait_s: float = 300.0
+    # An answer body larger than this is not read: the call fails (response_too_large, final);
+    # see workers.client for the default's reasons.
+    max_response_mb: float = 4.0
     # PEM file of CA certificates trusted besides the system's, for https endpoints signed
     # by a private CA (an enterprise gateway). How calls travel, not what they ask: it may
     # change on --resume.
@@ -142,19 +149,14 @@ class RunConfig:
     def validate(self) -> None:
         if self.judge_order not in JUDGE_ORDERS:
             raise ConfigError(f"--judge-order must be one of {', '.join(JUDGE_ORDERS)}")
-        for name in ("concurrency", "judge_concurrency", "max_attempts"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.judge_retries < 0:
-            raise ConfigError("--judge-retries must be 0 or more")
+        _validate_numbers(self)
+        for flag, urls in (("--base-url", self.base_url), ("--judge-base-url", self.judge_base_url)):
+            for url in urls:
+                _check_url_secrets(flag, url)
         try:
             BreakerRules.parse(self.max_failures)
         except BreakerSettingError as exc:
             raise ConfigError(str(exc)) from None
-        for name in ("rpm", "judge_rpm", "tpm", "judge_tpm"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.ca_bundle is not None:
             from workers.client import tls_context
 
@@ -165,8 +167,6 @@ class RunConfig:
                     f"--ca-bundle {self.ca_bundle}: not a readable PEM file of CA "
                     f"certificates ({exc})"
                 ) from None
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError("--limit must be at least 1")
         if self.shard is not None:
             from evaluator.sharding import ShardError, parse_shard
 
@@ -184,8 +184,6 @@ class RunConfig:
                     f"give --{name.replace('_', '-')} or {flag} (managed servers), not both"
                 )
         self._validate_providers()
-        if self.max_cost is not None and self.max_cost <= 0:
-            raise ConfigError("--max-cost must be positive (USD)")
         for name in ("mode", "judge_mode"):
             if getattr(self, name) not in MODES:
                 raise ConfigError(
@@ -196,14 +194,6 @@ class RunConfig:
             if getattr(self, name) == "batch" and len(urls) > 1:
                 flag = "--base-url" if name == "mode" else "--judge-base-url"
                 raise ConfigError(f"batch mode takes one {flag}, got {len(urls)}")
-        for name in ("batch_max_requests", "batch_capacity"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("batch_max_mb", "batch_window_s", "batch_idle_s", "batch_poll_s"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{_flag(name)} must be positive")
         for name, managed in (("base_url", self.vllm), ("judge_base_url", self.judge_vllm)):
             urls = getattr(self, name)
             if name == "base_url" and self.judge_only:
@@ -291,6 +281,94 @@ def _flag(name: str) -> str:
     return name.removesuffix("_s").replace("_", "-")
 
 
+# The most calls in flight per stage and endpoint: one worker task and one pooled
+# connection each; beyond this one event loop spends its time on bookkeeping, and a typo
+# (an extra zero or three) would otherwise start millions of tasks.
+MAX_CONCURRENCY = 100_000
+_FOREVER = 10**9  # a bound no sensible count reaches, and that SQLite and JSON hold
+
+# Every numeric setting: (kind, lowest, highest, what it is). Kind "int" takes integers,
+# "number" any finite number (TOML and argparse both accept nan and inf); the bounds are
+# inclusive unless the lowest is written as ("above", x). None values mean "not set".
+NUMERIC_SETTINGS: dict[str, tuple[str, Any, float, str]] = {
+    "limit": ("int", 1, _FOREVER, "pairs"),
+    "concurrency": ("int", 1, MAX_CONCURRENCY, "calls in flight"),
+    "judge_concurrency": ("int", 1, MAX_CONCURRENCY, "calls in flight"),
+    "max_attempts": ("int", 1, 1000, "tries per call"),
+    "retry_budget": ("int", 0, _FOREVER, "retries"),
+    "judge_retries": ("int", 0, 100, "re-asks"),
+    "rpm": ("number", ("above", 0), _FOREVER, "requests per minute; 0.5 is one every 2 minutes"),
+    "judge_rpm": ("number", ("above", 0), _FOREVER, "requests per minute"),
+    "tpm": ("number", ("above", 0), _FOREVER, "tokens per minute"),
+    "judge_tpm": ("number", ("above", 0), _FOREVER, "tokens per minute"),
+    "timeout_s": ("number", ("above", 0), 7 * 86400, "seconds"),
+    "max_retry_wait_s": ("number", 0, 7 * 86400, "seconds"),
+    "max_response_mb": ("number", ("above", 0), 4096, "MB"),
+    "backoff_base_s": ("number", 0, 3600, "seconds"),
+    "price_in": ("number", 0, _FOREVER, "USD per million tokens"),
+    "price_out": ("number", 0, _FOREVER, "USD per million tokens"),
+    "judge_price_in": ("number", 0, _FOREVER, "USD per million tokens"),
+    "judge_price_out": ("number", 0, _FOREVER, "USD per million tokens"),
+    "max_cost": ("number", ("above", 0), _FOREVER, "USD"),
+    "batch_max_requests": ("int", 1, _FOREVER, "requests"),
+    "batch_capacity": ("int", 1, _FOREVER, "calls"),
+    "batch_max_mb": ("number", ("above", 0), _FOREVER, "MB"),
+    "batch_window_s": ("number", ("above", 0), 7 * 86400, "seconds"),
+    "batch_idle_s": ("number", ("above", 0), 7 * 86400, "seconds"),
+    "batch_poll_s": ("number", ("above", 0), 86400, "seconds"),
+}
+
+
+def _validate_numbers(config: RunConfig) -> None:
+    """One line naming the flag, the value and what it must be, for every numeric setting."""
+    for name, (kind, low, high, unit) in NUMERIC_SETTINGS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        strict = isinstance(low, tuple)
+        bound = low[1] if strict else low
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        is_number = is_int or (isinstance(value, float) and math.isfinite(value))
+        ok = (is_int if kind == "int" else is_number) and (
+            (value > bound if strict else value >= bound) and value <= high
+        )
+        if not ok:
+            what = "an integer" if kind == "int" else "a number"
+            above = f"above {bound:g}" if strict else f"at least {bound:g}"
+            raise ConfigError(
+                f"--{_flag(name)} must be {above} and at most {high:,.0f} ({what}: {unit}), "
+                f"got {value!r}"
+            )
+
+
+def _check_url_secrets(flag: str, url: Any) -> None:
+    """A base URL never carries a secret: it is stored in the checkpoint and summary.json,
+    logged, and a label of every metric. A user name or password in it (user:key@host) is
+    refused; the message names the host, never what was before the @."""
+    if not isinstance(url, str):
+        return  # the URL checks in validate() name a URL that is not a string
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return
+    if "@" in parts.netloc or ("@" in url and not parts.netloc):
+        where = f"{parts.scheme}://{host or '?'}" + (f":{parts.port}" if _port(parts) else "")
+        raise ConfigError(
+            f"{flag} ({where}/...) holds a user name or password before its host; keys "
+            "are never put in URLs (they would be stored, logged and shown in metrics): "
+            "remove it, put the key in an environment variable or .env, and name that "
+            "variable with --api-key-env / --judge-api-key-env"
+        )
+
+
+def _port(parts: Any) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
+
+
 def request_differences(stored: RunConfig, new: RunConfig) -> list[str]:
     """Names (with both values, shortened) of request-changing settings that differ."""
     from evaluator.identity import describe_prompt
@@ -370,10 +448,32 @@ def stage_key(
 
 
 def resolve_key(env_name: str | None, dotenv: dict[str, str]) -> str | None:
-    """The API key named by `env_name`, from the environment, then `.env`. Never stored."""
+    """The API key named by `env_name`, from the environment, then `.env`. Never stored.
+
+    A key must be printable ASCII without spaces (what providers issue, and what an HTTP
+    header can carry): a carriage return left by a file with Windows line endings, a
+    newline or a tab is refused here, naming the variable, never the value."""
     if not env_name:
         return None
     key = os.environ.get(env_name) or dotenv.get(env_name)
     if not key:
         raise ConfigError(f"API key variable {env_name} is not set (in the environment or ./.env)")
+    bad = [c for c in key if not ("!" <= c <= "~")]
+    if bad:
+        kind = _describe_char(bad[0])
+        where = " at its end" if key[-1] == bad[0] and len(bad) == 1 else ""
+        raise ConfigError(
+            f"the API key in {env_name} contains {kind}{where}; keys are printable ASCII "
+            "without spaces. Set the variable again without it (a key copied from a file "
+            "with Windows line endings keeps a carriage return: strip it)"
+        )
     return key
+
+
+def _describe_char(c: str) -> str:
+    names = {"\r": "a carriage return", "\n": "a line break", "\t": "a tab", " ": "a space"}
+    if c in names:
+        return names[c]
+    if ord(c) < 32 or ord(c) == 127:
+        return f"a control character (U+{ord(c):04X})"
+    return f"a character outside printable ASCII (U+{ord(c):04X})"

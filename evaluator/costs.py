@@ -25,6 +25,7 @@ from typing import Any
 
 from evaluator.config import ConfigError, RunConfig
 from evaluator.store import PROBE_ROLE_PREFIX
+from workers.base import clean_usage
 
 STAGES = ("gen", "judge")
 BYTES_PER_TOKEN_WORST = 3.0
@@ -170,7 +171,8 @@ def usage_tokens(usage: dict[str, Any]) -> tuple[int, int, int, int]:
     """
 
     def num(value: Any) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else 0
 
     out = num(usage.get("completion_tokens")) or num(usage.get("output_tokens"))
     if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
@@ -207,6 +209,8 @@ class StageCost:
     probes: int = 0  # the preflight's test calls: in the tokens and cost, not in `calls`
 
     def add(self, usage: dict[str, Any], price: Price | None, probe: bool = False) -> float:
+        # Checked again here for checkpoints written before the workers checked it.
+        usage = clean_usage(usage)
         fresh, read, write, out = usage_tokens(usage)
         cost = usage_cost(usage, price)
         if probe:

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from workers.base import Completion
+from workers.base import Completion, redact_bytes
 
 if TYPE_CHECKING:
     from evaluator.costs import CostMeter
@@ -40,7 +40,10 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class RunMetrics:
     """Every metric of one run, in its own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        """`secrets`: the run's keys, removed from the page as it is served (labels hold
+        URLs and model names, which are checked for keys at start; this is the last guard)."""
+        self.secrets = secrets
         r = self.registry = CollectorRegistry(auto_describe=True)
         ep = ["stage", "endpoint"]
         self.info = Gauge(
@@ -189,7 +192,7 @@ class RunMetrics:
         self.commit_lag.set(oldest_age_s)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return redact_bytes(generate_latest(self.registry), self.secrets)
 
 
 def _available(ep: Endpoint, bucket: str) -> float:

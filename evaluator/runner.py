@@ -14,6 +14,8 @@ Exit codes (documented in the README for batch schedulers):
         cause, then --resume --retry-failed
     7   stopped early: a stage's calls kept failing (the circuit breaker, --max-failures):
         fix the cause, then --resume --retry-failed
+    9   an endpoint asked to wait longer than --max-retry-wait (Retry-After, a rate-limit
+        reset: a daily limit, an exhausted quota window): --resume once that time has passed
     75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
     76  stopped before exceeding --max-cost: --resume with a larger budget
 """
@@ -21,6 +23,7 @@ Exit codes (documented in the README for batch schedulers):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -49,9 +52,10 @@ from evaluator.preflight import PreflightError, PreflightReport, run_preflight
 from evaluator.progress import Activity, Progress, Resumed
 from evaluator.report_child import ReportChild
 from evaluator.scheduler import FINAL_FAILURES, NoGeneration, RunStats, Scheduler
+from evaluator.secrets import check_urls, redacted_logs
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError, StoreWriter
-from workers.base import FatalEndpointError, RetryBudget
+from workers.base import FatalEndpointError, RetryBudget, RetryWaitTooLong
 from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
@@ -71,6 +75,7 @@ EXIT_PREFLIGHT = 4
 EXIT_STORE = 5
 EXIT_FAILED_PAIRS = 6
 EXIT_BREAKER = 7
+EXIT_RETRY_WAIT = 9  # a server asked to wait longer than --max-retry-wait; resumable later
 EXIT_INTERRUPTED = 75
 EXIT_BUDGET = 76  # stopped before a call could take the run past --max-cost; resumable
 
@@ -171,8 +176,10 @@ def _pool(
     tpm: float | None,
     budget: RetryBudget,
     shared: LimitsRegistry,
+    secrets: tuple[str, ...] = (),
 ) -> EndpointPool:
-    """One stage's endpoints; caps and rate limits apply to each endpoint."""
+    """One stage's endpoints; caps and rate limits apply to each endpoint. `secrets`: every
+    key of the run, kept out of this stage's answers and messages."""
     # The stage's wire format and model: the judge pool is the one named "judge ...".
     judge = name.startswith("judge")
     provider = config.judge_provider if judge else config.provider
@@ -188,6 +195,8 @@ def _pool(
             provider=provider,
             model=config.judge_model if judge else config.model,
             ca_bundle=config.ca_bundle,
+            max_response_bytes=int(config.max_response_mb * 1024 * 1024),
+            secrets=secrets,
         )
         for url in urls
     ]
@@ -198,6 +207,7 @@ def _pool(
             max_attempts=config.max_attempts,
             backoff_base_s=config.backoff_base_s,
             retry_budget=budget,
+            max_retry_wait_s=config.max_retry_wait_s,
         ),
         shared,
     )
@@ -212,6 +222,7 @@ def _batch_stage(
     config: RunConfig,
     store: Store,
     budget: RetryBudget,
+    secrets: tuple[str, ...] = (),
 ) -> BatchStage:
     """A stage in batch mode: the provider's Batch API at the stage's (single) endpoint."""
     api = batch_api_for(
@@ -222,6 +233,8 @@ def _batch_stage(
         backoff_base_s=config.backoff_base_s,
         timeout_s=config.timeout_s,
         ca_bundle=config.ca_bundle,
+        max_retry_wait_s=config.max_retry_wait_s,
+        secrets=secrets,
     )
     max_requests = min(config.batch_max_requests or api.max_requests, api.max_requests)
     max_bytes = api.max_bytes
@@ -342,9 +355,9 @@ async def execute(
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:
-        with session_gc():
+        with session_gc(), contextlib.ExitStack() as scope:
             return await _execute(
-                run_dir, store, new_config, resume, overrides or {}, options or RunOptions()
+                run_dir, store, new_config, resume, overrides or {}, options or RunOptions(), scope
             )
     finally:
         store.close()
@@ -357,7 +370,9 @@ async def _execute(
     resume: bool,
     overrides: dict[str, Any],
     options: RunOptions,
+    scope: contextlib.ExitStack,
 ) -> RunResult:
+    """`scope`: what lasts as long as the run (the log filter that keeps its keys out)."""
     config = prepare_config(run_dir, store, new_config, resume, overrides)
     try:
         config.validate()
@@ -366,6 +381,8 @@ async def _execute(
         judge_key, judge_var = stage_key(
             config.judge_api_key_env, config.judge_provider, config.judge_base_url, dotenv
         )
+        check_urls(config, {gen_var or "": gen_key, judge_var or "": judge_key})
+        scope.enter_context(redacted_logs(tuple(k for k in (gen_key, judge_key) if k)))
         for who, given, var in (
             ("model", config.api_key_env, gen_var),
             ("judge", config.judge_api_key_env, judge_var),
@@ -503,6 +520,8 @@ async def _with_endpoints(
 ) -> RunResult:
     drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
+    # Every key of the run: each stage's clients keep both out of what they return.
+    secrets = tuple(k for k in (gen_key, judge_key) if k)
     # Stages sending one model to one endpoint with one key share its rate limits.
     shared_limits: LimitsRegistry = {}
     config = _modes(config, store)
@@ -520,6 +539,7 @@ async def _with_endpoints(
             config,
             store,
             budget,
+            secrets,
         )
     else:
         gen_client = _pool(
@@ -532,6 +552,7 @@ async def _with_endpoints(
             config.tpm,
             budget,
             shared_limits,
+            secrets,
         )
     if config.judge_mode == "batch":
         judge_client = _batch_stage(
@@ -543,6 +564,7 @@ async def _with_endpoints(
             config,
             store,
             budget,
+            secrets,
         )
     else:
         judge_client = _pool(
@@ -555,13 +577,14 @@ async def _with_endpoints(
             config.judge_tpm,
             budget,
             shared_limits,
+            secrets,
         )
     metrics = None
     if options.metrics_port is not None:
         # Imported only when asked for: the HTTP server and prometheus_client cost start-up time.
         from evaluator.metrics import RunMetrics, start_server
 
-        metrics = RunMetrics()
+        metrics = RunMetrics(secrets=secrets)
         metrics.describe_run(config.model, config.judge_model, config.simulated)
         metrics.duplicated.set(store.possibly_duplicated())
         metrics.set_expected(expected_pairs(config))
@@ -634,6 +657,9 @@ async def _run_pools(
         except (EndpointUnreachable, PreflightError) as exc:
             log.error("preflight: %s (nothing was sent beyond the start-up check)", exc)
             return RunResult(EXIT_PREFLIGHT, None, None, run_dir)
+        except RetryWaitTooLong as exc:
+            log.error("preflight: %s; resume with --resume once that time has passed", exc)
+            return RunResult(EXIT_RETRY_WAIT, None, None, run_dir)
         except FatalEndpointError as exc:
             log.error("preflight: %s (nothing was sent beyond the start-up check)", exc)
             return RunResult(EXIT_FATAL_ENDPOINT, None, None, run_dir)
@@ -749,7 +775,14 @@ async def _run_pools(
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
     bad_rows.summarise(stats.bad_rows)
-    if isinstance(fatal, FatalEndpointError | ServersFailed):
+    if isinstance(fatal, RetryWaitTooLong):
+        log.error(
+            "stopping: %s. Nothing is lost: run with --resume once that time has passed "
+            "(or give a larger --max-retry-wait to wait it out)",
+            fatal,
+        )
+        code = EXIT_RETRY_WAIT
+    elif isinstance(fatal, FatalEndpointError | ServersFailed):
         log.error("stopping: %s — fix this, then run with --resume (nothing is lost)", fatal)
         code = EXIT_FATAL_ENDPOINT
     elif isinstance(fatal, CircuitOpen):

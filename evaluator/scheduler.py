@@ -51,6 +51,9 @@ FINAL_FAILURES = frozenset(
         ErrorClass.INVALID_REQUEST.value,
         ErrorClass.CONTEXT_LENGTH.value,
         ErrorClass.CONTENT_FILTER.value,
+        # The same request gets the same oversized answer: kept until --retry-failed
+        # (with a larger --max-response-mb, if the answer is wanted after all).
+        ErrorClass.RESPONSE_TOO_LARGE.value,
     }
 )
 

@@ -43,9 +43,9 @@ from typing import Any
 
 import orjson
 
-from workers.base import CallFailure, Completion, ErrorClass
+from workers.base import CallFailure, Completion, ErrorClass, clean_usage
 from workers.client import EndpointConfig, HTTPClient
-from workers.limits import RateLimitHeaders
+from workers.limits import RateLimitHeaders, wait_seconds
 from workers.openai_compat import classify_http_error
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -100,7 +100,7 @@ def build_body(
 def _usage(raw: Any) -> dict[str, Any]:
     """The provider's usage plus prompt_tokens (every input token, cached or not) and
     completion_tokens, the names the rest of the evaluator counts by."""
-    usage = dict(raw) if isinstance(raw, dict) else {}
+    usage = dict(clean_usage(raw))  # a copy: names are added below
     parts = [
         usage.get(k)
         for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -206,12 +206,9 @@ def error_message(raw: bytes) -> tuple[str, str]:
 
 
 def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
+    value = wait_seconds(headers.get("retry-after"))
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+        return value
     limits = RateLimitHeaders.parse_anthropic(headers)
     resets = [r for r in (limits.reset_requests_s, limits.reset_tokens_s) if r is not None]
     return max(resets) if resets else None

@@ -13,6 +13,7 @@ Error classes:
     invalid_request   400/404/422 and similar: the request itself is wrong, no retry
     context_length    the prompt does not fit the model: no retry
     content_filter    an error response saying a content filter rejected the request: no retry
+    response_too_large  the answer's body is over the size cap (--max-response-mb): no retry
     fatal             401/402/403, exhausted quota or billing: stop the whole run
 
 A truncated answer (finish_reason "length") is a Completion, kept and flagged
@@ -41,6 +42,7 @@ class ErrorClass(StrEnum):
     INVALID_REQUEST = "invalid_request"
     CONTEXT_LENGTH = "context_length"
     CONTENT_FILTER = "content_filter"
+    RESPONSE_TOO_LARGE = "response_too_large"
     FATAL = "fatal"
 
     @property
@@ -95,6 +97,16 @@ class FatalEndpointError(Exception):
         self.failure = failure
 
 
+class RetryWaitTooLong(FatalEndpointError):
+    """Raised to stop a run: an endpoint asked to wait longer than the run may wait
+    (--max-retry-wait), as a daily limit or an exhausted quota window does. Resumable
+    once that time has passed; `wait_s` is what it asked (inf: a wait without end)."""
+
+    def __init__(self, endpoint: str, failure: CallFailure, wait_s: float) -> None:
+        super().__init__(endpoint, failure)
+        self.wait_s = wait_s
+
+
 async def cancel_and_wait(task: asyncio.Task | None) -> None:
     """Cancel a background task and wait until it has really finished."""
     if task is None or task.done():
@@ -111,11 +123,100 @@ _SECRET_PATTERNS = [
 ]
 
 
+REDACTED = "[REDACTED]"
+
+
+def _usable(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    # A "key" of one to three characters would redact ordinary text: such keys are not
+    # redacted (and no provider issues them).
+    return tuple(s for s in secrets if s and len(s) >= 4)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove API keys from a message before it is logged or stored."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[REDACTED]")
+    """Remove API keys from a message before it is logged or stored: the configured keys
+    exactly, and anything shaped like a key (sk-..., a bearer token, api_key=...).
+
+    Cut a message only after redacting it: a cut first can leave a key's first
+    characters, which no pattern then recognises."""
+    text = redact_keys(text, secrets)
     for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]", text)
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
     return text
+
+
+def redact_keys(text: str, secrets: tuple[str, ...]) -> str:
+    """The configured keys (exactly) replaced; nothing else touched. For model answers,
+    where a pattern would also rewrite ordinary text that merely looks like a key."""
+    for secret in _usable(secrets):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
+    """redact_keys on an undecoded body (a search per key: cheap on the hot path)."""
+    for secret in _usable(secrets):
+        token = secret.encode("utf-8", "replace")
+        if token in raw:
+            raw = raw.replace(token, REDACTED.encode())
+    return raw
+
+
+def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact_keys(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    return value
+
+
+def redact_result(result: Completion | CallFailure, secrets: tuple[str, ...]) -> None:
+    """Remove the configured keys from everything a result carries, in place: a server that
+    reflects a key (in the answer, its reasoning, a citation, a JSON-escaped form the raw
+    body did not show) must not get it into the checkpoint or the outputs."""
+    if not _usable(secrets):
+        return
+    if isinstance(result, CallFailure):
+        result.message = redact(result.message, secrets)
+        return
+    result.content = redact_keys(result.content, secrets)
+    if result.reasoning is not None:
+        result.reasoning = redact_keys(result.reasoning, secrets)
+    if result.citations:
+        result.citations = _scrub(result.citations, secrets)
+    if result.usage:
+        result.usage = _scrub(result.usage, secrets)
+
+
+def clean_usage(raw: Any) -> dict[str, Any]:
+    """A provider's `usage` as the evaluator counts it, or {} (unknown).
+
+    Usage must be a mapping whose token counts (keys ending in "tokens", at any depth:
+    prompt_tokens, cache_read_input_tokens, prompt_tokens_details.cached_tokens...) are
+    integers from 0 to MAX_TOKEN_COUNT. Anything else (a string, a list, -5, 1.5, a bool) makes the
+    whole usage unknown rather than a count: a server's nonsense must never become a
+    cost (-$22M from a negative count). Other fields (service_tier, a cost) are kept.
+    """
+    if not isinstance(raw, dict):
+        return {}
+    return raw if _counts_ok(raw) else {}
+
+
+def _counts_ok(mapping: dict[Any, Any]) -> bool:
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            if not _counts_ok(value):
+                return False
+        elif isinstance(key, str) and key.endswith("tokens") and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return False
+            if not 0 <= value <= MAX_TOKEN_COUNT:
+                return False
+    return True
+
+
+# No call uses more tokens than this (the largest context windows hold about 10**7): a larger
+# count is nonsense, not usage.
+MAX_TOKEN_COUNT = 10**9

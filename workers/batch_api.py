@@ -50,7 +50,15 @@ import aiohttp
 import orjson
 
 from workers.anthropic import ERROR_STATUS as ANTHROPIC_ERROR_STATUS
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.base import (
+    CallFailure,
+    Completion,
+    ErrorClass,
+    FatalEndpointError,
+    RetryWaitTooLong,
+    redact,
+    redact_result,
+)
 from workers.client import (
     EndpointConfig,
     EndpointMisconfigured,
@@ -124,8 +132,11 @@ class BatchAPI(ABC):
         backoff_base_s: float = 1.0,
         timeout_s: float = 600.0,
         ca_bundle: str | None = None,
+        max_retry_wait_s: float = 300.0,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_retry_wait_s = max_retry_wait_s  # a longer Retry-After stops the run
         self.ca_bundle = ca_bundle
         self.api_key = api_key
         self.wire = wire
@@ -134,7 +145,8 @@ class BatchAPI(ABC):
         self.backoff_base_s = backoff_base_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._secrets = (api_key,) if api_key else ()
+        # Its own key and every other key of the run are kept out of results and messages.
+        self._secrets = tuple(dict.fromkeys((*((api_key,) if api_key else ()), *secrets)))
 
     async def __aenter__(self) -> BatchAPI:
         # TLS as the online client has it (workers.client): always verified.
@@ -181,6 +193,17 @@ class BatchAPI(ABC):
                         raise BatchError(failure)
                     wait = self.wire.retry_after(resp.headers)
                     last = failure.message
+                    if wait is not None and wait > self.max_retry_wait_s:
+                        asked = "without end" if wait == float("inf") else f"{wait:,.0f}s"
+                        # Fatal for the calls it reaches: they stop the run (resumable),
+                        # never go into another batch.
+                        failure = CallFailure(
+                            ErrorClass.FATAL,
+                            f"{method} {url} asked to wait {asked}, longer than "
+                            f"--max-retry-wait {self.max_retry_wait_s:g}s: {failure.message}",
+                            resp.status,
+                        )
+                        raise RetryWaitTooLong(self.name, failure, wait)
             except aiohttp.ClientConnectorCertificateError as exc:
                 failure = CallFailure(ErrorClass.FATAL, certificate_message(self.name, exc))
                 raise _Misconfigured(self.name, failure) from None
@@ -259,7 +282,8 @@ class BatchAPI(ABC):
             return CallFailure(ErrorClass.TRANSIENT, "batch result without a response body", 200)
         parsed = self.wire.parse(body)
         if isinstance(parsed, str):
-            return CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+            parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
+        redact_result(parsed, self._secrets)  # a key reflected in an answer stays out
         return parsed
 
     def _from_error(self, status: int, body: Any) -> CallFailure:

@@ -16,10 +16,22 @@ CAs (OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR) plus an optional CA bundle
 not verify is a configuration error, never retried and never waved through.
 Redirects are never followed: the auth headers would go along to wherever the
 Location points, so a 3xx is reported as a configuration error naming it.
+
+Hostile answers are bounded: a body is read in chunks and given up (the
+connection closed, the rest never read) once it passes the size cap
+(`--max-response-mb`), so an endpoint cannot make the evaluator hold more than
+the cap per call in flight; an error body is read only as far as its message
+needs. Every configured key is removed from what an answer carries before
+anything else sees it (a server that reflects the key cannot get it into the
+checkpoint or the outputs), and error bodies are redacted before they are cut.
+
+A request's timeout does not count time the process did not run: see `Deadline`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -29,8 +41,26 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError, redact
+from workers.base import (
+    CallFailure,
+    Completion,
+    ErrorClass,
+    FatalEndpointError,
+    redact,
+    redact_bytes,
+    redact_result,
+)
 from workers.limits import RateLimitHeaders
+
+log = logging.getLogger("evaluator")
+
+# The default answer cap: the largest answer a VAL-Bench call can get is its max_tokens of
+# text (plus reasoning, a thinking budget, citations) as JSON, well under 1 MB even at 128K
+# output tokens escaped as \uXXXX (6 bytes a token); 4 MB leaves room for any of that, and
+# 64 calls in flight then hold at most 256 MB of bodies however large the answers are.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# An error body is read only this far: its message is in the first bytes.
+ERROR_BODY_BYTES = 64 * 1024
 
 __all__ = [
     "Attempt",
@@ -58,6 +88,9 @@ class EndpointConfig:
     provider: str = "openai"  # a name in workers.providers.PROVIDERS
     model: str | None = None  # the model asked for here: rate buckets are per model
     ca_bundle: str | None = None  # PEM file of extra CAs to trust (https endpoints)
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # a larger answer is not read
+    # Every other key of the run: removed from this endpoint's answers and messages too.
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -165,8 +198,11 @@ class HTTPClient:
         self.url = config.base_url.rstrip("/") + wire.path
         self._url = URL(self.url)  # parsed once, not by aiohttp on every request
         self._session: aiohttp.ClientSession | None = None
-        self._secrets = (config.api_key,) if config.api_key else ()
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        own = (config.api_key,) if config.api_key else ()
+        self._secrets = tuple(dict.fromkeys((*own, *config.secrets)))
+        # No aiohttp timeout on calls: Deadline (below) bounds each attempt instead.
+        self._no_timeout = aiohttp.ClientTimeout(total=None)
+        self._stall_logged = -1e9
 
     async def __aenter__(self) -> HTTPClient:
         headers = {
@@ -205,7 +241,9 @@ class HTTPClient:
             async with self._session.get(
                 url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
             ) as resp:
-                raw = await resp.read()
+                raw = await read_capped(resp, self.config.max_response_bytes)
+                if raw is None:  # a list larger than any model list: not a usable one
+                    return ModelList(resp.status, [], set())
                 if 300 <= resp.status < 400:
                     where = resp.headers.get("Location")
                     msg = redirect_message(self.config.name, "GET", url, resp.status, where)
@@ -234,11 +272,19 @@ class HTTPClient:
         """Send one request (already serialised) once; never raises for HTTP or network errors."""
         assert self._session is not None, "use the client as an async context manager"
         start = time.monotonic()
+        deadline = Deadline(self.config.timeout_s)
         try:
-            async with self._session.post(
-                self._url, data=body, timeout=self._timeout, allow_redirects=False
-            ) as r:
-                return self._answer(r.status, r.headers, await r.read(), start)
+            async with deadline:
+                async with self._session.post(
+                    self._url, data=body, timeout=self._no_timeout, allow_redirects=False
+                ) as r:
+                    if r.status == 200:
+                        raw = await read_capped(r, self.config.max_response_bytes)
+                        if raw is None:
+                            return self._too_large(r.headers, start)
+                    else:  # only the message is needed: never more than its first bytes
+                        raw = await read_capped(r, ERROR_BODY_BYTES, keep_prefix=True)
+                    return self._answer(r.status, r.headers, raw, start)
         except aiohttp.ClientConnectorCertificateError as exc:
             # Not transient: retrying the same certificate cannot help.
             failure = CallFailure(
@@ -254,17 +300,46 @@ class HTTPClient:
             failure = CallFailure(
                 ErrorClass.TRANSIENT, self.redact(f"{type(exc).__name__}: {exc}"), None
             )
+        finally:
+            if deadline.stalled_s:
+                self._log_stall(deadline.stalled_s)
         failure.latency_s = time.monotonic() - start
         return Attempt(failure, None, None, connection_failed=True)
+
+    def _log_stall(self, seconds: float) -> None:
+        now = time.monotonic()
+        if now - self._stall_logged >= 60.0:  # every call in flight sees the same stall
+            self._stall_logged = now
+            log.warning(
+                "%s: a request's timeout fell due %.1fs late (the process was stopped, or "
+                "its event loop blocked): calls in flight got %gs more to read answers that "
+                "arrived meanwhile instead of timing out and being sent again",
+                self.config.name,
+                seconds,
+                Deadline.GRACE_S,
+            )
+
+    def _too_large(self, headers: Any, start: float) -> Attempt:
+        mb = self.config.max_response_bytes / (1024 * 1024)
+        failure = CallFailure(
+            ErrorClass.RESPONSE_TOO_LARGE,
+            f"the answer is larger than --max-response-mb {mb:g} MB: given up after "
+            f"{self.config.max_response_bytes:,} bytes (not retried)",
+            200,
+        )
+        failure.latency_s = time.monotonic() - start
+        return Attempt(failure, None, self.wire.rate_limits(headers))
 
     def _answer(self, status: int, headers: Any, raw: bytes, start: float) -> Attempt:
         """An HTTP answer read into an Attempt (`headers`: a case-insensitive mapping)."""
         limits = self.wire.rate_limits(headers)
         if status == 200:
-            parsed = parse_raw(self.wire, raw)
+            # Keys out before the body is parsed: nothing read from it can carry one.
+            parsed = parse_raw(self.wire, redact_bytes(raw, self._secrets))
             if isinstance(parsed, str):
                 parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
             parsed.latency_s = time.monotonic() - start
+            redact_result(parsed, self._secrets)  # what the raw bytes hid (escaped forms)
             if isinstance(parsed, CallFailure):
                 parsed.message = self.redact(parsed.message)
                 return Attempt(parsed, self.wire.retry_after(headers), limits)
@@ -275,10 +350,99 @@ class HTTPClient:
             failure = CallFailure(ErrorClass.FATAL, self.redact(msg), status)
             failure.latency_s = time.monotonic() - start
             return Attempt(failure)
-        error_class, msg = self.wire.error(status, raw)
+        # Redacted whole before the wire format cuts its message short: a cut first could
+        # keep a key's first characters, which nothing would then recognise.
+        text = self.redact(raw.decode("utf-8", "replace"))
+        error_class, msg = self.wire.error(status, text.encode())
         failure = CallFailure(error_class, self.redact(msg), status)
         failure.latency_s = time.monotonic() - start
         return Attempt(failure, self.wire.retry_after(headers), limits)
+
+
+async def read_capped(
+    resp: aiohttp.ClientResponse, limit: int, *, keep_prefix: bool = False
+) -> bytes | None:
+    """The body, read as it arrives and never more than `limit` bytes of it.
+
+    Over the limit the connection is closed with the rest unread, and the result is None,
+    or with `keep_prefix` the first `limit` bytes. A Content-Length says so before any
+    byte is read; a compressed or chunked body is counted as it is decoded (a small
+    gzip body can decode to gigabytes).
+    """
+    length = resp.content_length
+    plain = "Content-Encoding" not in resp.headers
+    if plain and length is not None and length <= limit:
+        return await resp.read()  # the common case: aiohttp reads exactly that many bytes
+    if plain and length is not None and not keep_prefix:
+        resp.close()
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await resp.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            resp.close()  # the rest is never read: the connection goes, not into the pool
+            if not keep_prefix:
+                return None
+            chunks.append(chunk[: len(chunk) - (total - limit)])
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class Deadline:
+    """`asyncio.timeout(seconds)` for one attempt, except that time the process did not run
+    does not count against it.
+
+    After a SIGSTOP (or a suspended VM, or a loop blocked for a while) every timer is
+    overdue at once. Both event loops may then run the timeout before reading the
+    sockets (uvloop runs due timers before polling for I/O), so an answer that arrived
+    during the stop, and sits whole in the socket buffer, would be dropped and the call
+    sent and paid for again. A timer that fires more than STALL_S late shows that the
+    loop was not running; the attempt then gets GRACE_S more, in which the answer that
+    is already here is read. A timer that fires on time ends the attempt as usual.
+    """
+
+    STALL_S = 0.5  # later than this, the loop was not running (its normal lag is ms)
+    GRACE_S = 3.0  # to read answers already received: milliseconds each, even 1,000 of them
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.stalled_s = 0.0
+        self._expired = False
+
+    async def __aenter__(self) -> Deadline:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a Deadline is entered in a task"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._when = self._loop.time() + self.seconds
+        self._handle = self._loop.call_at(self._when, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        late = now - self._when
+        if late > self.STALL_S:
+            self.stalled_s += late
+            self._when = now + self.GRACE_S
+            self._handle = self._loop.call_at(self._when, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._handle.cancel()
+        # As asyncio.timeout: our cancellation becomes TimeoutError; anyone else's stands.
+        if (
+            self._expired
+            and exc_type is asyncio.CancelledError
+            and self._task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc
 
 
 def _model_list(status: int, raw: bytes) -> ModelList:

@@ -10,10 +10,12 @@ when it says to wait.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 from aiolimiter import AsyncLimiter
 
@@ -29,6 +31,10 @@ def per_minute_bucket(per_minute: float, largest: float = 1.0) -> AsyncLimiter:
     single acquisition, so a whole minute's budget is never spent in one burst.
     """
     window = min(_MAX_WINDOW_S, max(_MIN_WINDOW_S, 60.0 * largest / per_minute))
+    # Below one unit a minute (--rpm 0.5: one request every two minutes) even a minute's
+    # window holds less than one unit, and aiolimiter refuses to acquire more than its
+    # capacity: the window grows until it holds one.
+    window = max(window, 60.0 / per_minute)
     return AsyncLimiter(per_minute * window / 60.0, window)
 
 
@@ -148,6 +154,43 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def wait_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A wait a server asks for (Retry-After: seconds or an HTTP date, RFC 9110 10.2.3;
+    retry-after-ms in ms is divided by the caller). None when absent or unreadable; a
+    negative wait is 0; "inf" is a wait without end (it stops the run: --max-retry-wait)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        now = time.time() if now is None else now
+        return max(0.0, when.timestamp() - now)
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _checked(
+    headers: Mapping[str, str], name: str, minimum: float, ignored: list[str]
+) -> float | None:
+    """A rate-limit header's number, or None; a value that is present but not a finite
+    number >= `minimum` is noted in `ignored` ("name: value") and not used."""
+    raw = headers.get(name)
+    value = _number(raw)
+    if raw is None:
+        return None
+    if value is None or not math.isfinite(value) or value < minimum:
+        ignored.append(f"{name}: {raw[:40]}")
+        return None
+    return value
+
+
 def rfc3339_seconds_from_now(text: str | None, now: float | None = None) -> float | None:
     """Seconds until an RFC 3339 time ("2025-08-21T12:40:59Z"), as Anthropic's reset headers give."""
     if not text:
@@ -184,6 +227,10 @@ class RateLimitHeaders:
     remaining_input_tokens: float | None = None
     limit_output_tokens: float | None = None
     remaining_output_tokens: float | None = None
+    # Headers present but unusable ("name: value"): a limit that is not a finite number of
+    # at least one, a remaining count that is negative or not finite. They are left out
+    # (aiolimiter cannot take a bucket of 0.01, nor NaN) and the pool warns once.
+    ignored: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, headers: Mapping[str, str], duration) -> RateLimitHeaders:
@@ -191,34 +238,43 @@ class RateLimitHeaders:
             raw = headers.get(name)
             return duration(raw) if raw else None
 
+        ignored: list[str] = []
         return cls(
-            limit_requests=_number(headers.get("x-ratelimit-limit-requests")),
-            remaining_requests=_number(headers.get("x-ratelimit-remaining-requests")),
+            limit_requests=_checked(headers, "x-ratelimit-limit-requests", 1.0, ignored),
+            remaining_requests=_checked(headers, "x-ratelimit-remaining-requests", 0.0, ignored),
             reset_requests_s=reset("x-ratelimit-reset-requests"),
-            limit_tokens=_number(headers.get("x-ratelimit-limit-tokens")),
-            remaining_tokens=_number(headers.get("x-ratelimit-remaining-tokens")),
+            limit_tokens=_checked(headers, "x-ratelimit-limit-tokens", 1.0, ignored),
+            remaining_tokens=_checked(headers, "x-ratelimit-remaining-tokens", 0.0, ignored),
             reset_tokens_s=reset("x-ratelimit-reset-tokens"),
+            ignored=tuple(ignored),
         )
 
     @classmethod
     def parse_anthropic(
         cls, headers: Mapping[str, str], now: float | None = None
     ) -> RateLimitHeaders:
-        def h(kind: str, field: str) -> str | None:
-            return headers.get(f"anthropic-ratelimit-{kind}-{field}")
+        ignored: list[str] = []
 
-        tokens = "tokens" if h("tokens", "limit") is not None else "input-tokens"
+        def h(kind: str, field: str) -> float | None:
+            minimum = 1.0 if field == "limit" else 0.0
+            return _checked(headers, f"anthropic-ratelimit-{kind}-{field}", minimum, ignored)
+
+        def reset(kind: str) -> float | None:
+            return rfc3339_seconds_from_now(headers.get(f"anthropic-ratelimit-{kind}-reset"), now)
+
+        tokens = "tokens" if "anthropic-ratelimit-tokens-limit" in headers else "input-tokens"
         return cls(
-            limit_requests=_number(h("requests", "limit")),
-            remaining_requests=_number(h("requests", "remaining")),
-            reset_requests_s=rfc3339_seconds_from_now(h("requests", "reset"), now),
-            limit_tokens=_number(h(tokens, "limit")),
-            remaining_tokens=_number(h(tokens, "remaining")),
-            reset_tokens_s=rfc3339_seconds_from_now(h(tokens, "reset"), now),
-            limit_input_tokens=_number(h("input-tokens", "limit")),
-            remaining_input_tokens=_number(h("input-tokens", "remaining")),
-            limit_output_tokens=_number(h("output-tokens", "limit")),
-            remaining_output_tokens=_number(h("output-tokens", "remaining")),
+            limit_requests=h("requests", "limit"),
+            remaining_requests=h("requests", "remaining"),
+            reset_requests_s=reset("requests"),
+            limit_tokens=h(tokens, "limit"),
+            remaining_tokens=h(tokens, "remaining"),
+            reset_tokens_s=reset(tokens),
+            limit_input_tokens=h("input-tokens", "limit"),
+            remaining_input_tokens=h("input-tokens", "remaining"),
+            limit_output_tokens=h("output-tokens", "limit"),
+            remaining_output_tokens=h("output-tokens", "remaining"),
+            ignored=tuple(dict.fromkeys(ignored)),
         )
 
 
@@ -235,6 +291,7 @@ class EndpointLimits:
     tpm: float | None = None
     largest_request_tokens: float = 8192.0
     paused_until: float = 0.0
+    pause_reason: str = ""  # why the last pause began, for the log and a stop's message
     retunes: int = 0
     _requests: AsyncLimiter | None = field(default=None, repr=False)
     _tokens: TokenBudget | None = field(default=None, repr=False)

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from workers.base import CallFailure, Completion, ErrorClass
+from workers.base import CallFailure, Completion, ErrorClass, clean_usage
 from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
-from workers.limits import RateLimitHeaders
+from workers.limits import RateLimitHeaders, wait_seconds
 
 __all__ = [
     "Attempt",
@@ -46,20 +46,16 @@ def _duration_seconds(text: str) -> float | None:
 
 
 def _retry_after_seconds(headers: Any) -> float | None:
-    """Seconds to wait: `retry-after-ms` (OpenAI), `Retry-After` (RFC 9110, seconds form),
-    else the later of the `x-ratelimit-reset-*` durations (OpenAI's rate-limit headers)."""
-    ms = headers.get("retry-after-ms")
+    """Seconds to wait: `retry-after-ms` (OpenAI), `Retry-After` (RFC 9110: seconds or a
+    date), else the later of the `x-ratelimit-reset-*` durations (OpenAI's rate-limit
+    headers). Unreadable values are ignored; a wait longer than the run may wait
+    (`inf` included) stops the run (workers.pool, --max-retry-wait)."""
+    ms = wait_seconds(headers.get("retry-after-ms"))
     if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
+        return ms / 1000.0
+    value = wait_seconds(headers.get("Retry-After"))
     if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass  # the HTTP-date form: rare from LLM APIs
+        return value
     resets = [
         _duration_seconds(headers.get(name, ""))
         for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
@@ -126,7 +122,7 @@ def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
         return Completion(
             content=content if isinstance(content, str) else "",
             finish_reason="content_filter",
-            usage=body.get("usage") or {},
+            usage=clean_usage(body.get("usage")),
         )
     if not isinstance(content, str):
         return "response message has no text content"
@@ -140,7 +136,7 @@ def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
         content=content,
         reasoning=reasoning if isinstance(reasoning, str) else None,
         finish_reason=finish,
-        usage=body.get("usage") or {},
+        usage=clean_usage(body.get("usage")),
         citations=citations,
     )
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.base import CallFailure, Completion, ErrorClass
+from workers.base import CallFailure, Completion, ErrorClass, clean_usage
 from workers.client import EndpointConfig, HTTPClient
 from workers.openai_compat import OpenAIErrors, classify_http_error
 
@@ -70,7 +70,7 @@ def build_body(
 
 
 def _usage(raw: Any) -> dict[str, Any]:
-    usage = dict(raw) if isinstance(raw, dict) else {}
+    usage = dict(clean_usage(raw))  # a copy: names are added below
     tin, tout = usage.get("input_tokens"), usage.get("output_tokens")
     if isinstance(tin, int):
         usage["prompt_tokens"] = tin

@@ -11,6 +11,11 @@ rotation until its health check (GET /models) answers again.
 Rate-limit answers pause the endpoint that gave them (Retry-After, or its
 x-ratelimit reset) and cut its adaptive concurrency; other endpoints carry on.
 A one-endpoint run is simply a pool of one.
+
+Waiting is bounded: a call that would have to wait for a pause longer than
+`max_retry_wait_s` (a daily limit's reset, `Retry-After: 86400` or `inf`) stops
+the run instead (RetryWaitTooLong: resumable once the wait is over). Every wait
+is logged, at most one line per endpoint every WaitLog.INTERVAL_S seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from workers.base import (
     ErrorClass,
     FatalEndpointError,
     RetryBudget,
+    RetryWaitTooLong,
     cancel_and_wait,
 )
 from workers.client import (
@@ -47,6 +53,11 @@ from workers.providers import get_provider
 log = logging.getLogger("evaluator")
 
 SLOW_START = 8  # first wave per endpoint and stage when its rate limits are unknown
+# The longest wait a server may ask of a run (--max-retry-wait). Per-minute limits (OpenAI's
+# RPM/TPM, Anthropic's continuously refilled buckets, a busy vLLM behind a gateway) ask for
+# seconds, at most about a minute; a longer wait means a daily limit or a quota window, whose
+# reset is hours away: better a clear stop, resumable later, than a job asleep until then.
+DEFAULT_MAX_RETRY_WAIT_S = 300.0
 
 __all__ = ["Endpoint", "EndpointPool", "LimitsRegistry", "PoolConfig", "PoolObserver"]
 
@@ -86,6 +97,7 @@ class Endpoint:
     consecutive_failures: int = 0
     stats: EndpointStats = field(default_factory=EndpointStats)
     models: ModelList | None = None  # what its /models listed at start (None: not reached)
+    warned_headers: bool = False  # its unusable rate-limit headers were reported
 
     @property
     def name(self) -> str:
@@ -111,6 +123,7 @@ class PoolConfig:
     health_interval_s: float = 2.0
     all_down_timeout_s: float = 600.0  # then calls fail (resumable) instead of waiting forever
     retry_budget: RetryBudget | None = None
+    max_retry_wait_s: float = DEFAULT_MAX_RETRY_WAIT_S  # a longer pause stops the run
 
 
 class EndpointPool:
@@ -149,6 +162,7 @@ class EndpointPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
         self._all_down_since: float | None = None
+        self.waits = WaitLog(config.name)
 
     @property
     def capacity(self) -> int:
@@ -212,12 +226,13 @@ class EndpointPool:
                     return None
                 await asyncio.sleep(min(1.0, self.config.health_interval_s))
                 continue
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
             # A pause ends by time, not by a release: wake up for it too.
             pauses = [
                 e.limits.paused_for for e in self.endpoints if e.healthy and e.limits.paused_for
             ]
+            self._check_wait(pauses)
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
             try:
                 if pauses:
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -229,6 +244,26 @@ class EndpointPool:
                     fut.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
+
+    def _check_wait(self, pauses: list[float]) -> None:
+        """Raise RetryWaitTooLong when every healthy endpoint is paused for longer than the
+        run may wait (an endpoint that is only busy, not paused, is worth waiting for)."""
+        healthy = [e for e in self.endpoints if e.healthy]
+        if not pauses or len(pauses) < len(healthy):
+            return
+        shortest = min(pauses)
+        if shortest <= self.config.max_retry_wait_s:
+            return
+        ep = min(healthy, key=lambda e: e.limits.paused_for)
+        asked = "without end" if shortest == float("inf") else f"{shortest:,.0f}s"
+        failure = CallFailure(
+            ErrorClass.RATE_LIMIT,
+            f"{ep.name} asked to wait {asked} ({ep.limits.pause_reason or 'rate limit'}), "
+            f"longer than --max-retry-wait {self.config.max_retry_wait_s:g}s",
+            None,
+        )
+        self._wake(len(self._waiters))  # every waiting call finds the same and stops too
+        raise RetryWaitTooLong(self.config.name, failure, shortest)
 
     def _release(self, ep: Endpoint) -> None:
         ep.concurrency.inflight -= 1
@@ -317,7 +352,9 @@ class EndpointPool:
             if not failure.error_class.retryable or spent:
                 break
             if observer is not None:
-                observer.retrying(ep, failure.error_class.value, outcome.retry_after_s or 0.0)
+                # A wait longer than the run may wait is not waited: the next slot stops it.
+                waited = min(outcome.retry_after_s or 0.0, self.config.max_retry_wait_s)
+                observer.retrying(ep, failure.error_class.value, waited)
             budget = self.config.retry_budget
             if budget is not None and not budget.take():
                 failure.message += " (the run's retry budget is spent)"
@@ -325,7 +362,9 @@ class EndpointPool:
             if outcome.connection_failed and self._others_available(ep):
                 continue  # that endpoint may be gone: go straight to another one
             if failure.error_class is not ErrorClass.RATE_LIMIT:
-                await asyncio.sleep(self._backoff(attempt))
+                wait = self._backoff(attempt)
+                self.waits.note(ep.name, wait, f"retry after {failure.message[:120]}")
+                await asyncio.sleep(wait)
             # Rate limits wait through the endpoint's pause instead (see _observe).
         assert failure is not None
         failure.latency_s = time.monotonic() - start
@@ -337,7 +376,20 @@ class EndpointPool:
     def _observe(self, ep: Endpoint, outcome: Attempt, body_bytes: int) -> None:
         result = outcome.result
         if outcome.limits is not None:
+            if outcome.limits.ignored and not ep.warned_headers:
+                ep.warned_headers = True
+                log.warning(
+                    "%s: %s sends rate-limit headers that are not usable numbers (%s); "
+                    "they are ignored (said once per endpoint)",
+                    self.config.name,
+                    ep.name,
+                    ", ".join(outcome.limits.ignored),
+                )
+            before = ep.limits.paused_until
             ep.limits.observe(outcome.limits)
+            if ep.limits.paused_until > before + 0.001:
+                ep.limits.pause_reason = "its x-ratelimit-remaining is 0 until the reset"
+                self.waits.note(ep.name, ep.limits.paused_for, ep.limits.pause_reason)
         if isinstance(result, Completion):
             ep.stats.ok += 1
             ep.consecutive_failures = 0
@@ -352,6 +404,9 @@ class EndpointPool:
                 wait = self._backoff(min(result.attempts, 4))
             ep.stats.retry_after_waited_s += wait
             ep.limits.rate_limited(wait)
+            told = "asked by the server" if outcome.retry_after_s is not None else "backoff"
+            ep.limits.pause_reason = f"HTTP {result.status or 429}, {told}"
+            self.waits.note(ep.name, wait, ep.limits.pause_reason)
             ep.concurrency.on_rate_limited()
             return
         if outcome.connection_failed:
@@ -384,6 +439,41 @@ class EndpointPool:
                 ep.consecutive_failures = 0
                 log.warning("%s: %s answers again; back in rotation", self.config.name, ep.name)
                 self._wake(ep.concurrency.free)
+
+
+class WaitLog:
+    """One line per wait the run makes, at most one per endpoint every INTERVAL_S seconds
+    (a storm of 429s is thousands of waits): the lines between are counted into the next
+    one. A wait much longer than the last one shown is shown at once. Waits of a minute
+    or more are warnings; shorter ones are pacing, logged at info level."""
+
+    INTERVAL_S = 30.0
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self._shown: dict[str, tuple[float, float]] = {}  # endpoint -> (when, the wait shown)
+        self._held: dict[str, tuple[int, float]] = {}  # endpoint -> (waits not shown, longest)
+
+    def note(self, endpoint: str, seconds: float, why: str) -> None:
+        now = time.monotonic()
+        when, shown = self._shown.get(endpoint, (-1e18, 0.0))
+        count, longest = self._held.get(endpoint, (0, 0.0))
+        if now - when < self.INTERVAL_S and seconds <= 2 * max(shown, 1.0):
+            self._held[endpoint] = (count + 1, max(longest, seconds))
+            return
+        self._shown[endpoint] = (now, seconds)
+        self._held.pop(endpoint, None)
+        more = f"; {count} more wait(s) since the last line, the longest {longest:.1f}s" if count else ""
+        long_wait = seconds >= 60.0
+        log.log(
+            logging.WARNING if long_wait else logging.INFO,
+            "%s: waiting %s for %s (%s)%s",
+            self.pool,
+            "without end" if seconds == float("inf") else f"{seconds:.1f}s",
+            endpoint,
+            why,
+            more,
+        )
 
 
 def _warn_shared(name: str, owner: str, ep: EndpointConfig, limits: EndpointLimits) -> None:
