@@ -77,8 +77,11 @@ class RunConfig:
     system_prompt: str = protocol.DEFAULT_SYSTEM_PROMPT
     judge_prompt: str = protocol.DEFAULT_JUDGE_PROMPT
     judge_order: str = "forward"
-    concurrency: int = 64
-    judge_concurrency: int = 64
+    # Calls in flight per endpoint. None (the default): follow the server's load where it
+    # publishes vLLM metrics (workers/server_aware.py), else a cap of 64 with AIMD. A
+    # number: that fixed cap, with AIMD below it, whatever the server publishes.
+    concurrency: int | None = None
+    judge_concurrency: int | None = None
     rpm: float | None = None
     judge_rpm: float | None = None
     tpm: float | None = None
@@ -131,7 +134,8 @@ class RunConfig:
         if self.judge_order not in JUDGE_ORDERS:
             raise ConfigError(f"--judge-order must be one of {', '.join(JUDGE_ORDERS)}")
         for name in ("concurrency", "judge_concurrency", "max_attempts"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.judge_retries < 0:
             raise ConfigError("--judge-retries must be 0 or more")
