@@ -6,17 +6,24 @@ in flight and the GPU idles; far too many and requests wait in that queue until
 they time out. vLLM never answers 429, so the AIMD limit of workers.limits
 never learns this. vLLM does publish it (workers.vllm_metrics), and for an
 endpoint that does, a poller reads `/metrics` every `interval_s` and sets the
-endpoint's limit:
+endpoint's limit (`decide`):
 
-- **raise** while the server's queue is empty, its KV cache has room and this
-  endpoint uses the limit it has (doubling until the server first queues, then
-  by a tenth: the first climb is quick, later ones careful);
-- **hold** while a small queue (up to `queue_share` of the running batch, at
-  least `min_queue`) keeps the batch full as sequences finish;
-- **lower** when the queue grows past that: by this endpoint's share of the
-  excess, computed from what is in flight now, so a cut that is still draining
-  is not cut again; and when answers (or timeouts) take more than
-  `latency_high` of the request timeout, by 30%, at most once per such latency.
+- **raise** while the server has room (no queue beyond the calls that arrived
+  during the current engine step, KV cache not full) and this endpoint uses
+  the limit it has: doubling until the server first keeps a long queue, then by
+  a tenth, or at once by the room the server has shown it has;
+- **hold** while a short queue (up to `queue_share` of the running batch, at
+  least `min_queue`) keeps a full batch full as sequences finish;
+- **lower** when the queue stays longer than that: by this endpoint's share of
+  the server's requests times the excess, computed from what is in flight now,
+  so a cut that is still draining is not cut again. Two stages on one server
+  are each cut by their own share. And when answers (or timeouts) take more
+  than `latency_high` of the request timeout: by 30%, at most once per such
+  latency (no raise while they take more than `latency_raise` of it).
+
+A reading is trusted only when the one before agrees (room, or a long queue):
+requests join the batch at the start of an engine step, so calls that have just
+arrived show as a queue for a moment on any server.
 
 An endpoint whose server does not publish the metrics at start keeps the fixed
 cap and AIMD (`fallback`). One whose metrics vanish during the run (answered,
@@ -48,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evaluator")
 
-__all__ = ["FollowSettings", "LoadFollower", "ServerFollow", "decide"]
+__all__ = ["FollowSettings", "LoadFollower", "ServerFollow", "batch_full", "decide", "long_queue"]
 
 
 @dataclass
@@ -62,12 +69,28 @@ class FollowSettings:
     interval_s: float = 0.5  # between readings of /metrics
     min_queue: float = 4.0  # a queue this long is always fine ...
     queue_share: float = 0.1  # ... and so is one up to this share of the running batch
-    kv_high: float = 0.95  # KV-cache usage above which the limit is not raised
-    latency_high: float = 0.5  # answers taking this share of the timeout: lower
-    latency_raise: float = 0.25  # raise only while answers take less than this share
+    kv_high: float = 0.95  # KV-cache usage from which the batch counts as full
+    # Answers (or timeouts) taking this share of the request timeout: lower. Raise only
+    # while the slowest answer takes less than `latency_raise` of it. Not less: a long
+    # answer is long at any batch size; only nearing the timeout is a reason to cut.
+    latency_high: float = 0.75
+    latency_raise: float = 0.5
     vanish_after: int = 3  # answered readings without vLLM metrics before falling back
     unreachable_s: float = 30.0  # /metrics unreachable this long while calls succeed: fall back
     managed: bool = False  # servers the evaluator started: they must publish metrics
+
+
+def long_queue(s: FollowSettings, load: ServerLoad) -> bool:
+    """More waiting than a batch this size needs to stay full (`queue_share` of it)."""
+    return load.waiting > max(s.min_queue, s.queue_share * load.running)
+
+
+def batch_full(s: FollowSettings, load: ServerLoad, capacity: float) -> bool:
+    """The server runs all it can: its KV cache is (nearly) full, or it runs as many as
+    when it last kept a long queue. Before that is known, it counts as having room."""
+    if load.kv_usage is not None and load.kv_usage >= s.kv_high:
+        return True
+    return capacity > 0 and load.running >= 0.95 * capacity
 
 
 def decide(
@@ -81,46 +104,45 @@ def decide(
     timeout_s: float,
     probing: bool,
     capacity: float = 0.0,
-    empty_before: bool = True,
+    room_before: bool = True,
+    queue_before: bool = True,
     latency_cut_ok: bool = True,
 ) -> tuple[float, str]:
     """The next limit and why ("raise", "hold ...", "lower ...", "idle"), from one reading.
 
     `saturated`: this endpoint has calls waiting for a slot, or uses nearly all of its
-    limit. `capacity`: the most the server has been seen running while it queued (its
-    batch when full; 0 if not seen yet). `empty_before`: the previous reading had no
-    queue either (after the first climb, one empty reading alone is not trusted: a
-    queue of a few empties for a moment whenever answers are on their way back).
+    limit. `capacity`: what the server ran the last time it kept a long queue (its
+    batch when full; 0 if not seen yet). `room_before`, `queue_before`: the previous
+    reading showed room, or a long queue, too (see the module docstring).
     Pure: time and the server come in as arguments, so it is tested without waiting.
     """
     running, waiting = load.running, load.waiting
     fine_queue = max(s.min_queue, s.queue_share * running)
-    # An endpoint using well under its limit is not what fills the queue: cutting it to
-    # what it uses now would only starve it when its calls come (a judge stage early on).
-    using = inflight >= 0.9 * limit
     if latency_s is not None and latency_s > s.latency_high * timeout_s:
         if not latency_cut_ok:
             return limit, "hold (latency: waiting for the last cut to show)"
         return max(s.minimum, min(limit, inflight * 0.7)), "lower (latency)"
-    if waiting > fine_queue:
-        if not using:
-            return limit, "hold (queue, but not using its limit)"
+    if long_queue(s, load):
+        if not queue_before:
+            return limit, "hold (queue seen once)"
         share = min(1.0, inflight / max(running + waiting, 1.0))  # this endpoint's part
-        # From what is in flight now: a cut still draining is not cut again.
+        # From what is in flight now (not the limit): a cut still draining is not cut
+        # again, and an endpoint using less than its limit comes down to what it uses.
         target = max(float(s.minimum), inflight - (waiting - fine_queue / 2) * share)
         if target >= limit:
             return limit, "hold (the last cut is draining)"
         return target, "lower (queue)"
-    if waiting > 0 or (load.kv_usage is not None and load.kv_usage >= s.kv_high):
-        return limit, "hold"
+    full = batch_full(s, load, capacity)
+    if full and (waiting > 0 or (load.kv_usage or 0.0) >= s.kv_high):
+        return limit, "hold"  # a short queue keeps the full batch full
     if not saturated:
         return limit, "idle"
     if latency_s is not None and latency_s > s.latency_raise * timeout_s:
         return limit, "hold (latency)"
     if probing:
-        step = limit  # double until the server first queues
-    elif not empty_before:
-        return limit, "hold (queue just emptied)"
+        step = limit  # double until the server first keeps a long queue
+    elif not room_before:
+        return limit, "hold (room seen once)"
     else:  # a tenth, or at once the room the server has shown it has
         step = max(1.0, limit * 0.1, capacity - running)
     return min(float(s.ceiling), limit + step), "raise"
@@ -128,7 +150,8 @@ def decide(
 
 class ServerFollow:
     """One endpoint following its server: the last reading, the last decision, and the
-    state that outlives a reading (probing, missing readings, latency cuts)."""
+    state that outlives a reading (probing, the server's capacity, the last reading's
+    kind, missing readings, latency cuts)."""
 
     def __init__(self, ep: Endpoint, url: str, settings: FollowSettings) -> None:
         self.ep = ep
@@ -139,8 +162,9 @@ class ServerFollow:
         self.decision = "start"
         self.probing = True
         self.peak_limit = float(settings.start)
-        self.capacity = 0.0  # the most running seen while the server queued
-        self._empty_before = True  # the previous reading showed no queue
+        self.capacity = 0.0  # what the server ran when it last kept a long queue
+        self._room_before = True  # the previous reading showed room
+        self._queue_before = False  # the previous reading showed a long queue
         self.misses = 0  # answered readings without vLLM metrics, in a row
         self.unreachable_since: float | None = None
         self._ok_at_unreachable = 0
@@ -149,6 +173,7 @@ class ServerFollow:
 
     def observe(self, load: ServerLoad, *, saturated: bool, timeout_s: float) -> bool:
         """Take one reading; returns True when the limit went up (waiters should wake)."""
+        s = self.settings
         self.load = load
         self.misses = 0
         self.unreachable_since = None
@@ -158,10 +183,11 @@ class ServerFollow:
         now = load.at
         cut_ok = now - self._last_latency_cut >= max(2.0, self._latency_seen)
         before = c.limit
-        if load.waiting > 0:
-            self.capacity = max(self.capacity, load.running)
+        queued = long_queue(s, load)
+        if queued and self._queue_before:
+            self.capacity = load.running  # the latest evidence: the mix of calls changes it
         limit, why = decide(
-            self.settings,
+            s,
             load,
             limit=before,
             inflight=c.inflight,
@@ -170,11 +196,15 @@ class ServerFollow:
             timeout_s=timeout_s,
             probing=self.probing,
             capacity=self.capacity,
-            empty_before=self._empty_before,
+            room_before=self._room_before,
+            queue_before=self._queue_before,
             latency_cut_ok=cut_ok,
         )
-        self._empty_before = load.waiting == 0
-        if why.startswith(("lower", "hold")) and why != "hold (queue, but not using its limit)":
+        full = batch_full(s, load, self.capacity)
+        self._room_before = not queued and not (full and load.waiting > 0)
+        self._queue_before = queued
+        kv_full = load.kv_usage is not None and load.kv_usage >= s.kv_high
+        if why.startswith("lower") or why == "hold (latency)" or kv_full:
             self.probing = False  # the server has shown where its capacity ends
         if why == "lower (latency)":
             self._last_latency_cut = now

@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--judge-output-tokens", type=int, help="tokens each verdict decodes (default: its length)"
     )
+    g.add_argument(
+        "--output-sigma",
+        type=float,
+        default=d.output_sigma,
+        help="spread of those lengths: lognormal sigma around them, mean kept (%(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -161,6 +167,8 @@ def _batching(args: argparse.Namespace) -> BatchingConfig | None:
         prefix_caching=args.enable_prefix_caching,
         output_tokens=args.output_tokens,
         judge_output_tokens=args.judge_output_tokens,
+        output_sigma=args.output_sigma,
+        seed=args.seed,
     )
 
 

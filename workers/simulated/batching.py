@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
+import random
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -55,6 +57,11 @@ class BatchingConfig:
     prefix_caching: bool = True  # vLLM --enable-prefix-caching (on by default in V1)
     output_tokens: int | None = None  # tokens a model answer decodes (None: its text's length)
     judge_output_tokens: int | None = None  # the same for a verdict
+    # Spread of those lengths: each request draws its own from a lognormal around them
+    # (sigma 0: all alike). Real answers vary, so sequences leave the batch one by one
+    # rather than in waves.
+    output_sigma: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.kv_cache_tokens < 1 or self.max_num_batched_tokens < 1:
@@ -63,6 +70,8 @@ class BatchingConfig:
             )
         if min(self.step_ms, self.seq_ms, self.prefill_token_ms, self.kv_ktoken_ms) < 0:
             raise ValueError("step costs must be >= 0")
+        if self.output_sigma < 0:
+            raise ValueError("output_sigma must be >= 0")
 
 
 class _Seq:
@@ -102,6 +111,7 @@ class BatchingEngine:
 
     def __init__(self, config: BatchingConfig) -> None:
         self.config = config
+        self._rng = random.Random(config.seed)
         self.waiting: deque[_Seq] = deque()
         self.prefilling: deque[_Seq] = deque()
         self.decoding: list[tuple[int, int, _Seq]] = []  # heap by finish step
@@ -148,6 +158,9 @@ class BatchingEngine:
         """How many tokens a request decodes: the configured length or its text's, within max_tokens."""
         wanted = self.config.judge_output_tokens if judge else self.config.output_tokens
         n = wanted if wanted is not None else text_tokens
+        if self.config.output_sigma > 0:  # mean kept at n: exp(N(-s^2/2, s))
+            sigma = self.config.output_sigma
+            n = round(n * math.exp(self._rng.gauss(-sigma * sigma / 2, sigma)))
         if max_tokens > 0:
             n = min(n, max_tokens)
         return max(1, n)
