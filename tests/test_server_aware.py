@@ -10,8 +10,14 @@ seen every call in flight: the tests check decisions, not timings.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
@@ -20,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluator import protocol
-from tests.conftest import TEST_MODELS, read_summary, run_cli, run_eval
+from tests.conftest import ROOT, TEST_MODELS, read_summary, run_cli, run_eval
 from workers.client import EndpointConfig
 from workers.pool import EndpointPool, PoolConfig
 from workers.server_aware import FollowSettings, ServerFollow, decide
@@ -556,3 +562,73 @@ def test_engine_tasks_end_with_the_server(sim_server):
     started = time.monotonic()
     server.__exit__(None, None, None)
     assert time.monotonic() - started < 30  # aiohttp's shutdown would wait 60 s for handlers
+
+
+# -- deploy/gpu_check.py, with stand-ins for vllm ----------------------------------------
+
+FAKE_VLLM = """
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_VLLM_LOG"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if args[0] == "serve":  # the simulated GPU stands in for vllm serve
+    port = args[args.index("--port") + 1]
+    name = args[args.index("--served-model-name") + 1]
+    os.execvp(sys.executable, [
+        sys.executable, "-m", "workers.simulated", "--batching", "--port", port,
+        "--served-model-name", name, "--output-tokens", "16", "--judge-output-tokens", "8",
+    ])
+# vllm bench serve: a result file of the fields gpu_check.py reads (fixed figures)
+out = os.path.join(args[args.index("--result-dir") + 1], args[args.index("--result-filename") + 1])
+with open(out, "w") as f:
+    json.dump({"duration": 10.0, "completed": 90, "failed": 0, "request_throughput": 9.0,
+               "output_throughput": 1000.0, "total_token_throughput": 5000.0}, f)
+"""
+
+
+def test_gpu_check_runs_the_benchmark_then_the_evaluator_and_reports_the_share(tmp_path):
+    fake = tmp_path / "fake_vllm.py"
+    fake.write_text(FAKE_VLLM)
+    log = tmp_path / "vllm-calls.jsonl"
+    out = tmp_path / "check"
+    env = {
+        **os.environ,
+        "VLLM": f"{sys.executable} {fake}",
+        "FAKE_VLLM_LOG": str(log),
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "gpu_check.py"), "sim-judge", "--pairs", "30",
+         "--pilot-pairs", "5", "--out", str(out), "--", "--max-model-len", "8192"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    serve, bench = calls[0], calls[1]
+    assert serve[:2] == ["serve", "sim-judge"] and "--enable-prefix-caching" in serve
+    assert serve[-2:] == ["--max-model-len", "8192"]  # flags after -- reach vllm serve
+    report = json.loads((out / "gpu-check.json").read_text())
+    shape = report["request_shape"]
+    pilot = report["pilot"]
+    assert bench[:2] == ["bench", "serve"]
+    for flag, value in (
+        ("--backend", "openai-chat"),
+        ("--endpoint", "/v1/chat/completions"),
+        ("--dataset-name", "random"),
+        ("--request-rate", "inf"),
+        ("--num-prompts", "90"),  # as many requests as the evaluator's 30 pairs
+        ("--random-input-len", str(round(pilot["mean_prompt_tokens"]))),
+        ("--random-output-len", str(round(pilot["mean_output_tokens"]))),
+    ):
+        assert flag in bench and bench[bench.index(flag) + 1] == value, (flag, bench)
+    assert "--ignore-eos" in bench and "--save-result" in bench
+    assert shape["input_len"] == round(pilot["mean_prompt_tokens"])
+    evaluator = report["evaluator_default_settings"]
+    assert evaluator["calls"] == 90 and all(evaluator["follows_server"])
+    assert report["share_output_tokens_per_s"] == pytest.approx(
+        evaluator["output_tokens_per_s"] / 1000.0
+    )
+    assert f"{report['share_output_tokens_per_s']:.0%} of its output tokens/s" in done.stdout
+    # The server was stopped: its port no longer answers.
+    port = next(a for i, a in enumerate(serve) if serve[i - 1] == "--port")
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)

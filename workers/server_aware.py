@@ -87,7 +87,7 @@ def long_queue(s: FollowSettings, load: ServerLoad) -> bool:
 
 def batch_full(s: FollowSettings, load: ServerLoad, capacity: float) -> bool:
     """The server runs all it can: its KV cache is (nearly) full, or it runs as many as
-    when it last kept a long queue. Before that is known, it counts as having room."""
+    when it last showed it was full. Before that is known, it counts as having room."""
     if load.kv_usage is not None and load.kv_usage >= s.kv_high:
         return True
     return capacity > 0 and load.running >= 0.95 * capacity
@@ -111,8 +111,8 @@ def decide(
     """The next limit and why ("raise", "hold ...", "lower ...", "idle"), from one reading.
 
     `saturated`: this endpoint has calls waiting for a slot, or uses nearly all of its
-    limit. `capacity`: what the server ran the last time it kept a long queue (its
-    batch when full; 0 if not seen yet). `room_before`, `queue_before`: the previous
+    limit. `capacity`: what the server ran the last time it was full and had calls
+    waiting (a long queue, or its KV cache full; 0 if not seen yet). `room_before`, `queue_before`: the previous
     reading showed room, or a long queue, too (see the module docstring).
     Pure: time and the server come in as arguments, so it is tested without waiting.
     """
@@ -162,7 +162,7 @@ class ServerFollow:
         self.decision = "start"
         self.probing = True
         self.peak_limit = float(settings.start)
-        self.capacity = 0.0  # what the server ran when it last kept a long queue
+        self.capacity = 0.0  # what the server ran when it last showed it was full
         self._room_before = True  # the previous reading showed room
         self._queue_before = False  # the previous reading showed a long queue
         self.misses = 0  # answered readings without vLLM metrics, in a row
@@ -184,8 +184,11 @@ class ServerFollow:
         cut_ok = now - self._last_latency_cut >= max(2.0, self._latency_seen)
         before = c.limit
         queued = long_queue(s, load)
-        if queued and self._queue_before:
-            self.capacity = load.running  # the latest evidence: the mix of calls changes it
+        kv_full = load.kv_usage is not None and load.kv_usage >= s.kv_high
+        if load.waiting > 0 and (kv_full or (queued and self._queue_before)):
+            # The server runs all it can and still has calls waiting: that is its capacity
+            # now (the latest evidence: the mix of calls, short or long, changes it).
+            self.capacity = load.running
         limit, why = decide(
             s,
             load,
@@ -203,7 +206,6 @@ class ServerFollow:
         full = batch_full(s, load, self.capacity)
         self._room_before = not queued and not (full and load.waiting > 0)
         self._queue_before = queued
-        kv_full = load.kv_usage is not None and load.kv_usage >= s.kv_high
         if why.startswith("lower") or why == "hold (latency)" or kv_full:
             self.probing = False  # the server has shown where its capacity ends
         if why == "lower (latency)":

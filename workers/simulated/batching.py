@@ -132,6 +132,7 @@ class BatchingEngine:
         self.prefix_hits_total = 0
         self.requests_total = 0
         self.busy_s = 0.0  # time spent in steps (for a utilisation figure)
+        self.sequence_s = 0.0  # sequences x step time: / busy_s = the mean batch
         self.peak_running = 0
 
     # -- lifetime --------------------------------------------------------------
@@ -202,6 +203,7 @@ class BatchingEngine:
             "kv_cache_usage": round(self.kv_usage, 4),
             "steps": self.step,
             "busy_s": round(self.busy_s, 3),
+            "mean_batch": round(self.sequence_s / self.busy_s, 1) if self.busy_s else 0.0,
             "requests": self.requests_total,
             "prompt_tokens": self.prompt_tokens_total,
             "generation_tokens": self.generation_tokens_total,
@@ -324,6 +326,7 @@ class BatchingEngine:
                 clock = time.monotonic()  # behind (a busy CPU): do not try to catch up
                 await asyncio.sleep(0)
             self.busy_s += step_s
+            self.sequence_s += step_s * in_step
             # The step's tokens: one per decoding sequence, the first one of each prompt done.
             self.generation_tokens_total += decoding + len(first_tokens)
             for seq in first_tokens:
