@@ -1,7 +1,7 @@
 """Default settings vs fixed concurrencies against a SIMULATED continuous-batching GPU.
 
-    python benchmarks/gpu_concurrency.py                  # both profiles, 3 repeats (~8 min)
-    python benchmarks/gpu_concurrency.py --repeats 1      # a smoke test (~3 min)
+    python benchmarks/gpu_concurrency.py                  # both profiles, 3 repeats (~10 min)
+    python benchmarks/gpu_concurrency.py --repeats 1      # a smoke test (~3.5 min)
     python benchmarks/gpu_concurrency.py --profile large  # one profile
 
 Each run is a fresh simulated server (`python -m workers.simulated --batching ...`,
@@ -64,11 +64,12 @@ class Profile:
 
 
 PROFILES = {
-    # A card with little KV room for this model: about 70 sequences fit, each step is
-    # dear per sequence (compute-bound early).
+    # A card with little KV room for this model: 60 to 125 sequences fit (judge calls
+    # hold more than generations), and each step is dear per sequence.
     "small": Profile(
         "small",
-        "KV cache 12,000 tokens (~70 sequences), 12 ms + 0.25 ms/sequence a step",
+        "KV cache 12,000 tokens: 60-125 sequences by the mix of calls; "
+        "a step 12 ms + 0.25 ms per sequence",
         (
             "--max-num-seqs", "256", "--kv-cache-tokens", "12000", "--step-ms", "12",
             "--seq-ms", "0.25", "--prefill-token-ms", "0.02",
@@ -81,7 +82,8 @@ PROFILES = {
     # sequences (memory-bound decode), so throughput grows with the batch.
     "large": Profile(
         "large",
-        "KV cache 120,000 tokens (~550 sequences), 20 ms + 0.03 ms/sequence a step",
+        "KV cache 120,000 tokens: ~400 judge calls or up to 1,024 generations "
+        "(--max-num-seqs); a step 20 ms + 0.03 ms per sequence",
         (
             "--max-num-seqs", "1024", "--kv-cache-tokens", "120000", "--step-ms", "20",
             "--seq-ms", "0.03", "--prefill-token-ms", "0.002",

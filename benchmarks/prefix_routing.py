@@ -23,8 +23,10 @@ shows) serve both stages as one pool. The evaluator runs with default settings, 
 
 Measured per run: session calls/s (the same calls every time, so its inverse is the
 time the whole job took), the servers' prefix-cache hit rate (hit tokens / queried
-tokens, vLLM's `prefix_cache_hits` / `prefix_cache_queries`), and the prompt tokens
-prefilled per call (what the cache did not save). Medians of the repeats.
+tokens, vLLM's `prefix_cache_hits` / `prefix_cache_queries`) and the same over the
+shared prefixes' tokens only (the most any routing could reach is 100%), the prefix
+tokens computed again, and the prompt tokens prefilled per call (what the cache did
+not save). Medians of the repeats.
 """
 
 from __future__ import annotations
@@ -131,9 +133,12 @@ def one_run(routing: str, data: Path, work: Path) -> dict:
     queries = sum(g["prefix_cache_queries"] for g in gpus)
     hits = sum(g["prefix_cache_hits"] for g in gpus)
     requests = sum(g["requests"] for g in gpus)
+    shared = sum(g["shared_prefix_tokens"] for g in gpus)
     return {
         "calls_per_s": session["calls_sent"] / session["wall_s"],
         "hit_rate": hits / queries,
+        "prefix_hit_rate": hits / shared,
+        "prefix_misses": shared - hits,
         "prefilled_per_call": (queries - hits) / requests,
         "requests_per_server": [g["requests"] for g in gpus],
     }
@@ -159,14 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{PAIRS} pairs ({3 * PAIRS} calls), 2 simulated servers, median of {args.repeats}; "
         f"{time.time() - started:.0f} s, load average {load:.2f} at the start",
         "",
-        "| routing | session calls/s | prefix-cache hit rate | prompt tokens prefilled per "
-        "call | calls per server (a run) |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| routing | session calls/s | prefix-cache hit rate (all prompt tokens) "
+        "| of the shared prefixes' tokens | prefix tokens prefilled again | prompt tokens "
+        "prefilled per call | calls per server (a run) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for routing, rs in runs.items():
         lines.append(
             f"| {routing} | {statistics.median(r['calls_per_s'] for r in rs):.1f} "
             f"| {statistics.median(r['hit_rate'] for r in rs):.2%} "
+            f"| {statistics.median(r['prefix_hit_rate'] for r in rs):.2%} "
+            f"| {statistics.median(r['prefix_misses'] for r in rs):,.0f} "
             f"| {statistics.median(r['prefilled_per_call'] for r in rs):.1f} "
             f"| {' / '.join(str(n) for n in rs[0]['requests_per_server'])} |"
         )

@@ -130,6 +130,7 @@ class BatchingEngine:
         self.generation_tokens_total = 0
         self.prefix_queries_total = 0
         self.prefix_hits_total = 0
+        self.prefix_offered_total = 0  # tokens of shared prefixes asked for (/sim/stats only)
         self.requests_total = 0
         self.busy_s = 0.0  # time spent in steps (for a utilisation figure)
         self.sequence_s = 0.0  # sequences x step time: / busy_s = the mean batch
@@ -209,6 +210,7 @@ class BatchingEngine:
             "generation_tokens": self.generation_tokens_total,
             "prefix_cache_queries": self.prefix_queries_total,
             "prefix_cache_hits": self.prefix_hits_total,
+            "shared_prefix_tokens": self.prefix_offered_total,
         }
 
     # -- the scheduler ---------------------------------------------------------
@@ -250,6 +252,7 @@ class BatchingEngine:
             self.reserved += need
             self.prefix_queries_total += seq.prompt
             self.prefix_hits_total += cached
+            self.prefix_offered_total += seq.prefix_tokens if shared else 0
             seq.prefill_left = seq.prompt - cached
             seq.state = "prefill"
             self.prefilling.append(seq)
