@@ -541,7 +541,7 @@ def test_simulator_flags_build_the_gpu():
         BatchingConfig(max_num_seqs=0)
 
 
-def test_engine_tasks_end_with_the_server(sim_server):
+def test_engine_tasks_end_with_the_server():
     """Calls still queued when the server stops end at once (no shutdown wait)."""
     server = ThreadedServer(
         SimConfig(
