@@ -194,8 +194,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "e.g. a container wrapper (placeholders: see the README)",
     )
     t = p.add_argument_group("throughput and retries")
-    t.add_argument("--concurrency", type=int, help="generation calls in flight (64)")
-    t.add_argument("--judge-concurrency", type=int, help="judge calls in flight (64)")
+    t.add_argument(
+        "--concurrency",
+        type=int,
+        help="generation calls in flight per endpoint, a fixed cap (default: follow the "
+        "server's load where it publishes vLLM metrics, up to 1024; elsewhere 64)",
+    )
+    t.add_argument(
+        "--judge-concurrency",
+        type=int,
+        help="judge calls in flight per endpoint, a fixed cap (default: as --concurrency)",
+    )
     t.add_argument("--rpm", type=float, help="requests/minute cap on the model endpoint")
     t.add_argument("--judge-rpm", type=float, help="requests/minute cap on the judge endpoint")
     t.add_argument("--tpm", type=float, help="tokens/minute cap on each model endpoint")
@@ -1111,6 +1120,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         emit("  failed calls, most frequent first:")
         for group in failures:
             emit("    " + group.line())
+    for line in _concurrency_lines(session):
+        emit(line)
     if session:
         emit(
             f"  last session: {session.get('calls_sent', 0)} calls in {session.get('wall_s', 0):.0f}s "
@@ -1118,6 +1129,35 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{session.get('event_loop_lag_p99_ms')} ms, est. cost ${session.get('estimated_cost_usd', 0):.2f}"
         )
     return EXIT_OK
+
+
+def _concurrency_lines(session: dict[str, Any]) -> list[str]:
+    """How each stage's concurrency ran in the last session: a fixed cap, or following
+    its servers' vLLM metrics (with their last figures)."""
+    out = []
+    for stage, endpoints in (session.get("endpoints") or {}).items():
+        if not endpoints:
+            continue
+        followed = [e for e in endpoints if e.get("follows_server")]
+        limits = "+".join(f"{e.get('concurrency_limit', 0):g}" for e in endpoints)
+        if not followed:
+            out.append(f"  {stage} concurrency (last session): fixed cap, limit {limits} (AIMD)")
+            continue
+        running = sum(e.get("server_running") or 0 for e in followed)
+        waiting = sum(e.get("server_waiting") or 0 for e in followed)
+        kv = [
+            e["server_kv_cache_usage"]
+            for e in followed
+            if e.get("server_kv_cache_usage") is not None
+        ]
+        kv_text = f", KV cache {max(kv):.0%}" if kv else ""
+        peak = "+".join(f"{e.get('concurrency_peak', 0):g}" for e in followed)
+        out.append(
+            f"  {stage} concurrency (last session): follows {len(followed)} of {len(endpoints)} "
+            f"server(s), limit {limits} (peak {peak}); server then: {running:g} running, "
+            f"{waiting:g} waiting{kv_text}"
+        )
+    return out
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

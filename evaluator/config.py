@@ -90,8 +90,11 @@ class RunConfig:
     # for with --judge-only, a dataset without them is an error.
     judge_only: bool = False
     judge_order: str = "forward"
-    concurrency: int = 64
-    judge_concurrency: int = 64
+    # Calls in flight per endpoint. None (the default): follow the server's load where it
+    # publishes vLLM metrics (workers/server_aware.py), else a cap of 64 with AIMD. A
+    # number: that fixed cap, with AIMD below it, whatever the server publishes.
+    concurrency: int | None = None
+    judge_concurrency: int | None = None
     rpm: float | None = None
     judge_rpm: float | None = None
     tpm: float | None = None

@@ -105,10 +105,38 @@ class RunMetrics:
         self._in_flight = Gauge("valbench_requests_in_flight", "Calls in flight", ep, registry=r)
         self._limit = Gauge(
             "valbench_concurrency_limit",
-            "Current adaptive concurrency limit (AIMD)",
+            "Current concurrency limit (AIMD, or following the server's vLLM metrics)",
             ep,
             registry=r,
         )
+        # Server-aware concurrency (workers/server_aware.py): the server's own figures as
+        # last read from its vLLM /metrics; NaN where the limit does not follow a server.
+        self._follows = Gauge(
+            "valbench_concurrency_follows_server",
+            "1 if the endpoint's limit follows its server's vLLM metrics, else 0",
+            ep,
+            registry=r,
+        )
+        self._server = {
+            field: Gauge(name, doc, ep, registry=r)
+            for field, name, doc in (
+                (
+                    "running",
+                    "valbench_server_requests_running",
+                    "Requests the endpoint's server is running (vllm:num_requests_running)",
+                ),
+                (
+                    "waiting",
+                    "valbench_server_requests_waiting",
+                    "Requests queued at the endpoint's server (vllm:num_requests_waiting)",
+                ),
+                (
+                    "kv_usage",
+                    "valbench_server_kv_cache_usage",
+                    "KV-cache usage of the endpoint's server, 0 to 1 (vllm:kv_cache_usage_perc)",
+                ),
+            )
+        }
         self._tokens_available = Gauge(
             "valbench_limiter_available",
             "Units left in the endpoint's rate bucket",
@@ -154,6 +182,11 @@ class RunMetrics:
             labels = (stage, ep.name)
             self._in_flight.labels(*labels).set_function(lambda ep=ep: ep.concurrency.inflight)
             self._limit.labels(*labels).set_function(lambda ep=ep: ep.concurrency.limit)
+            self._follows.labels(*labels).set_function(
+                lambda ep=ep: float(ep.follow is not None and ep.follow.active)
+            )
+            for field, gauge in self._server.items():
+                gauge.labels(*labels).set_function(lambda ep=ep, f=field: _server_figure(ep, f))
             for bucket in ("requests", "tokens"):
                 self._tokens_available.labels(*labels, bucket).set_function(
                     lambda ep=ep, b=bucket: _available(ep, b)
@@ -193,6 +226,15 @@ class RunMetrics:
 
     def exposition(self) -> bytes:
         return redact_bytes(generate_latest(self.registry), self.secrets)
+
+
+def _server_figure(ep: Endpoint, field: str) -> float:
+    """A figure of the server's last reading, NaN when the limit does not follow it."""
+    follow = ep.follow
+    if follow is None or not follow.active or follow.load is None:
+        return float("nan")
+    value = getattr(follow.load, field)
+    return float("nan") if value is None else float(value)
 
 
 def _available(ep: Endpoint, bucket: str) -> float:

@@ -45,6 +45,24 @@ class Activity:
     retries: int = 0  # attempts sent again (errors and rate limits)
     rate_limited: int = 0  # 429 answers
     waiting_s: float = 0.0  # the longest pause an endpoint is in now (Retry-After)
+    # Server-aware concurrency (None: no endpoint follows its server): the stages' limits
+    # summed over their endpoints ("gen", "judge"), and the servers' own figures summed
+    # over distinct servers (requests running and waiting) with the fullest KV cache.
+    limits: dict[str, int] | None = None
+    server_running: float = 0.0
+    server_waiting: float = 0.0
+    server_kv: float | None = None
+
+    def server_text(self) -> str:
+        """'limit 512+128 · server 480 run 6 wait KV 71%', or '' when nothing follows a server."""
+        if self.limits is None:
+            return ""
+        limits = "+".join(str(v) for v in self.limits.values())
+        kv = f" KV {self.server_kv:.0%}" if self.server_kv is not None else ""
+        return (
+            f"limit {limits} · server {self.server_running:.0f} run "
+            f"{self.server_waiting:.0f} wait{kv}"
+        )
 
 
 @dataclass
@@ -189,8 +207,10 @@ class Progress:
         parts = [
             f"{s.calls_sent / elapsed:.1f} calls/s",
             f"{(s.tokens_in + s.tokens_out) / elapsed:,.0f} tok/s",
-            f"retries {a.retries}",
         ]
+        if a.limits is not None:
+            parts.append(a.server_text())
+        parts.append(f"retries {a.retries}")
         if a.rate_limited:
             parts.append(f"429s {a.rate_limited}")
         if a.waiting_s > 0:
@@ -205,6 +225,8 @@ class Progress:
         pairs = f"{done}/{self.expected} pairs" if self.expected is not None else f"{done} pairs"
         a = self.activity()
         waiting = f", rate-limit wait {a.waiting_s:.0f}s" if a.waiting_s > 0 else ""
+        if a.limits is not None:
+            waiting += ", " + a.server_text()
         return (
             f"{pairs} ({s.pairs_failed} failed), generation {s.done['gen']} done "
             f"{s.failed['gen']} failed, judge {s.done['judge']} done {s.failed['judge']} failed, "

@@ -60,6 +60,7 @@ from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
 from workers.openai_compat import EndpointConfig, EndpointUnreachable
 from workers.pool import EndpointPool, LimitsRegistry, PoolConfig
+from workers.server_aware import FollowSettings
 from workers.vllm_servers import ServerFleet, ServerSettingsError, ServersFailed, ServerStartError
 
 if TYPE_CHECKING:
@@ -171,15 +172,24 @@ def _pool(
     urls: list[str],
     key: str | None,
     config: RunConfig,
-    concurrency: int,
+    concurrency: int | None,
     rpm: float | None,
     tpm: float | None,
     budget: RetryBudget,
     shared: LimitsRegistry,
     secrets: tuple[str, ...] = (),
+    managed: bool = False,
 ) -> EndpointPool:
     """One stage's endpoints; caps and rate limits apply to each endpoint. `secrets`: every
-    key of the run, kept out of this stage's answers and messages."""
+    key of the run, kept out of this stage's answers and messages.
+
+    No `concurrency` given: endpoints whose servers publish vLLM metrics follow their
+    load (`managed`: the evaluator started them, so a missing page is worth a warning);
+    a number is a fixed cap, as it always was."""
+    follow = None
+    if concurrency is None:
+        follow = FollowSettings(managed=managed)
+        concurrency = follow.ceiling
     # The stage's wire format and model: the judge pool is the one named "judge ...".
     judge = name.startswith("judge")
     provider = config.judge_provider if judge else config.provider
@@ -210,7 +220,14 @@ def _pool(
             max_retry_wait_s=config.max_retry_wait_s,
         ),
         shared,
+        follow=follow,
     )
+
+
+def _managed(urls: list[str], fleet: ServerFleet | None) -> bool:
+    """Whether every URL of a stage is a server the evaluator started (vLLM: it has metrics)."""
+    started = {url for group in fleet.groups for url in group.urls} if fleet is not None else set()
+    return bool(urls) and set(urls) <= started
 
 
 def _batch_stage(
@@ -317,6 +334,9 @@ def _session_summary(
                     "rpm": ep.limits.rpm,
                     "tpm": ep.limits.tpm,
                     "healthy": ep.healthy,
+                    # Server-aware concurrency: whether the limit followed the server's
+                    # vLLM metrics, and the server's last figures (for `status`).
+                    **(ep.follow.summary() if ep.follow else {"follows_server": False}),
                 }
                 for ep in pool.endpoints
             ]
@@ -553,6 +573,7 @@ async def _with_endpoints(
             budget,
             shared_limits,
             secrets,
+            managed=_managed(config.base_url, fleet),
         )
     if config.judge_mode == "batch":
         judge_client = _batch_stage(
@@ -578,6 +599,7 @@ async def _with_endpoints(
             budget,
             shared_limits,
             secrets,
+            managed=_managed(config.judge_base_url, fleet),
         )
     metrics = None
     if options.metrics_port is not None:
@@ -827,14 +849,28 @@ async def _run_pools(
 
 
 def _activity(*clients: EndpointPool | BatchStage) -> Activity:
-    """Retries and rate-limit waits across the stages' endpoints, for the progress display."""
+    """Retries and rate-limit waits across the stages' endpoints, and the limits and
+    servers' figures where endpoints follow their servers, for the progress display."""
     out = Activity()
-    for client in clients:
+    limits: dict[str, int] = {}
+    servers = {}
+    for stage, client in zip(("gen", "judge"), clients, strict=False):
         for ep in client.endpoints:
             st = ep.stats
             out.retries += st.transient + st.connection_failures + st.rate_limited
             out.rate_limited += st.rate_limited
             out.waiting_s = max(out.waiting_s, ep.limits.paused_for)
+            follow = ep.follow
+            if follow is not None and follow.active and follow.load is not None:
+                limits[stage] = limits.get(stage, 0) + int(ep.concurrency.limit)
+                servers[follow.url] = follow.load  # a server both stages use counts once
+    if limits:
+        out.limits = limits
+        loads = list(servers.values())
+        out.server_running = sum(x.running for x in loads)
+        out.server_waiting = sum(x.waiting for x in loads)
+        kv = [x.kv_usage for x in loads if x.kv_usage is not None]
+        out.server_kv = max(kv) if kv else None
     return out
 
 

@@ -107,6 +107,11 @@ class AdaptiveConcurrency:
     success while saturated adds a whole slot, doubling the limit each round,
     until the first rate-limit episode or the maximum. Used when an endpoint's
     limits are unknown, so the first wave is small rather than a burst of 429s.
+
+    When the endpoint's server publishes its load (workers.server_aware), the
+    limit follows the server instead: `follow()` stops the growth on successes
+    and the server-aware poller sets the limit (`set_limit`); rate-limit cuts
+    still apply. `unfollow()` returns to AIMD under a fixed cap.
     """
 
     def __init__(
@@ -126,12 +131,35 @@ class AdaptiveConcurrency:
         self.inflight = 0
         self.cuts = 0
         self._last_cut = -1e9
+        self.follows_server = False
 
     @property
     def free(self) -> int:
         return int(self.limit) - self.inflight
 
+    def set_limit(self, limit: float) -> None:
+        self.limit = float(max(self.minimum, min(self.maximum, limit)))
+
+    def cap(self, maximum: int) -> None:
+        """Lower the maximum (and the limit with it); calls above it drain as they end."""
+        self.maximum = max(self.minimum, min(self.maximum, maximum))
+        self.limit = min(self.limit, float(self.maximum))
+        self.slow_start = self.slow_start and self.limit < self.maximum
+
+    def follow(self, start: int) -> None:
+        """From now on the limit is set from outside (the server's load), from `start`."""
+        self.follows_server = True
+        self.slow_start = False
+        self.set_limit(start)
+
+    def unfollow(self, maximum: int) -> None:
+        """Back to AIMD under a fixed cap of `maximum`."""
+        self.follows_server = False
+        self.cap(maximum)
+
     def on_success(self) -> None:
+        if self.follows_server:
+            return  # the server's own figures set the limit
         if self.inflight >= int(self.limit) - 1 and self.limit < self.maximum:
             step = 1.0 if self.slow_start else 1.0 / self.limit
             self.limit = min(float(self.maximum), self.limit + step)

@@ -16,6 +16,10 @@ Waiting is bounded: a call that would have to wait for a pause longer than
 `max_retry_wait_s` (a daily limit's reset, `Retry-After: 86400` or `inf`) stops
 the run instead (RetryWaitTooLong: resumable once the wait is over). Every wait
 is logged, at most one line per endpoint every WaitLog.INTERVAL_S seconds.
+
+Given `follow` settings, the pool asks each endpoint's server for its vLLM
+metrics after the start-up check; the limit of those that publish them follows
+the server's load (workers.server_aware), the others keep the fixed cap.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from workers.client import (
 )
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
+from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
 
 log = logging.getLogger("evaluator")
 
@@ -86,6 +91,8 @@ class EndpointStats:
     transient: int = 0
     connection_failures: int = 0
     retry_after_waited_s: float = 0.0
+    # The longest attempt (answered or not) since the server-aware poller last looked.
+    window_latency_max_s: float = 0.0
 
 
 @dataclass
@@ -98,6 +105,7 @@ class Endpoint:
     stats: EndpointStats = field(default_factory=EndpointStats)
     models: ModelList | None = None  # what its /models listed at start (None: not reached)
     warned_headers: bool = False  # its unusable rate-limit headers were reported
+    follow: ServerFollow | None = None  # its server's load, when the limit follows it
 
     @property
     def name(self) -> str:
@@ -133,10 +141,13 @@ class EndpointPool:
         config: PoolConfig,
         shared_limits: LimitsRegistry | None = None,
         observer: PoolObserver | None = None,
+        follow: FollowSettings | None = None,
     ) -> None:
         """`shared_limits`: one registry for all pools of a run, so stages that send the
         same model to the same endpoint with the same key share its rate buckets (and
-        are told so at start)."""
+        are told so at start). `follow`: let endpoints whose servers publish vLLM
+        metrics follow their load (each endpoint's `concurrency` is then the ceiling;
+        the others are capped at `follow.fallback`)."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
@@ -163,11 +174,13 @@ class EndpointPool:
         self._health_task: asyncio.Task[None] | None = None
         self._all_down_since: float | None = None
         self.waits = WaitLog(config.name)
+        self._follow_settings = follow
+        self.follower: LoadFollower | None = None
 
     @property
     def capacity(self) -> int:
         """Calls this pool may have in flight at most: the sum of the endpoints' caps."""
-        return sum(ep.client.config.concurrency for ep in self.endpoints)
+        return sum(ep.concurrency.maximum for ep in self.endpoints)
 
     # -- lifetime -------------------------------------------------------------
     async def __aenter__(self) -> EndpointPool:
@@ -176,6 +189,9 @@ class EndpointPool:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.follower is not None:
+            await self.follower.close()
+            self.follower = None
         await cancel_and_wait(self._health_task)
         self._health_task = None
         for ep in self.endpoints:
@@ -202,6 +218,11 @@ class EndpointPool:
         self._health_task = asyncio.create_task(
             self._health_loop(), name=f"{self.config.name}-health"
         )
+        if self._follow_settings is not None and self.follower is None:
+            self.follower = LoadFollower(
+                self, self._follow_settings, self._wake, lambda: bool(self._waiters)
+            )
+            await self.follower.start()  # closed by __aexit__, whatever happens next
 
     # -- routing --------------------------------------------------------------
     def _best(self) -> Endpoint | None:
@@ -375,6 +396,8 @@ class EndpointPool:
 
     def _observe(self, ep: Endpoint, outcome: Attempt, body_bytes: int) -> None:
         result = outcome.result
+        if result.latency_s > ep.stats.window_latency_max_s:
+            ep.stats.window_latency_max_s = result.latency_s
         if outcome.limits is not None:
             if outcome.limits.ignored and not ep.warned_headers:
                 ep.warned_headers = True

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from workers.simulated import personas
+from workers.simulated.batching import BatchingConfig
 from workers.simulated.server import SimConfig, SimulatedServer, sides_from_pairs
 
 
@@ -95,7 +96,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-expire-every", type=int, default=0, help="expire every k-th new batch request once"
     )
     p.add_argument("--batch-limit", type=int, help="refuse batches with more requests than this")
+    g = p.add_argument_group(
+        "continuous batching (a SIMULATED GPU; see workers/simulated/batching.py)",
+        "With --batching, answers are released by a simulated vLLM-style engine and GET "
+        "/metrics serves vLLM's metrics (vllm:num_requests_running, ...). A step costs "
+        "step-ms + seq-ms x sequences + prefill-token-ms x prompt tokens computed + "
+        "kv-ktoken-ms x thousands of KV tokens held.",
+    )
+    d = BatchingConfig()
+    g.add_argument("--batching", action="store_true", help="turn the simulated GPU on")
+    g.add_argument(
+        "--max-num-seqs", type=int, default=d.max_num_seqs, help="sequences per batch (%(default)s)"
+    )
+    g.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=d.kv_cache_tokens,
+        help="KV-cache budget in tokens; a request holds prompt + output (%(default)s)",
+    )
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=d.max_num_batched_tokens,
+        help="tokens per step, decode first, then prompt chunks (%(default)s)",
+    )
+    g.add_argument(
+        "--step-ms", type=float, default=d.step_ms, help="fixed ms per step (%(default)s)"
+    )
+    g.add_argument(
+        "--seq-ms", type=float, default=d.seq_ms, help="ms per sequence in a step (%(default)s)"
+    )
+    g.add_argument(
+        "--prefill-token-ms",
+        type=float,
+        default=d.prefill_token_ms,
+        help="ms per prompt token computed (%(default)s)",
+    )
+    g.add_argument(
+        "--kv-ktoken-ms",
+        type=float,
+        default=d.kv_ktoken_ms,
+        help="ms per step per 1,000 tokens held in the KV cache (%(default)s)",
+    )
+    g.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=d.prefix_caching,
+        help="reuse a cached system-message prefix instead of prefilling it (on, as in vLLM V1)",
+    )
+    g.add_argument(
+        "--output-tokens", type=int, help="tokens each answer decodes (default: its text's length)"
+    )
+    g.add_argument(
+        "--judge-output-tokens", type=int, help="tokens each verdict decodes (default: its length)"
+    )
+    g.add_argument(
+        "--output-sigma",
+        type=float,
+        default=d.output_sigma,
+        help="spread of those lengths: lognormal sigma around them, mean kept (%(default)s)",
+    )
     return p.parse_args(argv)
+
+
+def _batching(args: argparse.Namespace) -> BatchingConfig | None:
+    if not args.batching:
+        return None
+    return BatchingConfig(
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        step_ms=args.step_ms,
+        seq_ms=args.seq_ms,
+        prefill_token_ms=args.prefill_token_ms,
+        kv_ktoken_ms=args.kv_ktoken_ms,
+        prefix_caching=args.enable_prefix_caching,
+        output_tokens=args.output_tokens,
+        judge_output_tokens=args.judge_output_tokens,
+        output_sigma=args.output_sigma,
+        seed=args.seed,
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -136,6 +216,7 @@ async def serve(args: argparse.Namespace) -> None:
         batch_fail_every=args.batch_fail_every,
         batch_expire_every=args.batch_expire_every,
         batch_limit=args.batch_limit,
+        batching=_batching(args),
     )
     tls = None
     if args.tls_cert is not None:
@@ -148,8 +229,10 @@ async def serve(args: argparse.Namespace) -> None:
         tmp.write_text(url.rsplit(":", 1)[1].split("/")[0])
         tmp.replace(args.port_file)
     names = "any model" if args.any_model else ", ".join(sorted(server.served_names))
+    gpu = f"; a SIMULATED GPU batching up to {args.max_num_seqs}" if args.batching else ""
     print(
-        f"SIMULATED OpenAI-compatible server (persona {args.persona}; serving {names}) on {url}",
+        f"SIMULATED OpenAI-compatible server (persona {args.persona}; serving {names}{gpu}) "
+        f"on {url}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -166,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        _batching(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         import uvloop

@@ -11,6 +11,8 @@ Endpoints: POST /v1/chat/completions (OpenAI-compatible), POST /v1/responses
 (OpenAI Responses), POST /v1/messages (Anthropic Messages; key in x-api-key),
 GET /v1/models, GET /health, GET /sim/stats (add ?bodies=1 for the per-body
 counts). Each format's bodies, errors and rate-limit headers are in wire.py.
+With `batching` set, answers are released by a simulated continuous-batching
+GPU (batching.py) and GET /metrics publishes its state under vLLM's metric names.
 Given an SSL context, it serves https (tests make certificates with trustme).
 """
 
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from workers.simulated import personas, wire
 from workers.simulated.batches import SimBatches
+from workers.simulated.batching import BatchingConfig, BatchingEngine, MetricsCollector
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
     MARK_CONTENT_FILTER,
     MARK_JUDGE_GARBAGE,
@@ -86,6 +90,9 @@ class SimConfig:
     batch_fail_every: int = 0
     batch_expire_every: int = 0
     batch_limit: int | None = None
+    # A simulated continuous-batching GPU releases the answers (None: at once, or after
+    # the latency drawn above), and GET /metrics serves vLLM's metrics for it.
+    batching: BatchingConfig | None = None
     # question text -> (pair id, "for" | "against"); without it a question's side is guessed
     sides: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -136,6 +143,11 @@ class SimulatedServer:
         self.base_url = ""
         self.batches = SimBatches(self)
         self.served_names = frozenset(self.config.served_names or DEFAULT_SERVED)
+        self.engine: BatchingEngine | None = None
+        # Tests turn this off to make /metrics vanish (404) while the server keeps answering.
+        self.metrics_enabled = True
+        self.metrics_scrapes = 0  # GET /metrics received
+        self._metrics: CollectorRegistry | None = None
 
     # -- app ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -147,6 +159,8 @@ class SimulatedServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/sim/stats", self._stats)
+        if self.config.batching is not None:
+            app.router.add_get("/metrics", self._metrics_page)
         self.batches.install(app)
         return app
 
@@ -154,7 +168,17 @@ class SimulatedServer:
         self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
     ) -> str:
         """Listen; returns the base URL (https when `ssl_context` is given)."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        if self.config.batching is not None and self.engine is None:
+            self.engine = BatchingEngine(self.config.batching)
+            self.engine.start()
+            self._metrics = CollectorRegistry(auto_describe=False)
+            name = (self.config.served_names or DEFAULT_SERVED)[0]
+            self._metrics.register(MetricsCollector(self.engine, name))
+        # With a simulated GPU, a request whose client went away is aborted (its handler
+        # cancelled), as vLLM aborts it, so it stops holding a place in the batch.
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handler_cancellation=self.config.batching is not None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=2048, ssl_context=ssl_context)
         await site.start()
@@ -164,9 +188,12 @@ class SimulatedServer:
         return self.base_url
 
     async def stop(self) -> None:
+        if self.engine is not None:  # first: requests it holds end, so shutdown need not wait
+            await self.engine.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.engine = None
 
     def stats(self, bodies: bool = False) -> dict:
         out = {
@@ -179,6 +206,8 @@ class SimulatedServer:
         if bodies:
             out["bodies"] = dict(self.bodies)
         out["batches"] = self.batches.stats(bodies)
+        if self.engine is not None:
+            out["gpu"] = {**self.engine.stats(), "metrics_scrapes": self.metrics_scrapes}
         return out
 
     # -- handlers -------------------------------------------------------------
@@ -215,6 +244,14 @@ class SimulatedServer:
         anthropic = "anthropic-version" in request.headers
         body = wire.models_body(names, anthropic=anthropic, max_model_len=self.config.max_model_len)
         return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics_scrapes += 1
+        if not self.metrics_enabled or self._metrics is None:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=generate_latest(self._metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -291,6 +328,8 @@ class SimulatedServer:
             self.counts[f"{role}_5xx"] += 1
             return _error(kind, 503, "server_error", "simulated overload")
         status, answer = wire.respond(self, kind, body)
+        if self.engine is not None and status == 200:
+            await self._generate(kind, req, role, answer)
         response = web.Response(
             status=status, body=orjson.dumps(answer), content_type="application/json"
         )
@@ -300,6 +339,19 @@ class SimulatedServer:
             self.counts[f"{role}_reset"] += 1
             return await _cut_off(request, response)
         return response
+
+    async def _generate(self, kind: str, req: wire.SimRequest, role: str, answer: dict) -> None:
+        """Wait for the simulated GPU to run this request (prompt = its bytes / 4, as the
+        usage counts it; its prefix = its system message)."""
+        assert self.engine is not None
+        usage = answer.get("usage") or {}
+        text_tokens = usage.get("completion_tokens") or usage.get("output_tokens") or 1
+        out = self.engine.output_tokens(role == "judge", text_tokens, req.max_tokens)
+        prefix = hashlib.sha256(req.system.encode()).hexdigest() if req.system else None
+        await self.engine.run(req.size // 4, out, prefix, len(req.system.encode()) // 4)
+        if kind == "chat":  # the tokens "generated" are the ones the GPU spent time on
+            usage["completion_tokens"] = out
+            usage["total_tokens"] = usage.get("prompt_tokens", 0) + out
 
     def _transient_fault(self) -> str | None:
         """'429', '5xx' or None; a fault repeats for `burst` consecutive requests."""
