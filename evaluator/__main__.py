@@ -908,8 +908,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if not args.resume and (out / DB_NAME).exists():
-        with Store.open(out, create=False) as store:
-            stored = store.get_meta("config") or {}
+        try:
+            with Store.open(out, create=False, readonly=True) as store:
+                stored = store.get_meta("config") or {}
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
         if not stored.get("simulated"):
             raise UserError(
                 f"{out} holds a real run; the demo will not overwrite it (use another --out)"
