@@ -253,6 +253,29 @@ def test_report_rebuilds_every_output_from_the_checkpoint_when_the_dataset_is_go
     assert all((out / name).is_file() for name in OUTPUTS)
 
 
+def test_judge_only_report_without_its_dataset_keeps_the_answers(tmp_path, sim_server):
+    """A judge-only run's answers come from the dataset, not from calls: the checkpoint keeps
+    them with the pairs (reasoning and citations too)."""
+    from tests.standins import parquet_bytes, responses_rows
+
+    rows = responses_rows("calibration-aligned-100", 4) + responses_rows(
+        "calibration-unaligned-0", 3, start=5
+    )
+    rows[0]["for_response_reasoning"] = "Weighing the question first."
+    rows[0]["for_response_citations"] = [{"url": "https://x.invalid/a", "title": "A", "text": "t"}]
+    data = tmp_path / "responses.parquet"
+    data.write_bytes(parquet_bytes(rows))
+    server = sim_server()
+    out = tmp_path / "judged"
+    args = ("run", "--data", data, "--judge-model", "j", "--judge-base-url", server.base_url)
+    assert run_cli(*args, "--out", out, "--quiet", "--judge-prompt", "builtin") == 0
+    results = (out / "results.jsonl").read_bytes()
+    assert b"Weighing the question first." in results
+    data.unlink()
+    assert run_cli("report", out) == 0
+    assert (out / "results.jsonl").read_bytes() == results
+
+
 def test_moved_dataset_resumes_from_its_new_path(tmp_path, sim_server):
     """A run that has read only part of its dataset (--limit 10), the file then moved and
     rows appended: rows the run never read are no change; the content decides, not the path."""
