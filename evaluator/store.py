@@ -10,9 +10,11 @@ reported committed survives SIGKILL, a power cut and a filesystem that fails
 under the run. (With NORMAL a commit only reached the page cache: an ext4 that
 aborted mid-run lost ~80 commits already reported, intents among them, so those
 calls were sent again without being counted as possibly paid twice.) A commit
-whose own fsync fails is *in doubt*: the kernel may still have written it. The
-writer stops at once and says so; that one commit's intents were never sent, so
-a resume that finds them counts them as possibly paid twice (never fewer).
+whose own fsync fails is *in doubt*: the kernel may still have written it; so is
+one made while the filesystem turned read-only (its fsync is then a no-op that
+reports success). The writer stops at once and says so; that one commit's
+intents were never sent, so a resume that finds them counts them as possibly
+paid twice (never fewer).
 
 Readers (`status`, `compare`, `--reuse`, merge's shards) open the file read-only
 and never create or change it; every opener rejects a file that is empty, not
@@ -23,6 +25,7 @@ the directory cannot be written (StoreIOError).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import os
@@ -140,9 +143,16 @@ def corrupt_message(path: Path, detail: str) -> str:
     )
 
 
+class CommitInDoubt(OSError):
+    """SQLite reported a commit done, but the filesystem had turned read-only meanwhile."""
+
+
 def commit_in_doubt(exc: BaseException) -> bool:
-    """Whether a failed commit may be on the disk anyway: its fsync failed (or SQLite does not
-    say which step did), after the kernel had taken its bytes."""
+    """Whether a failed commit may be on the disk anyway, or a commit reported done may not
+    be: its fsync failed (or SQLite does not say which step did) after the kernel had taken
+    its bytes, or it ran on a filesystem that turned read-only (CommitInDoubt)."""
+    if isinstance(exc, CommitInDoubt):
+        return True
     name = getattr(exc, "sqlite_errorname", None)
     return isinstance(exc, sqlite3.Error) and (name in (None, "SQLITE_IOERR") or "FSYNC" in name)
 
@@ -504,6 +514,23 @@ class Store:
                 "INSERT INTO meta VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
                 "value = CAST(value AS INTEGER) + 1",
                 (COMMITS_META,),
+            )
+        self._still_writable()
+
+    def _still_writable(self) -> None:
+        """After a commit: a filesystem that turned read-only during it (ext4 after an I/O
+        error) makes its fsync a no-op that reports success (the kernel treats a read-only
+        filesystem as clean), so the commit may be lost: it is in doubt. A filesystem still
+        writable now was writable when the fsync ran (read-only after an error is for good).
+        Seen on ext4 `remount,abort` (tests/test_chaos.py): a commit reported done was
+        missing after the remount."""
+        try:
+            flags = os.statvfs(self.run_dir).f_flag
+        except OSError:
+            return
+        if flags & os.ST_RDONLY:
+            raise CommitInDoubt(
+                errno.EROFS, "the filesystem turned read-only while a commit was made durable"
             )
 
     # -- pairs (see evaluator.fingerprint) ------------------------------------
@@ -1034,7 +1061,9 @@ class StoreWriter:
         if io:
             cause: BaseException = store_error(self._store.path, exc)
             if not isinstance(cause, CheckpointCorrupt):
-                cause = StoreError(f"cannot write the checkpoint {self._store.path}: {exc}")
+                name = getattr(exc, "sqlite_errorname", None)
+                detail = f"{exc} ({name})" if name else str(exc)
+                cause = StoreError(f"cannot write the checkpoint {self._store.path}: {detail}")
             self.error = cause
         else:  # a bug, or a value SQLite cannot store: not the disk's fault
             cause = RuntimeError(f"the checkpoint writer failed: {exc!r}")
