@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib.metadata
 import logging
@@ -12,6 +13,7 @@ import math
 import os
 import shlex
 import shutil
+import sqlite3
 import sys
 import tomllib
 from collections.abc import Coroutine
@@ -20,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from evaluator import report
+from evaluator import fingerprint, report
 from evaluator.breaker import DEFAULT_MAX_FAILURES
 from evaluator.calibrate import TOLERANCE as CALIBRATION_TOLERANCE
 from evaluator.config import JUDGE_ORDERS, MODES, ConfigError, RunConfig
@@ -39,17 +41,29 @@ from evaluator.prefetch import PARTS as PREFETCH_PARTS
 from evaluator.runner import (
     EXIT_FAILED_PAIRS,
     EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PREFLIGHT,
+    EXIT_STORE,
     EXIT_USER,
     RunOptions,
     RunResult,
     UserError,
     execute,
+    stop_on_signal,
 )
 from evaluator.servers import SERVER_LOG_DIR
 from evaluator.sharding import expected_pairs
-from evaluator.store import DB_NAME, FailureGroup, Store, StoreError
+from evaluator.store import (
+    DB_NAME,
+    CheckpointCorrupt,
+    FailureGroup,
+    Store,
+    StoreError,
+    StoreIOError,
+    corrupt_message,
+    store_error,
+)
 from workers.base import redact
 
 DEFAULT_OUT = Path("runs/latest")
@@ -372,7 +386,8 @@ exit codes:
       dying: fix it, then --resume
   4   the start-up check (preflight) failed: an endpoint is unreachable, does not serve
       the model, or refuses the request shape; nothing was sent beyond test calls
-  5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
+  5   the checkpoint or the outputs could not be written (disk full, read-only
+      directory, I/O error): fix, then --resume (or `report DIR`)
   6   finished, but some pairs failed (summary.json `failures` says why): fix the
       cause, then --resume --retry-failed
   7   stopped early: a stage's calls kept failing (--max-failures): fix the cause,
@@ -380,7 +395,8 @@ exit codes:
   8   calibrate: every calibration set ran, at least one is outside the tolerance
   9   an endpoint asked to wait longer than --max-retry-wait (a daily limit, an
       exhausted quota window): --resume once that time has passed
-  75  interrupted (Ctrl-C, SIGTERM): --resume continues
+  75  interrupted (Ctrl-C, SIGTERM): --resume continues (during the final report:
+      `report DIR` writes the rest)
   76  stopped before exceeding --max-cost: --resume with a larger --max-cost
 """
 
@@ -971,8 +987,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if not args.resume and (out / DB_NAME).exists():
-        with Store.open(out, create=False) as store:
-            stored = store.get_meta("config") or {}
+        try:
+            with Store.open(out, create=False, readonly=True) as store:
+                stored = store.get_meta("config") or {}
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
         if not stored.get("simulated"):
             raise UserError(
                 f"{out} holds a real run; the demo will not overwrite it (use another --out)"
@@ -1049,10 +1068,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Progress of a run from its checkpoint, whether or not it is running now."""
     try:
-        store = Store.open(args.dir, create=False, lock=False)
+        store = Store.open(args.dir, create=False, lock=False)  # read-only: changes nothing
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    with store:
+    with store, _damage_is_user_error(store):
         raw = store.get_meta("config")
         if raw is None:
             raise UserError(f"{args.dir} holds no run config")
@@ -1160,9 +1179,35 @@ def _concurrency_lines(session: dict[str, Any]) -> list[str]:
     return out
 
 
+def _damaged_checkpoints(dirs: list[Path | None]) -> None:
+    """compare and agreement read summary.json (a run without a checkpoint is fine); a
+    checkpoint that is there but damaged is named, not silently skipped."""
+    for d in dirs:
+        if d is not None and (d / DB_NAME).exists():
+            try:
+                Store.open(d, create=False, lock=False).close()
+            except CheckpointCorrupt as exc:
+                raise UserError(str(exc)) from None
+            except StoreError:
+                pass
+
+
+@contextlib.contextmanager
+def _damage_is_user_error(store: Store):
+    """Damage that SQLite finds while reading (a large file is not checked whole at open):
+    one clear line, exit 2, instead of a traceback."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(store_error(store.path, exc), CheckpointCorrupt) or "malformed" in str(exc):
+            raise UserError(corrupt_message(store.path, str(exc))) from None
+        raise
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from evaluator.analysis import AnalysisError, compare
 
+    _damaged_checkpoints(args.dirs)
     try:
         compare(args.dirs, args.out, force=args.force)
     except AnalysisError as exc:
@@ -1175,6 +1220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_agreement(args: argparse.Namespace) -> int:
     from evaluator.analysis import AnalysisError, agreement, agreement_markdown
 
+    _damaged_checkpoints([args.dir_a, args.dir_b])
     try:
         result = agreement(args.dir_a, args.dir_b, force=args.force)
     except AnalysisError as exc:
@@ -1206,14 +1252,43 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild the outputs from the checkpoint (read-only: the checkpoint is not changed)."""
     try:
-        with Store.open(args.dir, create=False) as store:
+        with Store.open(args.dir, create=False, readonly=True) as store, _damage_is_user_error(
+            store
+        ):
+            store.quick_check()  # the report reads every record: check the whole file first
             raw = store.get_meta("config")
             if raw is None:
                 raise UserError(f"{args.dir} holds no run config")
-            summary = report.build_run_outputs(args.dir, RunConfig.from_dict(raw), store)
+            config = RunConfig.from_dict(raw)
+            pairs, complete = _report_pairs(config, store)
+            with stop_on_signal() as stop:
+                summary = report.build_run_outputs(
+                    args.dir,
+                    config,
+                    store,
+                    should_stop=stop.is_set,
+                    pairs=pairs,
+                    pairs_complete=complete,
+                )
+    except report.ReportInterrupted as exc:
+        log.warning("%s: `python -m evaluator report %s` writes them", exc, args.dir)
+        return EXIT_INTERRUPTED
+    except StoreIOError as exc:
+        log.error("%s — the report needs to write in the run directory", exc)
+        return EXIT_STORE
     except (StoreError, DatasetError, ConfigError) as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        log.error(
+            "cannot write the outputs in %s: %s — the checkpoint is unchanged; fix this, then "
+            "run `python -m evaluator report %s` again",
+            args.dir,
+            exc,
+            args.dir,
+        )
+        return EXIT_STORE
     emit((args.dir / "report.md").read_text(encoding="utf-8"))
     if not summary["complete"]:
         return 75
@@ -1224,6 +1299,27 @@ def cmd_view(args: argparse.Namespace) -> int:
     from evaluator.view.commands import view
 
     return view(args.dirs, args.host, args.port, emit)
+
+
+def _report_pairs(config: RunConfig, store: Store) -> tuple[Any, bool]:
+    """The pairs a report covers: the dataset's, once it is checked against the checkpoint
+    (evaluator.fingerprint), or the checkpoint's own when the dataset cannot be read.
+    Returns (None: stream the dataset | the stored pairs, whether they are all the run's)."""
+    gone = fingerprint.unavailable(config)
+    if gone is None:
+        fingerprint.verify(config, store, action="report")
+        return None, True
+    if not (fingerprint.tracked(store) and store.pair_count()):
+        raise UserError(f"{gone} (this run's checkpoint does not hold its pairs)")
+    complete = fingerprint.complete(store, config)
+    log.warning(
+        "%s: the outputs are rebuilt from the %d pairs stored in the checkpoint%s",
+        gone,
+        store.pair_count(),
+        "" if complete else " (the run had not read the whole dataset: pairs after those are "
+        "not listed)",
+    )
+    return fingerprint.stored_pairs(store), complete
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -11,12 +11,11 @@ import csv
 import difflib
 import io
 import math
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -33,6 +32,13 @@ STR_COLUMNS = (
 REQUIRED_COLUMNS = ("id", *STR_COLUMNS, "issue_scale")
 OPTIONAL_COLUMNS = ("category",)
 NONEMPTY_COLUMNS = ("for_question", "against_question")
+# Ids are stored as SQLite INTEGER and Parquet int64: a signed 64-bit integer.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+# A JSONL or CSV line longer than this is a bad row, skipped without being held whole.
+# The largest VAL-Bench row is ~150 KB (section_text up to ~42K characters); a responses
+# dataset adds two answers and their reasoning. 8 MiB is ~50 times that, and bounds what
+# one line can cost (parsing holds a few times its size).
+MAX_LINE_BYTES = 8 << 20
 
 
 class DatasetError(Exception):
@@ -117,6 +123,10 @@ def validate_row(row: dict[str, Any], where: str) -> Pair | BadRow:
         return BadRow(where, f"missing column(s): {', '.join(missing)}")
     if pair_id is None:
         return BadRow(where, f"id must be an integer, got {row['id']!r:.40}")
+    if not ID_MIN <= pair_id <= ID_MAX:
+        digits = str(pair_id)
+        shown = digits if len(digits) <= 24 else f"{digits[:12]}...({len(digits)} digits)"
+        return BadRow(where, f"id {shown} is outside the 64-bit integer range")
     for col in STR_COLUMNS:
         if not isinstance(row[col], str):
             return BadRow(where, f"{col} must be text, got {type(row[col]).__name__}")
@@ -204,13 +214,35 @@ def _looks_like_dataset(row: dict[str, Any], source: str, markers: tuple[str, ..
         )
 
 
+def bounded_lines(fh: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for a line longer than `limit` bytes, which is read
+    through in blocks and never held whole."""
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n") and len(line) == limit + 1:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # skip the rest of the long line
+            line = fh.readline(1 << 20)
+        yield None
+
+
+def _too_long(where: str) -> BadRow:
+    return BadRow(where, f"line longer than {MAX_LINE_BYTES >> 20} MiB (the limit for one row)")
+
+
 def jsonl_rows(
     path: Path, markers: tuple[str, ...] = DATASET_MARKERS
 ) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
     first = True
     with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in enumerate(bounded_lines(fh), 1):
             where = f"line {lineno}"
+            if line is None:
+                yield where, _too_long(where)
+                continue
             if not line.strip():
                 continue
             try:
@@ -237,13 +269,24 @@ def jsonl_rows(
             yield where, obj
 
 
+_TOO_LONG = "\ufffe valbench: line too long \ufffe"  # stands in for a skipped CSV line
+
+
+def _csv_lines(fh: BinaryIO) -> Iterator[str]:
+    for line in bounded_lines(fh):
+        yield f"{_TOO_LONG}\n" if line is None else line.decode("utf-8")
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
-    csv.field_size_limit(sys.maxsize)  # section_text can be tens of thousands of characters
+    # section_text can be tens of thousands of characters; a field longer than a line may
+    # be is malformed (and must not grow without bound over many lines).
+    csv.field_size_limit(MAX_LINE_BYTES)
     try:
-        fh = path.open("r", encoding="utf-8", newline="")
-        reader = csv.DictReader(fh)
+        fh = path.open("rb")
+        reader = csv.DictReader(_csv_lines(fh))
         header = reader.fieldnames or []
     except UnicodeDecodeError:
+        fh.close()
         raise DatasetError(f"{path} is not a UTF-8 CSV file") from None
     with fh:
         _looks_like_dataset(dict.fromkeys(header), str(path), DATASET_MARKERS)
@@ -262,6 +305,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | BadRow]]:
                 ) from None
             except csv.Error as exc:
                 raise DatasetError(f"{path}: malformed CSV near {where}: {exc}") from None
+            if any(isinstance(v, str) and _TOO_LONG in v for v in row.values()):
+                yield where, _too_long(where)
+                continue
             if None in row or any(v is None for v in row.values()):
                 yield where, BadRow(where, "wrong number of fields (truncated row?)")
                 continue

@@ -19,7 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from evaluator import report
+from evaluator import fingerprint, report
 from evaluator.config import REQUEST_SETTINGS, ConfigError, RunConfig
 from evaluator.sharding import parse_shard, run_pairs, shard_of
 from evaluator.store import DB_NAME, Store, StoreError
@@ -161,6 +161,19 @@ def _prepare_out(out: Path, shards: list[_Shard]) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _merge_pairs(store: Store, shards: list[_Shard], config: RunConfig) -> None:
+    """The shards' stored pairs (evaluator.fingerprint), in the unsharded run's order."""
+    if not all(fingerprint.tracked(s.store) for s in shards):
+        return  # a shard started by an older version stored none: OUT tracks none either
+    store.renumber_pairs(p.id for p in run_pairs(config))
+    store.set_meta(fingerprint.TRACKED_META, 1)
+    if all(fingerprint.complete(s.store, s.config) for s in shards):
+        store.set_meta(
+            fingerprint.COMPLETE_META,
+            {"limit": config.limit, "shard": None, "pairs": store.pair_count()},
+        )
+
+
 def merge_shards(out: Path, shard_dirs: list[Path]) -> dict[str, Any]:
     """Check the shards, build OUT from them; returns OUT's summary. Raises MergeError."""
     shards: list[_Shard] = []
@@ -181,6 +194,7 @@ def merge_shards(out: Path, shard_dirs: list[Path]) -> dict[str, Any]:
         with store:
             for shard in shards:
                 store.absorb(shard.store.path)
+            _merge_pairs(store, shards, config)
             store.set_meta("config", config.to_dict())
             store.set_meta(
                 "possibly_duplicated_calls", sum(s.store.possibly_duplicated() for s in shards)

@@ -6,6 +6,7 @@ follow ../shared/valbench-spec.md §2-3; the rubric's wording is ours.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,8 @@ def parse_verdict(raw: Any) -> Verdict:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise VerdictError(f"not valid JSON ({exc})") from None
+        if isinstance(obj, dict):
+            _refuse_duplicate_keys(text, obj)
     if not isinstance(obj, dict):
         raise VerdictError("JSON is not an object")
     missing = [f for f in VERDICT_FIELDS if f not in obj]
@@ -152,6 +155,30 @@ def parse_verdict(raw: Any) -> Verdict:
         alignment_score=score,
         fields=obj,
     )
+
+
+_KEY_END = re.compile(r'"\s*:')
+
+
+def _refuse_duplicate_keys(text: str, obj: dict[str, Any]) -> None:
+    """A key given twice (`"alignment_score": 2, ..., "alignment_score": -2`) makes the verdict
+    ambiguous: orjson keeps the last value without a word, so it is looked for here.
+
+    Common path: with no backslash in the text, a string cannot hold a quote, so every
+    `"` followed by `:` ends a key; as many of those as keys parsed means none repeats (one
+    regex scan). Otherwise the stdlib parser reports every key as it reads it.
+    """
+    if "\\" not in text and len(_KEY_END.findall(text)) == len(obj):
+        return
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise VerdictError(f"duplicate key(s): {', '.join(repeated)}")
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=pairs_hook)
 
 
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)

@@ -12,7 +12,7 @@ import csv
 import html
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +31,7 @@ from evaluator.dataset import (
     jsonl_rows,
     parquet_rows,
 )
+from evaluator.fingerprint import Fingerprint
 from evaluator.identity import identity
 from evaluator.protocol import VerdictError, parse_verdict
 from evaluator.report_child import ReportChild
@@ -323,6 +324,15 @@ class PairRows:
         return self._tally.pair_row(self.config, pair, records)
 
 
+class ReportInterrupted(Exception):
+    """A signal arrived while the outputs were being written: they stopped after one file."""
+
+
+def _stop_point(should_stop: Callable[[], bool] | None, written: str) -> None:
+    if should_stop is not None and should_stop():
+        raise ReportInterrupted(f"interrupted while writing the outputs (finished {written})")
+
+
 RESULTS_TMP = "results.jsonl.tmp"
 FINISHED_META = "finished_config"  # the config whose outputs left no pair to do
 MAX_FAILURE_GROUPS = 50  # in summary.json; the report and the terminal show the first few
@@ -332,12 +342,22 @@ BY_CATEGORY_CSV = "metrics_by_category.csv"
 
 
 def build_run_outputs(
-    run_dir: Path, config: RunConfig, store: Store, side: ReportChild | None = None
+    run_dir: Path,
+    config: RunConfig,
+    store: Store,
+    side: ReportChild | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    pairs: Iterable[Pair] | None = None,
+    pairs_complete: bool = True,
 ) -> dict[str, Any]:
     """Write every output file of a run from its store; return summary.json's content.
 
     `side`: the report's side process, when the caller started it early (see
     evaluator.report_child); otherwise one is started here. Closed here in any case.
+    `should_stop`: asked after each file; true stops the report (ReportInterrupted).
+    `pairs`: the run's pairs when they are not read from the dataset (the checkpoint's,
+    evaluator.fingerprint.stored_pairs); `pairs_complete`: whether they are all of them.
     """
     if side is None:
         side = ReportChild(run_dir, run_dir / RESULTS_TMP, config.judge_orders)
@@ -347,9 +367,12 @@ def build_run_outputs(
         picker = report_share.SharePicker(config.judge_orders)
         with tmp.open("wb") as out:
             side.rows_ready()
-            summary = _build_run_outputs(run_dir, config, store, out, tmp, picker)
-        write_summary_files(run_dir, summary, side, share=picker.picked())
-        if summary["all_pairs_have_verdicts"]:  # a later resume has nothing to send
+            summary = _build_run_outputs(
+                run_dir, config, store, out, tmp, pairs, pairs_complete, picker
+            )
+        _stop_point(should_stop, "results.jsonl")
+        write_summary_files(run_dir, summary, side, should_stop, share=picker.picked())
+        if summary["all_pairs_have_verdicts"] and store.writable:  # a resume has nothing to send
             store.set_meta(FINISHED_META, store.get_meta("config"))
         return summary
     finally:
@@ -362,13 +385,17 @@ def _build_run_outputs(
     store: Store,
     out: BinaryIO,
     tmp: Path,
+    pairs: Iterable[Pair] | None = None,
+    pairs_complete: bool = True,
     picker: report_share.SharePicker | None = None,
 ) -> dict[str, Any]:
     """results.jsonl (written through `out`, then renamed) and the summary."""
     tally = _Tally(config.judge_orders)
+    content = Fingerprint()
     n_pairs = 0
-    for pair in run_pairs(config):
+    for pair in run_pairs(config) if pairs is None else pairs:
         n_pairs += 1
+        content.add(pair)
         row = tally.pair_row(config, pair, store.calls_for_pair(pair.id))
         out.write(orjson.dumps(row))
         out.write(b"\n")
@@ -389,11 +416,15 @@ def _build_run_outputs(
         "judge_only": config.judge_only,
         "limit": config.limit,
         "shard": config.shard,
-        "complete": tally.statuses["pending"] == 0,
+        # The rows of the pairs the outputs cover, as one hash (evaluator.fingerprint).
+        "dataset_fingerprint": content.hexdigest(),
+        "pairs_from": "dataset" if pairs is None else "checkpoint",
+        "complete": tally.statuses["pending"] == 0 and pairs_complete,
         # The one field a script needs: every pair has a verdict (valid, or invalid after
         # the judge's re-asks); false when any pair failed or has no outcome yet.
         "all_pairs_have_verdicts": tally.statuses["pending"] == 0
-        and tally.statuses["failed"] == 0,
+        and tally.statuses["failed"] == 0
+        and pairs_complete,
         "n_pairs": n_pairs,
         "n_failed": tally.statuses["failed"],
         "n_pending": tally.statuses["pending"],
@@ -571,27 +602,33 @@ def write_summary_files(
     out_dir: Path,
     summary: dict[str, Any],
     side: ReportChild | None = None,
+    should_stop: Callable[[], bool] | None = None,
     share: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     """summary.json, the CSVs, the plots, report.md and report.html. With `side`, the
     plots (and results.parquet) come from the report's side process; with `share`, pairs
-    worth reading (report_share) end report.html."""
+    worth reading (report_share) end report.html. `should_stop` is asked after each file
+    (ReportInterrupted)."""
     (out_dir / "summary.json").write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
+    _stop_point(should_stop, "summary.json")
     # Ours: every metric and interval, overall and per group. The reference's layouts
     # (alignment_statistics.csv, category_metrics.csv) come from reference_outputs.
     _write_csv(out_dir / BY_ISSUE_SCALE_CSV, "issue_scale", summary["by_issue_scale"], summary)
     _write_csv(out_dir / BY_CATEGORY_CSV, "category", summary["by_category"], summary)
     reference_outputs.write(out_dir, summary.get("reference_files") or {})
+    _stop_point(should_stop, "the CSV files")
     if side is None:
         from evaluator.plots import write_plots  # matplotlib costs ~0.5 s to import: only here
 
         images = write_plots(out_dir, summary)
     else:
         images = side.finish(summary)
+    _stop_point(should_stop, "the plots and results.parquet")
     markdown = render_markdown(summary, images)
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    _stop_point(should_stop, "report.md")
     extra = report_share.render(share) if share else ""
     (out_dir / "report.html").write_text(render_html(markdown, out_dir, extra), encoding="utf-8")
 

@@ -9,7 +9,8 @@ Exit codes (documented in the README for batch schedulers):
     4   the start-up check failed: an endpoint is unreachable, does not serve the model,
         or refuses the run's request shape, or a managed server did not become ready;
         nothing was sent beyond the preflight's test calls
-    5   the checkpoint could not be written (disk full, I/O error): fix, then --resume
+    5   the checkpoint or the outputs could not be written (disk full, read-only directory,
+        I/O error): fix, then --resume (or `report DIR` for the outputs)
     6   finished, but some pairs failed (reasons in summary.json `failures`): fix the
         cause, then --resume --retry-failed
     7   stopped early: a stage's calls kept failing (the circuit breaker, --max-failures):
@@ -17,6 +18,7 @@ Exit codes (documented in the README for batch schedulers):
     9   an endpoint asked to wait longer than --max-retry-wait (Retry-After, a rate-limit
         reset: a daily limit, an exhausted quota window): --resume once that time has passed
     75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
+        (during the final report: the file being written is finished; `report DIR` writes the rest)
     76  stopped before exceeding --max-cost: --resume with a larger budget
 """
 
@@ -25,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluator import report, servers
+from evaluator import fingerprint, report, rundir, servers
 from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.breaker import CircuitOpen
 from evaluator.config import ConfigError, RunConfig, load_dotenv, request_differences, stage_key
@@ -54,7 +59,14 @@ from evaluator.report_child import ReportChild
 from evaluator.scheduler import FINAL_FAILURES, NoGeneration, RunStats, Scheduler
 from evaluator.secrets import check_urls, redacted_logs
 from evaluator.sharding import expected_pairs
-from evaluator.store import Store, StoreError, StoreWriter
+from evaluator.store import (
+    CheckpointCorrupt,
+    Store,
+    StoreError,
+    StoreIOError,
+    StoreWriter,
+    store_error,
+)
 from workers.base import FatalEndpointError, RetryBudget, RetryWaitTooLong
 from workers.batch_api import batch_api_for
 from workers.gctune import session_gc
@@ -119,6 +131,11 @@ def prepare_config(
     """
     stored_raw = store.get_meta("config")
     if stored_raw is None:
+        outputs = rundir.outputs_in(run_dir)
+        if outputs:  # outputs that this checkpoint did not produce and cannot rebuild
+            raise UserError(
+                str(rundir.refuse_overwrite(run_dir, outputs, "its checkpoint holds no run"))
+            )
         if resume and new is None:
             raise UserError(f"nothing to resume in {run_dir}: no run was started there")
         if new is None:
@@ -158,6 +175,10 @@ def prepare_config(
         except TypeError as exc:
             raise UserError(f"cannot apply the settings given to the stored run: {exc}") from None
     diffs = request_differences(stored, new)
+    if fingerprint.tracked(store) and not _local_file(stored.data).exists():
+        # The dataset is known by its content (checked before anything is sent), not by
+        # its path: a file that was moved resumes with --data NEW_PATH.
+        diffs = [d for d in diffs if not d.startswith("data:")]
     if diffs:
         raise UserError(
             "refusing to resume: these settings would change the requests of the run in "
@@ -165,6 +186,11 @@ def prepare_config(
             f"under new settings, start a new run (another --out) with --reuse {run_dir}"
         )
     return new
+
+
+def _local_file(source: str) -> Path:
+    """A dataset source as a path (the sample and hub sources are never "gone")."""
+    return Path(__file__) if source == "sample" or source.startswith("hf:") else Path(source)
 
 
 def _pool(
@@ -371,7 +397,10 @@ async def execute(
 ) -> RunResult:
     """Run (or resume) the evaluation in `run_dir`; `overrides` adjust a stored config's throughput settings."""
     try:
+        rundir.check_before_run(run_dir)  # outputs are never overwritten without a checkpoint
         store = Store.open(run_dir)
+    except StoreIOError as exc:
+        return _store_io_error(exc, run_dir)
     except StoreError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -379,8 +408,32 @@ async def execute(
             return await _execute(
                 run_dir, store, new_config, resume, overrides or {}, options or RunOptions(), scope
             )
+    except sqlite3.Error as exc:  # a direct write of the session (config, meta) failed
+        error = store_error(store.path, exc)
+        if isinstance(error, CheckpointCorrupt):
+            raise UserError(str(error)) from None
+        return _store_io_error(error, run_dir)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        return _store_io_error(StoreIOError(f"cannot write in {run_dir}: {exc}"), run_dir)
     finally:
         store.close()
+
+
+# OSErrors that mean the run directory cannot be written (anything else is a bug: exit 1).
+_DISK_ERRNOS = frozenset(
+    (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+)
+
+
+def _store_io_error(exc: StoreError, run_dir: Path) -> RunResult:
+    log.error(
+        "%s — nothing is lost: free space or fix the disk (or the directory's permissions), "
+        "then run with --resume",
+        exc,
+    )
+    return RunResult(EXIT_STORE, None, None, run_dir)
 
 
 async def _execute(
@@ -422,6 +475,7 @@ async def _execute(
         raise UserError(str(exc)) from None
     except ServerSettingsError as exc:
         raise UserError(str(exc)) from None
+    stored_pairs = _dataset_identity(store, config)
     # Stored before any server starts, so a run whose servers fail to start can be resumed.
     store.set_meta("config", config.to_dict())
     store.set_meta("protocol", identity(config))
@@ -444,7 +498,16 @@ async def _execute(
     try:
         if fleet is None:
             return await _with_endpoints(
-                run_dir, store, config, options, gen_key, judge_key, signals, None, cost
+                run_dir,
+                store,
+                config,
+                options,
+                gen_key,
+                judge_key,
+                signals,
+                None,
+                cost,
+                stored_pairs,
             )
         log.info(
             "starting %s; waiting until they answer (logs in %s)",
@@ -455,7 +518,16 @@ async def _execute(
             async with fleet:  # every server process is stopped when this block exits
                 config = servers.with_server_urls(config, fleet)
                 return await _with_endpoints(
-                    run_dir, store, config, options, gen_key, judge_key, signals, fleet, cost
+                    run_dir,
+                    store,
+                    config,
+                    options,
+                    gen_key,
+                    judge_key,
+                    signals,
+                    fleet,
+                    cost,
+                    stored_pairs,
                 )
         except ServerStartError as exc:
             log.error("%s; nothing was sent", exc)
@@ -470,6 +542,23 @@ async def _execute(
         return RunResult(EXIT_INTERRUPTED, None, None, run_dir)
     finally:
         signals.remove()
+
+
+def _dataset_identity(store: Store, config: RunConfig) -> int | None:
+    """Before anything is sent: a run starting afresh will store its pairs; a resumed one
+    refuses a dataset whose rows differ from those it evaluated (evaluator.fingerprint).
+    Returns how many of the run's pairs are already stored (None: a run started by an older
+    version, which stored none: its dataset is not checked)."""
+    if not store.has_calls():
+        fingerprint.start_fresh(store)
+        return 0
+    try:
+        stored = fingerprint.verify(config, store, action="resume")
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    if stored is None:
+        log.info("this run was started by an older version: its dataset is not checked by content")
+    return stored
 
 
 def _answers_mode(config: RunConfig) -> RunConfig:
@@ -537,6 +626,7 @@ async def _with_endpoints(
     signals: _Signals,
     fleet: ServerFleet | None,
     cost: CostMeter,
+    stored_pairs: int | None = None,
 ) -> RunResult:
     drain_timeout = options.drain_timeout
     budget = RetryBudget(config.retry_budget)
@@ -642,6 +732,7 @@ async def _with_endpoints(
             cost,
             side,
             {"gen": gen_key, "judge": judge_key},
+            stored_pairs,
         )
     finally:
         side.close()  # a no-op once the report is written; stops it on every other path
@@ -663,6 +754,7 @@ async def _run_pools(
     cost: CostMeter | None,
     side: ReportChild,
     keys: dict[str, str | None],
+    stored_pairs: int | None = None,
 ) -> RunResult:
     async with gen_client, judge_client:
         try:
@@ -712,6 +804,7 @@ async def _run_pools(
             metrics=metrics,
             cost=cost,
             retry_failed=options.retry_failed,
+            stored_pairs=stored_pairs,
         )
         if fleet is not None:  # servers that keep dying stop the run (resumable)
             for group in fleet.groups:
@@ -774,17 +867,32 @@ async def _run_pools(
             store.set_meta("last_session", _session_summary(stats, lag, gen_client, judge_client))
 
     fatal = stats.fatal
+    if isinstance(fatal, CheckpointCorrupt):
+        log.error("%s", fatal)
+        return RunResult(EXIT_USER, None, stats, run_dir)
     if isinstance(fatal, StoreError):
         log.error(
-            "%s — the checkpoint holds everything committed before this; "
-            "free space or fix the disk, then run with --resume",
+            "%s — the checkpoint holds everything committed before this (%s); free space or "
+            "fix the disk, then run with --resume",
             fatal,
+            writer.describe(),
         )
         return RunResult(EXIT_STORE, None, stats, run_dir)
     if received >= 2:  # "stop at once": the outputs can be rebuilt with `report DIR`
         return RunResult(EXIT_INTERRUPTED, None, stats, run_dir)
     try:
-        summary = report.build_run_outputs(run_dir, config, store, side)
+        with stop_on_signal(signals) as stop:
+            summary = report.build_run_outputs(
+                run_dir, config, store, side, should_stop=stop.is_set
+            )
+    except report.ReportInterrupted as exc:
+        log.warning(
+            "%s; the checkpoint holds every outcome: `python -m evaluator report %s` writes "
+            "the outputs",
+            exc,
+            run_dir,
+        )
+        return RunResult(EXIT_INTERRUPTED, None, stats, run_dir)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
@@ -846,6 +954,34 @@ async def _run_pools(
     else:
         code = EXIT_OK
     return RunResult(code, summary, stats, run_dir)
+
+
+@contextlib.contextmanager
+def stop_on_signal(signals: _Signals | None = None):
+    """While the outputs are written (synchronous work: the event loop cannot run its signal
+    handlers), SIGINT/SIGTERM set the returned flag at once; the report stops after the file
+    it is writing (report.ReportInterrupted)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            log.warning(
+                "%s: stopping after the output file being written", signal.Signals(signum).name
+            )
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, on_signal)
+    if signals is not None:  # the loop hears of the signal later: nothing more to do then
+        signals.handler = lambda name: stop.set()
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _activity(*clients: EndpointPool | BatchStage) -> Activity:

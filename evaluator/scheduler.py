@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from evaluator import pair_answers
+from evaluator import fingerprint, pair_answers
 from evaluator.breaker import BreakerRules, FailureBreaker
 from evaluator.calls import CallBuilder, CallSpec
 from evaluator.config import RunConfig
@@ -150,11 +150,16 @@ class Scheduler:
         metrics: RunMetrics | None = None,
         cost: CostMeter | None = None,
         retry_failed: bool = False,
+        stored_pairs: int | None = None,
     ) -> None:
         """`retry_failed`: send again the calls the store holds as failed with a final class
-        (after the user fixed their cause); other failed calls are always sent again."""
+        (after the user fixed their cause); other failed calls are always sent again.
+        `stored_pairs`: how many of the run's first pairs the store already holds; the
+        others are stored as they are admitted (evaluator.fingerprint). None: store none
+        (a run started by an older version)."""
         self.config = config
         self._retry_failed = retry_failed
+        self._stored_pairs = stored_pairs
         self.breaker = FailureBreaker(BreakerRules.parse(config.max_failures))
         self.calls = CallBuilder(config)
         self.store = store
@@ -245,20 +250,27 @@ class Scheduler:
             self._on_bad_row(bad)
 
     async def _read(self) -> None:
+        stored = self._stored_pairs
+        n = -1
         try:
             pairs = run_pairs(self.config, on_bad_row=self._bad_row)
-            for n, pair in enumerate(pairs):
+            for n, pair in enumerate(pairs):  # noqa: B007 - n is the count after the loop
                 if self._stopping:
                     return
                 await self._slots.acquire()
                 self._active += 1
                 self.stats.pairs_admitted += 1
+                if stored is not None and n >= stored:
+                    # Queued before its calls' intents, so a stored call's pair is stored too.
+                    self.writer.put(fingerprint.stored_row(pair, n))
                 self._admit(pair)
                 if n % 256 == 255:
                     await asyncio.sleep(0)  # let workers run between long stretches of reading
         except Exception as exc:
             self.fail(exc)
             return
+        if stored is not None:
+            self.writer.put(fingerprint.complete_marker(self.config, n + 1))
         self._reader_done = True
         if self._active == 0:
             self._finished.set()
@@ -436,10 +448,10 @@ class Scheduler:
             self.fail(tripped)
 
     async def _send_intent(self, spec: CallSpec) -> None:
-        # Counted here, when the request is about to leave: a call admitted but never sent
-        # (a stop, a budget refusal) is not a call sent.
-        self.stats.calls_sent += 1
         await self.writer.intent(Intent(spec.key, spec.pair_id, spec.role, spec.body_sha))
+        # Counted once its intent is committed, when the request is about to leave: a call
+        # admitted but never sent (a stop, a budget refusal, a failed intent) is not sent.
+        self.stats.calls_sent += 1
 
     async def _count_reask(self) -> None:
         self.stats.calls_sent += 1

@@ -4,21 +4,35 @@ It holds the run's config and every call's outcome, keyed by a content hash of
 the request (pair id, role, exact request body). A call whose outcome is here
 is never sent again.
 
-Durability: WAL journal with `synchronous=NORMAL`. A committed transaction
-survives the evaluator being killed (SIGKILL included); a power cut can lose
-the last few commits but never corrupts the file, and a lost commit only means
-those calls are sent again. Outcomes are written by one writer, in batches, off
-the event loop (see StoreWriter).
+Durability: WAL journal with `synchronous=FULL`: a commit returns once its WAL
+frames are on the disk (one fsync per group commit, see StoreWriter), so what is
+reported committed survives SIGKILL, a power cut and a filesystem that fails
+under the run. (With NORMAL a commit only reached the page cache: an ext4 that
+aborted mid-run lost ~80 commits already reported, intents among them, so those
+calls were sent again without being counted as possibly paid twice.) A commit
+whose own fsync fails is *in doubt*: the kernel may still have written it; so is
+one made while the filesystem turned read-only (its fsync is then a no-op that
+reports success). The writer stops at once and says so; that one commit's
+intents were never sent, so a resume that finds them counts them as possibly
+paid twice (never fewer).
+
+Readers (`status`, `compare`, `--reuse`, merge's shards) open the file read-only
+and never create or change it; every opener rejects a file that is empty, not
+SQLite, or fails SQLite's `quick_check` (CheckpointCorrupt), and says so when
+the directory cannot be written (StoreIOError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import hashlib
 import os
 import re
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +45,10 @@ PROBES_META = "preflight_usage"  # usage of the start-up test calls: [[stage, us
 PROBE_ROLE_PREFIX = "preflight:"  # iter_usage's role for them: "preflight:gen", "preflight:judge"
 LOCK_NAME = ".lock"
 SCHEMA_VERSION = "1"
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+# Readers check a larger file only as they read it (quick_check reads it all: ~0.7 s/GB).
+QUICK_CHECK_MAX_BYTES = 256 << 20
+COMMITS_META = "commits"  # group commits so far: which one was in doubt after an I/O error
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,11 +94,72 @@ CREATE TABLE IF NOT EXISTS batch_requests (
     PRIMARY KEY (batch, custom_id)
 );
 CREATE INDEX IF NOT EXISTS batch_requests_key ON batch_requests(key);
+-- The run's pairs as read from the dataset, stored as each is admitted: the dataset's
+-- identity is its content (evaluator.fingerprint), and `report` needs no dataset file.
+CREATE TABLE IF NOT EXISTS pairs (
+    pair_id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,          -- position among the run's pairs (file order)
+    digest BLOB NOT NULL,          -- blake2b-128 of the uncompressed row
+    row BLOB NOT NULL              -- the pair's columns (and answers) as JSON, zlib-compressed
+);
+CREATE INDEX IF NOT EXISTS pairs_seq ON pairs(seq);
 """
 
 
 class StoreError(Exception):
     """The run directory or its store cannot be used."""
+
+
+class CheckpointCorrupt(StoreError):
+    """The checkpoint file is damaged or is not a checkpoint: its records cannot be trusted."""
+
+
+class StoreIOError(StoreError):
+    """The run directory or its checkpoint cannot be written (disk full, read-only, I/O error)."""
+
+
+# SQLite's (extended) result codes by what they mean for the run directory.
+_CORRUPT_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+_IO_CODES = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+def store_error(path: Path, exc: sqlite3.Error | OSError) -> StoreError:
+    """One clear error for a failed SQLite call (or file operation) on the checkpoint `path`."""
+    if isinstance(exc, OSError):
+        return StoreIOError(f"cannot write in {path.parent}: {exc.strerror or exc}")
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    if name.startswith(_CORRUPT_CODES):
+        return CheckpointCorrupt(corrupt_message(path, str(exc)))
+    if name.startswith(_IO_CODES):
+        return StoreIOError(f"cannot write the checkpoint {path}: {exc}")
+    return StoreError(f"{path} is not a usable checkpoint: {exc}")
+
+
+def corrupt_message(path: Path, detail: str) -> str:
+    return (
+        f"{path} is not a usable checkpoint: it is damaged ({detail}), so its records cannot "
+        "be trusted; nothing was read or changed. Restore the file from a copy, or start the "
+        "run again with another --out"
+    )
+
+
+class CommitInDoubt(OSError):
+    """SQLite reported a commit done, but the filesystem had turned read-only meanwhile."""
+
+
+def commit_in_doubt(exc: BaseException) -> bool:
+    """Whether a failed commit may be on the disk anyway, or a commit reported done may not
+    be: its fsync failed (or SQLite does not say which step did) after the kernel had taken
+    its bytes, or it ran on a filesystem that turned read-only (CommitInDoubt)."""
+    if isinstance(exc, CommitInDoubt):
+        return True
+    name = getattr(exc, "sqlite_errorname", None)
+    return isinstance(exc, sqlite3.Error) and (name in (None, "SQLITE_IOERR") or "FSYNC" in name)
+
+
+def pair_digest(row: bytes) -> bytes:
+    """The identity of one pair's row (evaluator.fingerprint.record): 16 bytes of blake2b."""
+    return hashlib.blake2b(row, digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -130,10 +209,44 @@ class Intent:
     body_sha: str
 
 
+@dataclass(frozen=True, slots=True)
+class PairRow:
+    """One admitted pair for the `pairs` table: its position and its row (uncompressed)."""
+
+    pair_id: int
+    seq: int
+    row: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MetaValue:
+    """A meta key to set in the writer's next commit (ordered with the calls around it)."""
+
+    key: str
+    value: Any
+
+
 _COLUMNS = (
     "key pair_id role status body_sha content reasoning finish_reason usage "
     "attempts error_class error latency_s updated_at citations http_status"
 ).split()
+_OPTIONAL_TABLES = ("bad_rows", "batches", "batch_requests", "pairs")
+
+
+def check_file(path: Path) -> int | None:
+    """The checkpoint file's size (None: there is none), after the checks that need no
+    SQLite: a file that is not empty must start with SQLite's header (CheckpointCorrupt)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if size and head != SQLITE_MAGIC:
+        raise CheckpointCorrupt(corrupt_message(path, "it is not an SQLite file"))
+    return size
 
 
 class Store:
@@ -141,6 +254,7 @@ class Store:
 
     Two connections: `_read` for the event loop's lookups, `_write` used only
     by the single writer thread, so reads never wait on a batch commit (WAL).
+    A read-only store has `_read` alone.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -149,40 +263,119 @@ class Store:
         self._lock_fh: Any = None
         self._read: sqlite3.Connection | None = None
         self._write: sqlite3.Connection | None = None
+        self._tables: frozenset[str] = frozenset(("meta", "calls", *_OPTIONAL_TABLES))
+        self._select = ", ".join(_COLUMNS)
+
+    @property
+    def writable(self) -> bool:
+        return self._write is not None
 
     @classmethod
-    def open(cls, run_dir: Path, *, create: bool = True, lock: bool = True) -> Store:
+    def open(
+        cls,
+        run_dir: Path,
+        *,
+        create: bool = True,
+        lock: bool = True,
+        readonly: bool | None = None,
+    ) -> Store:
+        """The store of `run_dir`; `create=False`: the run must exist.
+
+        `readonly` (by default when neither `create` nor `lock`: a reader such as `status`)
+        opens the file read-only: nothing is created or changed. Every opener checks the
+        file (see check_file; writers always run quick_check, readers up to
+        QUICK_CHECK_MAX_BYTES). Raises CheckpointCorrupt, StoreIOError or StoreError.
+        """
+        if readonly is None:
+            readonly = not create and not lock
         store = cls(run_dir)
         if not run_dir.exists():
             if not create:
                 raise StoreError(f"no run in {run_dir}: the directory does not exist")
-            run_dir.mkdir(parents=True)
-        if not create and not store.path.exists():
+            try:
+                run_dir.mkdir(parents=True)
+            except OSError as exc:
+                raise StoreIOError(f"cannot create the run directory {run_dir}: {exc}") from None
+        size = check_file(store.path)
+        if size is None and not create:
             raise StoreError(f"no run in {run_dir}: {DB_NAME} is missing")
+        if size == 0 and (readonly or not create):
+            raise StoreError(f"no run in {run_dir}: {store.path} is empty (0 bytes)")
         if lock:
             store._acquire_lock()
         try:
-            store._read = store._connect()
-            store._write = store._connect(check_same_thread=False)
-            store._write.executescript(_SCHEMA)
-            _add_missing_columns(store._write)
-            store._write.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-            )
-            store._write.commit()
-        except sqlite3.DatabaseError as exc:
+            if readonly:
+                store._read = store._connect_readonly()
+                store._inspect_schema()
+            else:
+                store._read = store._connect()
+                store._write = store._connect(check_same_thread=False)
+            if size and (not readonly or size <= QUICK_CHECK_MAX_BYTES):
+                store.quick_check()
+            if not readonly:
+                store._write.executescript(_SCHEMA)
+                _add_missing_columns(store._write)
+                store._write.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+                store._write.commit()
+        except sqlite3.Error as exc:
             store.close()
-            raise StoreError(f"{store.path} is not a usable checkpoint: {exc}") from None
+            raise store_error(store.path, exc) from None
+        except StoreError:
+            store.close()
+            raise
         return store
 
     def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=check_same_thread)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA synchronous=FULL")  # see the module's docstring: durability
         return conn
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return conn
+        except sqlite3.OperationalError as exc:
+            wal = self.path.with_name(DB_NAME + "-wal")
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN" or wal.exists():
+                raise
+        # A read-only directory: SQLite cannot make its WAL index beside a checkpoint that
+        # was closed cleanly (no -wal file). Nothing can be writing there: read it as is.
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+    def _inspect_schema(self) -> None:
+        """What a read-only store has to work with: a file written by an older version may
+        lack tables and columns that a writer would add (and a reader may not)."""
+        assert self._read is not None
+        tables = {
+            r[0] for r in self._read.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if not {"meta", "calls"} <= tables:
+            raise StoreError(f"{self.path} holds no run (it is not a checkpoint of this evaluator)")
+        self._tables = frozenset(tables)
+        have = {r[1] for r in self._read.execute("PRAGMA table_info(calls)")}
+        self._select = ", ".join(c if c in have else f"NULL AS {c}" for c in _COLUMNS)
+
+    def has_table(self, name: str) -> bool:
+        return name in self._tables
+
+    def quick_check(self) -> None:
+        """SQLite's structural check of the whole file (CheckpointCorrupt if it fails)."""
+        assert self._read is not None
+        rows = self._read.execute("PRAGMA quick_check(3)").fetchall()
+        if rows != [("ok",)]:
+            detail = "; ".join(str(r[0]) for r in rows)
+            raise CheckpointCorrupt(corrupt_message(self.path, f"SQLite's quick_check: {detail}"))
+
     def _acquire_lock(self) -> None:
-        self._lock_fh = open(self.run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the run
+        try:
+            self._lock_fh = open(self.run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held for the run
+        except OSError as exc:
+            raise store_error(self.path, exc) from None
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -192,20 +385,30 @@ class Store:
                 f"{self.run_dir} is in use by another evaluator (lock held); "
                 "wait for it to finish or use another --out"
             ) from None
-        self._lock_fh.seek(0)
-        self._lock_fh.truncate()
-        self._lock_fh.write(f"{os.getpid()}\n")
-        self._lock_fh.flush()
+        try:
+            self._lock_fh.seek(0)
+            self._lock_fh.truncate()
+            self._lock_fh.write(f"{os.getpid()}\n")
+            self._lock_fh.flush()
+        except OSError as exc:
+            self._release_lock()
+            raise store_error(self.path, exc) from None
+
+    def _release_lock(self) -> None:
+        fh, self._lock_fh = self._lock_fh, None
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            try:
+                fh.close()
+            except OSError:  # a pid that could not be flushed (disk full): nothing to keep
+                pass
 
     def close(self) -> None:
         for conn in (self._read, self._write):
             if conn is not None:
                 conn.close()
         self._read = self._write = None
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self._release_lock()
 
     def __enter__(self) -> Store:
         return self
@@ -236,9 +439,7 @@ class Store:
     def calls_for_pair(self, pair_id: int) -> dict[str, CallRecord]:
         """Latest record per role for one pair (keys are unique per request content)."""
         assert self._read is not None
-        cur = self._read.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE pair_id = ?", (pair_id,)
-        )
+        cur = self._read.execute(f"SELECT {self._select} FROM calls WHERE pair_id = ?", (pair_id,))
         out: dict[str, CallRecord] = {}
         for row in cur:
             rec = _record_from_row(row)
@@ -250,11 +451,23 @@ class Store:
         records: list[CallRecord],
         bad_rows: list[tuple[str, str]] = (),
         intents: list[Intent] = (),
+        pairs: list[PairRow] = (),
+        meta: list[MetaValue] = (),
     ) -> None:
-        """One transaction for a batch (called from the writer thread only)."""
+        """One transaction for a batch (called from the writer thread only); it also counts
+        the commit (COMMITS_META), so which commit was in doubt after an I/O error can be told."""
         assert self._write is not None
         now = time.time()
         with self._write:
+            if pairs:
+                # Hashed and compressed here, on the writer thread: both release the GIL.
+                self._write.executemany(
+                    "INSERT OR REPLACE INTO pairs (pair_id, seq, digest, row) VALUES (?, ?, ?, ?)",
+                    [
+                        (p.pair_id, p.seq, pair_digest(p.row), zlib.compress(p.row, 1))
+                        for p in pairs
+                    ],
+                )
             if intents:
                 # Intent before send: the call is marked started; its outcome replaces the row.
                 self._write.executemany(
@@ -291,6 +504,88 @@ class Store:
                 )
             if bad_rows:
                 self._write.executemany("INSERT OR REPLACE INTO bad_rows VALUES (?, ?)", bad_rows)
+            for m in meta:
+                self._write.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "value = excluded.value",
+                    (m.key, orjson.dumps(m.value).decode()),
+                )
+            self._write.execute(
+                "INSERT INTO meta VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET "
+                "value = CAST(value AS INTEGER) + 1",
+                (COMMITS_META,),
+            )
+        self._still_writable()
+
+    def _still_writable(self) -> None:
+        """After a commit: a filesystem that turned read-only during it (ext4 after an I/O
+        error) makes its fsync a no-op that reports success (the kernel treats a read-only
+        filesystem as clean), so the commit may be lost: it is in doubt. A filesystem still
+        writable now was writable when the fsync ran (read-only after an error is for good).
+        Seen on ext4 `remount,abort` (tests/test_chaos.py): a commit reported done was
+        missing after the remount."""
+        try:
+            flags = os.statvfs(self.run_dir).f_flag
+        except OSError:
+            return
+        if flags & os.ST_RDONLY:
+            raise CommitInDoubt(
+                errno.EROFS, "the filesystem turned read-only while a commit was made durable"
+            )
+
+    # -- pairs (see evaluator.fingerprint) ------------------------------------
+    def pair_count(self) -> int:
+        assert self._read is not None
+        if not self.has_table("pairs"):
+            return 0
+        return self._read.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+
+    def pair_digest(self, pair_id: int) -> bytes | None:
+        assert self._read is not None
+        row = self._read.execute(
+            "SELECT digest FROM pairs WHERE pair_id = ?", (pair_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def pair_row(self, pair_id: int) -> bytes | None:
+        """A stored pair's row (uncompressed JSON), or None."""
+        assert self._read is not None
+        row = self._read.execute("SELECT row FROM pairs WHERE pair_id = ?", (pair_id,)).fetchone()
+        return zlib.decompress(row[0]) if row else None
+
+    def iter_pair_rows(self):
+        """(pair_id, digest, row) of every stored pair in the run's order (row uncompressed)."""
+        assert self._read is not None
+        if not self.has_table("pairs"):
+            return
+        cur = self._read.execute("SELECT pair_id, digest, row FROM pairs ORDER BY seq")
+        for pair_id, digest, row in cur:
+            yield pair_id, digest, zlib.decompress(row)
+
+    def iter_pair_ids(self):
+        assert self._read is not None
+        if self.has_table("pairs"):
+            yield from (r[0] for r in self._read.execute("SELECT pair_id FROM pairs"))
+
+    def clear_pairs(self, meta: dict[str, Any]) -> None:
+        """A run starting afresh: pairs stored by an earlier start that recorded no call go;
+        `meta` is set in the same transaction."""
+        assert self._write is not None
+        with self._write:
+            self._write.execute("DELETE FROM pairs")
+            self._write.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value",
+                [(k, orjson.dumps(v).decode()) for k, v in meta.items()],
+            )
+
+    def renumber_pairs(self, order) -> None:
+        """Give the stored pairs the positions of `order` (pair ids; merge: the file's order)."""
+        assert self._write is not None
+        with self._write:
+            self._write.executemany(
+                "UPDATE pairs SET seq = ? WHERE pair_id = ?", ((n, i) for n, i in enumerate(order))
+            )
 
     def settle_interrupted(self) -> int:
         """At start-up: calls started but never finished may have been paid. Count them once.
@@ -350,7 +645,7 @@ class Store:
     def get_call(self, key: str) -> CallRecord | None:
         assert self._read is not None
         row = self._read.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE key = ?", (key,)
+            f"SELECT {self._select} FROM calls WHERE key = ?", (key,)
         ).fetchone()
         return _record_from_row(row) if row else None
 
@@ -392,9 +687,11 @@ class Store:
     def holder(self) -> int | None:
         """The pid of the evaluator running in this directory, or None if none is."""
         path = self.run_dir / LOCK_NAME
-        if not path.exists():
+        try:
+            fh = open(path)  # noqa: SIM115 - read only: a reader creates nothing
+        except FileNotFoundError:
             return None
-        with open(path, "a+") as fh:
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -424,12 +721,22 @@ class Store:
                     f"INSERT INTO calls ({cols}) SELECT {cols} FROM other.calls"
                 ).rowcount
                 conn.execute("INSERT OR IGNORE INTO bad_rows SELECT * FROM other.bad_rows")
+                has_pairs = conn.execute(
+                    "SELECT 1 FROM other.sqlite_master WHERE type='table' AND name='pairs'"
+                ).fetchone()
+                if has_pairs:  # positions are set by the caller (renumber_pairs)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO pairs (pair_id, seq, digest, row) "
+                        "SELECT pair_id, seq, digest, row FROM other.pairs"
+                    )
         finally:
             conn.execute("DETACH DATABASE other")
         return n
 
     def bad_rows(self) -> list[tuple[str, str]]:
         assert self._read is not None
+        if not self.has_table("bad_rows"):
+            return []
         return self._read.execute("SELECT location, reason FROM bad_rows").fetchall()
 
     # -- batches (writes: from the writer thread only, through StoreWriter.run) --
@@ -474,6 +781,8 @@ class Store:
     def open_batches(self, stage: str | None = None) -> list[BatchRow]:
         """Batches that may still owe results (not void), oldest first."""
         assert self._read is not None
+        if not self.has_table("batches"):
+            return []
         sql = f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state != 'void'"
         args: tuple[Any, ...] = ()
         if stage is not None:
@@ -493,6 +802,8 @@ class Store:
     def batch_counts(self) -> dict[str, tuple[int, int]]:
         """(batches, requests) by batch state (for `status`)."""
         assert self._read is not None
+        if not self.has_table("batches"):
+            return {}
         rows = self._read.execute(
             "SELECT state, COUNT(*), SUM(n_requests) FROM batches GROUP BY state"
         ).fetchall()
@@ -598,7 +909,11 @@ class StoreWriter:
     never leaves before the store knows it was started.
 
     If a commit fails (disk full, I/O error) the writer stops, fails every
-    waiting intent and calls `on_error`; the store keeps its last good commit.
+    waiting intent and calls `on_error`; the store keeps its last good commit,
+    and `committed` is exactly what that holds of this session's outcomes. If the
+    failed commit's fsync was what failed, that commit is in doubt (`in_doubt`:
+    its outcomes and intents; the intents' calls were never sent). Any other
+    failure of the writer (a bug) stops the run the same way: it never hangs.
     """
 
     def __init__(
@@ -615,14 +930,17 @@ class StoreWriter:
         self._on_error = on_error
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.committed = 0
+        self.committed = 0  # call outcomes committed by this writer
+        self.commits = int(store.get_meta(COMMITS_META) or 0)  # the store's count, as of now
+        self.in_doubt: tuple[int, int] | None = None  # (outcomes, intents) of a commit in doubt
         self.error: BaseException | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
 
-    def put(self, item: CallRecord | tuple[str, str]) -> None:
-        """Queue an outcome (or a bad input row) for the next commit."""
+    def put(self, item: CallRecord | tuple[str, str] | PairRow | MetaValue) -> None:
+        """Queue an outcome, a bad input row, an admitted pair or a meta value for the next
+        commit."""
         if self.error is None:
             self._queue.put_nowait((time.monotonic(), item))
 
@@ -646,64 +964,110 @@ class StoreWriter:
         self._queue.put_nowait((time.monotonic(), (intent, done)))
         await done
 
+    def describe(self) -> str:
+        """What the checkpoint holds of this session after a failure (for the error line)."""
+        text = (
+            f"{self.committed} call outcome{'s' if self.committed != 1 else ''} committed in "
+            f"this session, through commit #{self.commits}"
+        )
+        if self.in_doubt is not None:
+            outcomes, intents = self.in_doubt
+            text += (
+                f"; commit #{self.commits + 1} ({outcomes} outcomes, {intents} intents) failed "
+                "while being made durable, so it may or may not be there: its calls were not "
+                "sent, and a resume that finds them counts them as possibly paid twice"
+            )
+        return text
+
     async def _run(self) -> None:
-        stop = False
-        while not stop:
-            stamped = [await self._queue.get()]
-            while len(stamped) < self._max_batch and not self._queue.empty():
-                stamped.append(self._queue.get_nowait())
-            oldest: float | None = None
-            records: list[CallRecord] = []
-            bad: list[tuple[str, str]] = []
-            intents: list[tuple[Intent, asyncio.Future]] = []
-            jobs: list[_Job] = []
-            for stamp in stamped:  # one pass: this runs for every call of the run
-                if stamp is None:
-                    stop = True
+        intents: list[tuple[Intent, asyncio.Future]] = []
+        jobs: list[_Job] = []
+        try:
+            stop = False
+            while not stop:
+                stamped = [await self._queue.get()]
+                while len(stamped) < self._max_batch and not self._queue.empty():
+                    stamped.append(self._queue.get_nowait())
+                oldest: float | None = None
+                records: list[CallRecord] = []
+                bad: list[tuple[str, str]] = []
+                pairs: list[PairRow] = []
+                meta: list[MetaValue] = []
+                intents, jobs = [], []
+                for stamp in stamped:  # one pass: this runs for every call of the run
+                    if stamp is None:
+                        stop = True
+                        continue
+                    if oldest is None:
+                        oldest = stamp[0]  # queued in order: the first is the oldest
+                    item = stamp[1]
+                    if isinstance(item, CallRecord):
+                        records.append(item)
+                    elif isinstance(item, PairRow):
+                        pairs.append(item)
+                    elif isinstance(item, _Job):
+                        jobs.append(item)
+                    elif isinstance(item, MetaValue):
+                        meta.append(item)
+                    elif isinstance(item[0], Intent):
+                        intents.append(item)
+                    else:
+                        bad.append(item)
+                if not (records or bad or intents or jobs or pairs or meta):
                     continue
-                if oldest is None:
-                    oldest = stamp[0]  # queued in order: the first is the oldest
-                item = stamp[1]
-                if isinstance(item, CallRecord):
-                    records.append(item)
-                elif isinstance(item, _Job):
-                    jobs.append(item)
-                elif isinstance(item[0], Intent):
-                    intents.append(item)
-                else:
-                    bad.append(item)
-            if not (records or bad or intents or jobs):
-                continue
-            began = time.monotonic()
-            try:
-                await asyncio.to_thread(
-                    self._store.write_batch, records, bad, [i for i, _ in intents]
-                )
-            except (sqlite3.Error, OSError) as exc:
-                self._fail(exc, intents, jobs)
-                return
-            for job in jobs:
+                began = time.monotonic()
                 try:
-                    result = await asyncio.to_thread(job.fn, self._store)
-                except (sqlite3.Error, OSError) as exc:
+                    await asyncio.to_thread(
+                        self._store.write_batch, records, bad, [i for i, _ in intents], pairs, meta
+                    )
+                except Exception as exc:  # noqa: BLE001 - whatever it is, the run must stop
+                    if commit_in_doubt(exc):
+                        self.in_doubt = (len(records), len(intents))
                     self._fail(exc, intents, jobs)
                     return
-                if not job.fut.done():
-                    job.fut.set_result(result)
-            self.committed += len(records)
-            if self._on_commit is not None and oldest is not None:
-                self._on_commit(time.monotonic() - began, began - oldest)
-            for _, fut in intents:
-                if not fut.done():
-                    fut.set_result(None)
+                self.commits += 1
+                self.committed += len(records)
+                # Committed: the calls may leave now (before the jobs, whose failure must not
+                # turn a committed intent into one reported as failed).
+                for _, fut in intents:
+                    if not fut.done():
+                        fut.set_result(None)
+                intents = []
+                for job in jobs:
+                    try:
+                        result = await asyncio.to_thread(job.fn, self._store)
+                    except Exception as exc:  # noqa: BLE001
+                        self._fail(exc, [], jobs)
+                        return
+                    if not job.fut.done():
+                        job.fut.set_result(result)
+                jobs = []
+                if self._on_commit is not None and oldest is not None:
+                    self._on_commit(time.monotonic() - began, began - oldest)
+        except BaseException as exc:
+            # The loop itself failed (or was cancelled at shutdown): nobody may wait forever.
+            if self.error is None:
+                self._fail(exc, intents, jobs, notify=not isinstance(exc, asyncio.CancelledError))
+            raise
 
     def _fail(
         self,
         exc: BaseException,
         intents: list[tuple[Intent, asyncio.Future]],
         jobs: list[_Job] = (),
+        notify: bool = True,
     ) -> None:
-        self.error = StoreError(f"cannot write the checkpoint {self._store.path}: {exc}")
+        io = isinstance(exc, sqlite3.Error | OSError)
+        if io:
+            cause: BaseException = store_error(self._store.path, exc)
+            if not isinstance(cause, CheckpointCorrupt):
+                name = getattr(exc, "sqlite_errorname", None)
+                detail = f"{exc} ({name})" if name else str(exc)
+                cause = StoreError(f"cannot write the checkpoint {self._store.path}: {detail}")
+            self.error = cause
+        else:  # a bug, or a value SQLite cannot store: not the disk's fault
+            cause = RuntimeError(f"the checkpoint writer failed: {exc!r}")
+            self.error = StoreError(str(cause))
         futures = [fut for _, fut in intents] + [job.fut for job in jobs]
         while not self._queue.empty():  # nothing more can be saved; wake every waiter
             stamped = self._queue.get_nowait()
@@ -715,8 +1079,8 @@ class StoreWriter:
         for fut in futures:
             if not fut.done():
                 fut.set_exception(self.error)
-        if self._on_error is not None:
-            self._on_error(self.error)
+        if self._on_error is not None and notify:
+            self._on_error(cause)
 
     async def close(self) -> None:
         """Commit everything queued so far, then stop."""
@@ -725,5 +1089,10 @@ class StoreWriter:
         if self.error is None:
             self._queue.put_nowait(None)
         # Shielded: a Ctrl-C arriving now must not abandon queued outcomes.
-        await asyncio.shield(self._task)
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - already reported through on_error and `error`
+            pass
         self._task = None

@@ -6,8 +6,11 @@ run that loses nothing must end with exactly the clean run's results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -168,3 +171,109 @@ def test_second_signal_stops_at_once_with_a_consistent_store(tmp_path, synthetic
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     assert _started(out / DB_NAME) == SLOW_START
+
+
+# -- the filesystem fails under the run (an I/O error on files already open) ------------------
+def _sh(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def loop_ext4(tmp_path, size_mb: int = 64):
+    """A small ext4 filesystem on a loop device, mounted at tmp_path/"fs"; yields
+    (mount point, remount) where remount() unmounts and mounts it again from its image
+    (what a reboot would find). Skips where root, losetup or mkfs.ext4 are missing."""
+    missing = [t for t in ("losetup", "mkfs.ext4", "mount", "umount") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (the e2fsprogs and util-linux packages)")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    image, mnt = tmp_path / "fs.img", tmp_path / "fs"
+    mnt.mkdir()
+    with image.open("wb") as fh:
+        fh.truncate(size_mb << 20)
+    made = _sh("mkfs.ext4", "-q", "-F", str(image))
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.ext4 failed here: {made.stderr.strip()}")
+    attached = _sh("losetup", "--find", "--show", str(image))
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        mounted = _sh("mount", "-t", "ext4", device, str(mnt))
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount ext4 on a loop device here: {mounted.stderr.strip()}")
+
+        def remount() -> None:
+            assert _sh("umount", str(mnt)).returncode == 0
+            again = _sh("mount", "-t", "ext4", device, str(mnt))
+            assert again.returncode == 0, again.stderr
+
+        yield mnt, remount
+    finally:
+        _sh("umount", "-l", str(mnt))
+        _sh("losetup", "-d", device)
+
+
+COMMITTED = re.compile(
+    r"(\d+) call outcomes? committed in this session, through commit #(\d+)"
+    r"(?:; commit #\d+ \((\d+) outcomes, (\d+) intents\) failed while being made durable)?"
+)
+
+
+def test_filesystem_aborted_mid_run_keeps_exactly_what_was_committed(
+    tmp_path, synthetic, sim_process
+):
+    """ext4 `remount,abort` mid-run: every write after it fails (EROFS), and whatever was
+    not on the disk yet is gone after the remount. The run stops with exit 5; the checkpoint
+    then holds exactly the outcomes it reported committed, and the resume re-sends exactly
+    the calls it counts as possibly paid twice. (The one commit whose fsync failed is
+    reported in doubt: its calls were never sent; if it reached the disk anyway, its intents
+    count as possibly paid twice although they were sent once.)"""
+    n_pairs = 400
+    data = synthetic(n_pairs)
+    server = sim_process("--dataset", str(data), "--persona", "mixture", "--latency-ms", "30")
+    with loop_ext4(tmp_path) as (mnt, remount):
+        out = mnt / "run"
+        proc = spawn_run(data, server.base_url, out, *RUN_FLAGS)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _done(out / DB_NAME) < 300:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before the fault could be injected"
+        assert _sh("mount", "-o", "remount,abort", str(mnt)).returncode == 0
+        code = proc.wait(60)
+        stderr = proc.stderr.read().decode()
+        assert code == 5, stderr
+        assert "Traceback" not in stderr and "--resume" in stderr
+        reported = COMMITTED.search(stderr)
+        assert reported is not None, stderr
+        outcomes, commits = int(reported[1]), int(reported[2])
+        doubt_outcomes, doubt_intents = int(reported[3] or 0), int(reported[4] or 0)
+        remount()  # what is on the disk now, not in the page cache
+        conn = sqlite3.connect(out / DB_NAME)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        on_disk = conn.execute(
+            "SELECT COUNT(*) FROM calls WHERE status IN ('done', 'failed')"
+        ).fetchone()[0]
+        started = conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'started'").fetchone()[0]
+        disk_commits = orjson.loads(
+            conn.execute("SELECT value FROM meta WHERE key = 'commits'").fetchone()[0]
+        )
+        conn.close()
+        # Exactly the commits reported, plus the one in doubt only if it was reported so.
+        landed = disk_commits == commits + 1
+        assert disk_commits == commits or (landed and reported[3] is not None)
+        assert on_disk == outcomes + (doubt_outcomes if landed else 0) > 0
+        final = run_evaluator(
+            *run_args(data, server.base_url, out, *RUN_FLAGS, "--resume"), timeout=300
+        )
+        assert final.returncode == 0, final.stderr
+        s = read_summary(out)
+        probes = probe_shas(out)
+    assert s["n_valid"] == n_pairs and s["complete"]
+    assert s["possibly_duplicated_calls"] == started
+    bodies = {k: n for k, n in server.stats(bodies=True)["bodies"].items() if k not in probes}
+    assert len(bodies) == 3 * n_pairs
+    resent = sum(n - 1 for n in bodies.values())
+    assert resent == started - (doubt_intents if landed else 0)

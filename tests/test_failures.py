@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import subprocess
 import time
 
@@ -9,7 +11,14 @@ import orjson
 import pytest
 
 from evaluator.store import DB_NAME, Store
-from tests.conftest import read_results, read_summary, run_cli, run_eval, spawn_run
+from tests.conftest import (
+    probe_shas,
+    read_results,
+    read_summary,
+    run_cli,
+    run_eval,
+    spawn_run,
+)
 from workers.simulated.data import synthetic_row, write_synthetic_dataset
 
 MARKED = {
@@ -206,18 +215,37 @@ def test_server_killed_and_restarted_mid_run(tmp_path, synthetic, sim_process):
     assert s["complete"] and s["n_valid"] == 150 and s["n_failed"] == 0
 
 
+def _outcomes(db) -> dict[str, str]:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return dict(
+            conn.execute("SELECT key, content FROM calls WHERE status IN ('done', 'failed')")
+        )
+    finally:
+        conn.close()
+
+
 def test_full_disk_stops_with_an_intact_store(tmp_path, synthetic, sim_server, caplog):
+    """A disk that fills mid-run: exit 5 with an intact checkpoint, and "N calls sent" counts
+    only calls whose intent was committed. On the still-full disk, --resume and a fresh run
+    exit 5 with one line each, changing nothing. With space again, the resume finishes and
+    re-sends exactly the calls it counts as possibly paid twice."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if (
         subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True
         ).returncode
         != 0
     ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
+    caplog.set_level(logging.INFO, logger="evaluator")
     try:
-        # ~1,500 pairs of records outgrow the 200 kB disk long before the run ends.
+        # ~1,500 pairs of records (and the pairs' rows) outgrow the 600 kB disk long before
+        # the run ends.
         data = write_synthetic_dataset(tmp_path / "d.jsonl", 1500, section_chars=10)
         server = sim_server()
         out = mnt / "run"
@@ -229,7 +257,38 @@ def test_full_disk_stops_with_an_intact_store(tmp_path, synthetic, sim_server, c
         conn = sqlite3.connect(out / DB_NAME)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         done = conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'done'").fetchone()[0]
+        recorded = conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        started = conn.execute("SELECT COUNT(*) FROM calls WHERE status = 'started'").fetchone()[0]
         conn.close()
         assert done > 0
+        # Every call counted as sent has its intent in the checkpoint, and reached the server.
+        sent = int(re.search(r"this session: (\d+) calls sent", caplog.text)[1])
+        probes = probe_shas(out)
+        received = sum(
+            n for k, n in server.stats(bodies=True)["bodies"].items() if k not in probes
+        )
+        assert sent == recorded == received
+
+        # The disk is still full: one clear line, exit 5, every outcome kept.
+        before = _outcomes(out / DB_NAME)
+        fresh = ("run", "--data", data, "--model", "m", "--base-url", server.base_url)
+        fresh += ("--out", mnt / "fresh", "--quiet", "--judge-prompt", "builtin")
+        for args in (("--resume", "--out", out, "--quiet"), fresh):
+            caplog.clear()
+            assert run_cli(*args) == 5, args
+            errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) == 1 and "--resume" in errors[0].getMessage(), caplog.text
+            assert "Traceback" not in caplog.text
+        assert _outcomes(out / DB_NAME) == before
+
+        # Space again: the resume finishes, re-sending exactly what it counts.
+        assert subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)]).returncode == 0
+        assert run_cli("--resume", "--out", out, "--quiet") == 0
+        s = read_summary(out)
+        assert s["complete"] and s["n_valid"] + s["n_invalid"] == 1500
+        assert s["possibly_duplicated_calls"] == started
+        bodies = {k: n for k, n in server.stats(bodies=True)["bodies"].items() if k not in probes}
+        assert len(bodies) == 3 * 1500
+        assert sum(n - 1 for n in bodies.values()) == started
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -144,7 +144,7 @@ def test_checkpoint_of_an_older_version_with_http_processes_resumes(
     server = sim_server()
     out = tmp_path / "run"
     assert run_eval(data, server.base_url, out, "--limit", "3") == 0
-    with Store.open(out, create=False, lock=False) as store:
+    with Store.open(out, create=False, lock=False, readonly=False) as store:
         stored = store.get_meta("config")
         store.set_meta("config", {**stored, "http_processes": 2, "limit": None})
     assert run_cli("--resume", "--out", out, "--quiet") == 0

@@ -37,6 +37,7 @@ from workers.simulated.batches import SimBatches
 from workers.simulated.batching import BatchingConfig, BatchingEngine, MetricsCollector
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
     MARK_CONTENT_FILTER,
+    MARK_JUDGE_DUPLICATE_KEY,
     MARK_JUDGE_GARBAGE,
     MARK_TRUNCATE,
     MODEL_ERROR_MARKERS,

@@ -34,6 +34,8 @@ REASONING_TEXT = "(simulated reasoning) Weighing both sides before answering."
 MARK_CONTENT_FILTER = "[[sim:content_filter]]"
 MARK_TRUNCATE = "[[sim:truncate]]"
 MARK_JUDGE_GARBAGE = "[[sim:judge_garbage]]"
+# The verdict's alignment_score twice, with two values (a lenient parser keeps the last).
+MARK_JUDGE_DUPLICATE_KEY = "[[sim:judge_duplicate_key]]"
 MODEL_ERROR_MARKERS = {
     "[[sim:context_length]]": (
         400,
@@ -400,6 +402,10 @@ def respond(server: SimulatedServer, kind: str, body: Any) -> tuple[int, dict[st
         content = orjson.dumps(verdict).decode()
         if MARK_JUDGE_GARBAGE in req.user:
             content, verdict = "(simulated) I cannot produce a verdict for this pair.", None
+            server.counts["judge_malformed"] += 1
+        elif MARK_JUDGE_DUPLICATE_KEY in req.user:
+            other = -2 if verdict["alignment_score"] != -2 else 2
+            content = content[:-1] + f', "alignment_score": {other}}}'
             server.counts["judge_malformed"] += 1
         elif server._rng.random() < c.malformed_rate:
             server.counts["judge_malformed"] += 1
