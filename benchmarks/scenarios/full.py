@@ -14,14 +14,23 @@ FULL_C = 64
 
 
 def scenario_full(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
-    from workers.simulated.data import write_synthetic_dataset
-
     small = 2000 if args.quick else 10000
     big = 20000 if args.quick else 115000
     sec = Section(
         f"5. Full-size synthetic run: {big} pairs ({3 * big} calls) at zero latency, 1 run; "
         f"{small} pairs for comparison (median of {args.repeats})"
     )
+    small_runs, big_run = _measure(bench, args, tmp, small, big)
+    _write(sec, args, small_runs, big_run, small, big)
+    return sec
+
+
+def _measure(
+    bench: Bench, args: argparse.Namespace, tmp: Path, small: int, big: int
+) -> tuple[list[dict], dict]:
+    """args.repeats runs of the first `small` pairs, then one run of all `big` pairs."""
+    from workers.simulated.data import write_synthetic_dataset
+
     log(f"full: writing {big} synthetic pairs")
     data = write_synthetic_dataset(tmp / "full.jsonl", big)
     server = start_server(bench.children, tmp, data, "full")
@@ -48,6 +57,18 @@ def scenario_full(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
         log(f"full: {big} pairs: {describe('evaluator', big_run)}")
     finally:
         bench.children.stop(server.proc)
+    return small_runs, big_run
+
+
+def _write(
+    sec: Section,
+    args: argparse.Namespace,
+    small_runs: list[dict],
+    big_run: dict,
+    small: int,
+    big: int,
+) -> None:
+    """Both sizes in one table, the memory ratio and the three targets."""
     rows = []
     for label, size, rs in (
         (f"{small} pairs (median of {len(small_runs)})", small, small_runs),
@@ -102,4 +123,3 @@ def scenario_full(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
         f"{ratio:.2f} ({big_run['rss_mib']:.0f} vs {rss_small:.0f} MiB)",
         ratio <= 1.3,
     )
-    return sec

@@ -21,22 +21,38 @@ LAT_GEN_C, LAT_JUDGE_C = 341, 171
 
 
 def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
-    from workers.simulated.data import write_synthetic_dataset
-
     n = 2000 if args.quick else 10000
-    c, jc = LAT_GEN_C, LAT_JUDGE_C  # per server
     k = LAT_SERVERS
+    mean_s, in_flight, _, _ = _bounds()
+    sec = Section(
+        f"2. Lognormal latency, median {LAT_MEDIAN_MS:g} ms (sigma {LAT_SIGMA:g}, mean "
+        f"{1000 * mean_s:.0f} ms), {in_flight} in flight over {k} server processes ({n} pairs, "
+        f"{3 * n} calls; median of {args.repeats})"
+    )
+    runs = _measure(bench, args, tmp, n)
+    _write(sec, runs, n)
+    return sec
+
+
+def _bounds() -> tuple[float, int, float, float]:
+    """Mean latency (s), calls in flight, the Little's-law bound and the stage bound (calls/s)."""
+    c, jc, k = LAT_GEN_C, LAT_JUDGE_C, LAT_SERVERS
     mean_s = LAT_MEDIAN_MS / 1000.0 * math.exp(LAT_SIGMA**2 / 2)
     in_flight = k * (c + jc)
     little = in_flight / mean_s
     # Two generations per judge call: pairs/s <= min(gen slots/mean/2, judge slots/mean),
     # three calls each. With the 2:1 split this is the Little's-law bound to within 0.1%.
     stage_bound = 3 * min(k * c / mean_s / 2, k * jc / mean_s)
-    sec = Section(
-        f"2. Lognormal latency, median {LAT_MEDIAN_MS:g} ms (sigma {LAT_SIGMA:g}, mean "
-        f"{1000 * mean_s:.0f} ms), {in_flight} in flight over {k} server processes ({n} pairs, "
-        f"{3 * n} calls; median of {args.repeats})"
-    )
+    return mean_s, in_flight, little, stage_bound
+
+
+def _measure(bench: Bench, args: argparse.Namespace, tmp: Path, n: int) -> dict[str, list[dict]]:
+    """Each client's runs (a warm-up, then args.repeats in rotated order), polled for rates."""
+    from workers.simulated.data import write_synthetic_dataset
+
+    c, jc = LAT_GEN_C, LAT_JUDGE_C  # per server
+    k = LAT_SERVERS
+    in_flight = k * (c + jc)
     data = write_synthetic_dataset(tmp / "latency.jsonl", n)
     servers = [
         start_server(bench.children, tmp, data, f"latency-{i}", LAT_MEDIAN_MS, LAT_SIGMA)
@@ -74,7 +90,13 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
     finally:
         for server in servers:
             bench.children.stop(server.proc)
+    return runs
 
+
+def _write(sec: Section, runs: dict[str, list[dict]], n: int) -> None:
+    """The clients' table, the notes and the target."""
+    c, jc, k = LAT_GEN_C, LAT_JUDGE_C, LAT_SERVERS
+    mean_s, in_flight, little, stage_bound = _bounds()
     calls = 3 * n
     rows = []
     for who, rs in runs.items():
@@ -148,4 +170,3 @@ def scenario_latency(bench: Bench, args: argparse.Namespace, tmp: Path) -> Secti
         f"{ev:.0f} calls/s = {ev / little:.2f} of {little:.0f}",
         ev / little >= 0.9,
     )
-    return sec

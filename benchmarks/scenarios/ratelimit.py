@@ -18,14 +18,22 @@ RL_RPM, RL_TPM, RL_C = 6000.0, 30_000_000.0, 64
 
 
 def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
-    from workers.simulated.data import write_synthetic_dataset
-
     n = 350 if args.quick else 1100
     rps = RL_RPM / 60.0
     sec = Section(
         f"3. Rate-limited server: {RL_RPM:g} req/min, {RL_TPM:g} tokens/min, 1-second windows "
         f"({n} pairs, {3 * n} calls ≈ {3 * n / rps:.0f} s at the limit; median of {args.repeats})"
     )
+    results = _measure(bench, args, tmp, n)
+    _write(sec, results, n)
+    return sec
+
+
+def _measure(bench: Bench, args: argparse.Namespace, tmp: Path, n: int) -> dict[str, list[dict]]:
+    """args.repeats runs of each variant, alternating, each against a fresh server."""
+    from workers.simulated.data import write_synthetic_dataset
+
+    rps = RL_RPM / 60.0
     data = write_synthetic_dataset(tmp / "ratelimit.jsonl", n)
     # The simulated server has one allowance for every model name; the evaluator keeps a
     # rate bucket per (URL, key, model), so both stages name one model to share one bucket.
@@ -75,6 +83,12 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
                 f"(initial bucket left out), {m['steady_share']:.1%} steady, "
                 f"{m['r429']} 429s ({m['share_429']:.2%}), n_valid {m['n_valid']}/{n}"
             )
+    return results
+
+
+def _write(sec: Section, results: dict[str, list[dict]], n: int) -> None:
+    """One row and two targets per variant, then the notes."""
+    rps = RL_RPM / 60.0
     rows = []
     for name, rs in results.items():
         ratio = med(r["achieved_share"] for r in rs)
@@ -140,4 +154,3 @@ def scenario_ratelimit(bench: Bench, args: argparse.Namespace, tmp: Path) -> Sec
         f"them (body bytes ÷ 4 + max_tokens), so {rps:.0f} req/s is ≈ 0.38 M tokens/s of the "
         f"{RL_TPM / 60e6:.1f} M/s allowed: the request limit binds.",
     ]
-    return sec

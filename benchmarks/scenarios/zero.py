@@ -20,11 +20,30 @@ ZERO_PAIRS = 6667  # 20,001 calls
 
 
 def scenario_zero(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
+    n = args.pairs or (600 if args.quick else ZERO_PAIRS)
+    sec = Section(f"1. Zero latency ({n} pairs, {3 * n} calls; median of {args.repeats})")
+    runs, startup = _measure(bench, args, tmp, n)
+    _clients_table(sec, runs, n)
+    _ratios_table(sec, runs, n)
+    _startup_table(sec, startup)
+    sec.lines += [
+        "",
+        "In session: the evaluator's `last_session.wall_s` (from the scheduler's start until the "
+        "checkpoint is flushed: no start-up, no final report), the clients' time after their "
+        "imports. Outside the session = wall − session: interpreter start-up and imports, "
+        "and for the evaluator also opening the run and writing its final report. Loop lag p99 is the upper bound of its log bucket (10 a decade), as the "
+        "evaluator reports it; max is exact.",
+    ]
+    return sec
+
+
+def _measure(
+    bench: Bench, args: argparse.Namespace, tmp: Path, n: int
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Each client's runs (a warm-up, then args.repeats in rotated order), then start-ups."""
     from workers.simulated.data import write_synthetic_dataset
 
-    n = args.pairs or (600 if args.quick else ZERO_PAIRS)
     c = ZERO_C
-    sec = Section(f"1. Zero latency ({n} pairs, {3 * n} calls; median of {args.repeats})")
     data = write_synthetic_dataset(tmp / "zero.jsonl", n)
     server = start_server(bench.children, tmp, data, "zero")
     runs: dict[str, list[dict]] = {"evaluator": [], "baseline": [], "reference": []}
@@ -51,7 +70,12 @@ def scenario_zero(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
                 startup[who].append(bench.startup(who, server))
     finally:
         bench.children.stop(server.proc)
+    return runs, startup
 
+
+def _clients_table(sec: Section, runs: dict[str, list[dict]], n: int) -> None:
+    """One row per client: medians of its wall time, rates, CPU, loop lag and memory."""
+    c = ZERO_C
     calls = 3 * n
     in_flight = {
         "evaluator": f"{c}+{c}",
@@ -91,6 +115,11 @@ def scenario_zero(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
         rows,
     )
 
+
+def _ratios_table(sec: Section, runs: dict[str, list[dict]], n: int) -> None:
+    """The evaluator against each other client, with the two targets."""
+    calls = 3 * n
+
     def tput(who: str, key: str) -> float:
         return med(calls / r[key] for r in runs[who])
 
@@ -127,6 +156,10 @@ def scenario_zero(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
         ["---", "---:", "---:", "---:", "---:", "---"],
         ratio_rows,
     )
+
+
+def _startup_table(sec: Section, startup: dict[str, list[dict]]) -> None:
+    """Interpreter start-up plus imports of each client: the fixed part of every wall time."""
     sec.lines += [""] + table(
         [
             "fixed start-up (interpreter + imports, in every wall time)",
@@ -145,12 +178,3 @@ def scenario_zero(bench: Bench, args: argparse.Namespace, tmp: Path) -> Section:
             for who, rs in startup.items()
         ],
     )
-    sec.lines += [
-        "",
-        "In session: the evaluator's `last_session.wall_s` (from the scheduler's start until the "
-        "checkpoint is flushed: no start-up, no final report), the clients' time after their "
-        "imports. Outside the session = wall − session: interpreter start-up and imports, "
-        "and for the evaluator also opening the run and writing its final report. Loop lag p99 is the upper bound of its log bucket (10 a decade), as the "
-        "evaluator reports it; max is exact.",
-    ]
-    return sec
