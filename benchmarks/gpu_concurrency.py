@@ -133,6 +133,8 @@ def one_run(profile: Profile, data: Path, work: Path, setting: str) -> Run:
             sys.executable, "-m", "evaluator", "run", "--data", str(data),
             "--model", "m", "--judge-model", "j", "--base-url", server.url,
             "--out", str(tmp / "out"), "--quiet", "--timeout", str(TIMEOUT_S),
+            # Our rubric: the paper's prompt is downloaded, and benchmarks run offline.
+            "--judge-prompt", "builtin",
         ]  # fmt: skip
         cmd += _flags(setting)
         if _fixed(setting):  # known limits: no slow start, C from the first call

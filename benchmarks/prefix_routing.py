@@ -97,6 +97,9 @@ def one_run(routing: str, data: Path, work: Path) -> dict:
         cmd = [
             sys.executable, __file__, "_run", routing, "--", "run", "--data", str(data),
             "--model", "m", "--judge-model", "j", "--out", str(tmp / "out"), "--quiet",
+            # Our rubric (its ~485 tokens are the judge prefix measured here): the paper's
+            # prompt is downloaded, and benchmarks run offline.
+            "--judge-prompt", "builtin",
         ]  # fmt: skip
         for server in servers:
             cmd += ["--base-url", server.url]
