@@ -33,24 +33,23 @@ import datetime as dt
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(ROOT)
-    + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
-}
+sys.path.insert(0, str(ROOT))  # this checkout's benchmarks/ and workers/
+
+from benchmarks.harness.children import Children, child_env  # noqa: E402
+from benchmarks.harness.servers import spawn_server  # noqa: E402
+from benchmarks.harness.tables import table as md_table  # noqa: E402
+
 TIMEOUT_S = 30
 
 
@@ -109,34 +108,6 @@ class Run:
     mean_batch: float  # sequences per engine step, weighted by the step's time
 
 
-def _server(tmp: Path, flags: tuple[str, ...]) -> tuple[subprocess.Popen, str]:
-    port_file = tmp / "sim.port"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "workers.simulated", "--batching", *flags,
-            "--port", "0", "--port-file", str(port_file),
-            "--served-model-name", "m", "--served-model-name", "j",
-        ],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"simulated server did not start: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 OLD_DEFAULT = "old default (64, slow start)"
 
 
@@ -155,26 +126,26 @@ def _fixed(setting: str) -> bool:
 
 def one_run(profile: Profile, data: Path, work: Path, setting: str) -> Run:
     tmp = Path(tempfile.mkdtemp(dir=work))
-    proc, url = _server(tmp, profile.server)
-    try:
+    with Children() as children:  # the server stopped on every path
+        served = ("--served-model-name", "m", "--served-model-name", "j")
+        server = spawn_server(children, tmp, "sim", ("--batching", *profile.server, *served))
         cmd = [
             sys.executable, "-m", "evaluator", "run", "--data", str(data),
-            "--model", "m", "--judge-model", "j", "--base-url", url,
+            "--model", "m", "--judge-model", "j", "--base-url", server.url,
             "--out", str(tmp / "out"), "--quiet", "--timeout", str(TIMEOUT_S),
+            # Our rubric: the paper's prompt is downloaded, and benchmarks run offline.
+            "--judge-prompt", "builtin",
         ]  # fmt: skip
         cmd += _flags(setting)
         if _fixed(setting):  # known limits: no slow start, C from the first call
             cmd += ["--rpm", "1e9", "--judge-rpm", "1e9"]
         done = subprocess.run(
-            cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900, check=False
+            cmd, cwd=tmp, env=child_env(), capture_output=True, text=True, timeout=900, check=False
         )
         if done.returncode not in (0, 6):
             raise RuntimeError(f"evaluator exited {done.returncode}: {done.stderr[-2000:]}")
         summary = orjson.loads((tmp / "out" / "summary.json").read_bytes())
-        with urllib.request.urlopen(url.replace("/v1", "/sim/stats"), timeout=10) as r:
-            gpu = orjson.loads(r.read())["gpu"]
-    finally:
-        _stop(proc)
+        gpu = server.stats()["gpu"]
     s = summary["last_session"]
     endpoints = [e for stage in s["endpoints"].values() for e in stage]
     peaks = [f"{e.get('concurrency_peak', 0):.0f}" for e in endpoints if e.get("follows_server")]
@@ -224,31 +195,46 @@ def table(profile: Profile, runs: list[Run]) -> tuple[str, bool]:
     ratio = med["default"] / fixed[best]
     default_timeouts = sum(r.timeouts for r in by["default"])
     met = ratio >= 0.95 and default_timeouts == 0
-    lines = [
-        f"**{profile.name} GPU** ({profile.what}; {profile.pairs} pairs = "
-        f"{3 * profile.pairs} calls; median of {len(by['default'])})",
-        "",
-        "| concurrency per stage | calls/s | ÷ best fixed | output tokens/s | session s "
-        "| mean batch on the GPU | peak running | timeouts (all runs) | failed pairs "
-        "| peak limit (gen+judge) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    rows = []
     for key in ["default", OLD_DEFAULT, *sorted(fixed, key=int)]:
         rs = by[key]
         label = {"default": "default (follows the server)"}.get(key, key)
         if key == best:
             label += " (best fixed)"
-        lines.append(
-            f"| {label} | {med[key]:.1f} | {med[key] / fixed[best]:.2f} "
-            f"| {statistics.median(r.tokens_out_per_s for r in rs):,.0f} "
-            f"| {statistics.median(r.session_s for r in rs):.1f} "
-            f"| {statistics.median(r.mean_batch for r in rs):.0f} "
-            f"| {statistics.median(r.peak_running for r in rs):.0f} "
-            f"| {sum(r.timeouts for r in rs)} "
-            f"| {sum(r.failed_pairs for r in rs)} "
-            f"| {', '.join(sorted({r.peak_limit for r in rs}))} |"
+        rows.append(
+            [
+                label,
+                f"{med[key]:.1f}",
+                f"{med[key] / fixed[best]:.2f}",
+                f"{statistics.median(r.tokens_out_per_s for r in rs):,.0f}",
+                f"{statistics.median(r.session_s for r in rs):.1f}",
+                f"{statistics.median(r.mean_batch for r in rs):.0f}",
+                f"{statistics.median(r.peak_running for r in rs):.0f}",
+                sum(r.timeouts for r in rs),
+                sum(r.failed_pairs for r in rs),
+                ", ".join(sorted({r.peak_limit for r in rs})),
+            ]
         )
-    lines += [
+    lines = [
+        f"**{profile.name} GPU** ({profile.what}; {profile.pairs} pairs = "
+        f"{3 * profile.pairs} calls; median of {len(by['default'])})",
+        "",
+        *md_table(
+            [
+                "concurrency per stage",
+                "calls/s",
+                "÷ best fixed",
+                "output tokens/s",
+                "session s",
+                "mean batch on the GPU",
+                "peak running",
+                "timeouts (all runs)",
+                "failed pairs",
+                "peak limit (gen+judge)",
+            ],
+            ["---"] + ["---:"] * 8 + ["---"],
+            rows,
+        ),
         "",
         f"Default settings: {ratio:.2f} of the best fixed concurrency ({best}), "
         f"{default_timeouts} timeouts: target {'met' if met else 'NOT met'} (>= 0.95, none "

@@ -13,26 +13,24 @@ up after 4 MB, and the run ends with exit 6 (every pair failed as response_too_l
 
 The baseline, measured in the same session: the same run against the same server with
 ordinary answers (exit 0). Each run is a fresh process whose peak RSS (`ru_maxrss`) is
-taken by a tiny launcher that reaps it with os.wait4 (benchmarks/throughput.py explains
-why a launcher). Medians of the repeats; the ratio is hostile over baseline.
+taken by a tiny launcher that reaps it with os.wait4 (benchmarks/harness/measure.py
+explains why a launcher). Medians of the repeats; the ratio is hostile over baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from throughput import LAUNCHER  # noqa: E402 - the same launcher as the throughput benchmark
-
+# The throughput benchmark's measurement: a fresh process under its launcher.
+from benchmarks.harness.children import Children  # noqa: E402
+from benchmarks.harness.measure import measure  # noqa: E402
 from workers.simulated import SimConfig  # noqa: E402
 from workers.simulated.data import write_synthetic_dataset  # noqa: E402
 from workers.simulated.hostile import Hostile, ThreadedHostileServer  # noqa: E402
@@ -42,11 +40,12 @@ IN_FLIGHT = 64
 ANSWER_MB = 50
 
 
-def run_once(server: ThreadedHostileServer, data: Path, work: Path, tag: str) -> dict:
+def run_once(
+    children: Children, server: ThreadedHostileServer, data: Path, work: Path, tag: str
+) -> dict:
     import orjson
 
     out = work / f"run-{tag}"
-    result = work / f"{tag}.rusage.json"
     cmd = [
         sys.executable,
         "-m",
@@ -57,18 +56,8 @@ def run_once(server: ThreadedHostileServer, data: Path, work: Path, tag: str) ->
         *("--judge-prompt", "builtin", "--max-failures", "off"),
         *("--concurrency", str(IN_FLIGHT), "--rpm", "1000000"),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-S", "-c", LAUNCHER, str(result), *cmd],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"launcher failed: {proc.stderr}")
-    measured = orjson.loads(result.read_bytes())
+    # Exit 6 is the hostile run's expected end (every pair failed as response_too_large).
+    measured = measure(children, cmd, work, work / f"{tag}.log", [], 600.0, ok_exits=(0, 6))
     summary = orjson.loads((out / "summary.json").read_bytes())
     measured["n_failed"] = summary["n_failed"]
     measured["failures_by_class"] = summary.get("failures_by_class")
@@ -81,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows: dict[str, list[dict]] = {"baseline": [], "hostile": []}
-    with tempfile.TemporaryDirectory(prefix="hostile-mem-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hostile-mem-") as tmp, Children() as children:
         work = Path(tmp)
         data = write_synthetic_dataset(work / "pairs.jsonl", PAIRS, section_chars=200)
         for i in range(args.repeats):
@@ -92,7 +81,7 @@ def main() -> None:
                     else Hostile()
                 )
                 with ThreadedHostileServer(SimConfig(served_names=("m", "j")), hostile) as server:
-                    r = run_once(server, data, work, f"{kind}-{i}")
+                    r = run_once(children, server, data, work, f"{kind}-{i}")
                     stats = server.stats()["hostile"]
                 if kind == "hostile":
                     expected = {"response_too_large": 2 * PAIRS}
@@ -103,12 +92,12 @@ def main() -> None:
                     assert r["exit"] == 0 and r["n_failed"] == 0, r
                 rows[kind].append(r)
                 print(
-                    f"{kind:8s} #{i + 1}: peak RSS {r['maxrss_kib'] / 1024:7.1f} MiB, "
+                    f"{kind:8s} #{i + 1}: peak RSS {r['rss_mib']:7.1f} MiB, "
                     f"wall {r['wall_s']:5.1f} s, exit {r['exit']}, run directory "
                     f"{r['disk_bytes'] / 1024:.0f} KiB",
                     file=sys.stderr,
                 )
-    med = {k: statistics.median(r["maxrss_kib"] for r in v) / 1024 for k, v in rows.items()}
+    med = {k: statistics.median(r["rss_mib"] for r in v) for k, v in rows.items()}
     print(
         f"| {IN_FLIGHT} answers of {ANSWER_MB} MB in flight (default --max-response-mb 4) | "
         f"{med['hostile']:.0f} MiB | baseline (ordinary answers) {med['baseline']:.0f} MiB | "

@@ -16,25 +16,23 @@ shared, noisy machine disturbs much less than calls/s.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(ROOT)
-    + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
-}
+sys.path.insert(0, str(ROOT))  # this checkout's benchmarks/ and workers/
+
+from benchmarks.harness.children import Children, child_env  # noqa: E402
+from benchmarks.harness.servers import spawn_server  # noqa: E402
+from benchmarks.harness.tables import table  # noqa: E402
 
 
 def _free_port() -> int:
@@ -84,7 +82,9 @@ def one_run(data: Path, url: str, work: Path, observed: bool) -> tuple[float, fl
         thread.start()
     else:
         cmd += ["--quiet"]
-    subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd, env=child_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     stop.set()
     session = orjson.loads((out / "summary.json").read_bytes())["last_session"]
     return session["calls_per_s"], session["cpu_ms_per_call"], scrapes[0]
@@ -95,68 +95,50 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=6667)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from workers.simulated.data import write_synthetic_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, Children() as children:
         work = Path(tmp)
         data = write_synthetic_dataset(work / "pairs.jsonl", args.pairs)
-        port_file = work / "port"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "workers.simulated",
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-                "--dataset",
-                str(data),
-                *("--served-model-name", "m", "--served-model-name", "google/gemma-3-27b-it"),
-            ],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not port_file.exists():
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port_file.read_text()}/v1"
-            rates: dict[bool, list[float]] = {False: [], True: []}
-            cpus: dict[bool, list[float]] = {False: [], True: []}
-            scrapes = []
-            for i in range(args.repeats):
-                for observed in (False, True) if i % 2 == 0 else (True, False):
-                    rate, cpu, n = one_run(data, url, work, observed)
-                    rates[observed].append(rate)
-                    cpus[observed].append(cpu)
-                    if observed:
-                        scrapes.append(n)
-                    print(
-                        f"run {i + 1} {'on ' if observed else 'off'}: {rate:.0f} calls/s, "
-                        f"{cpu:.4f} ms CPU/call",
-                        file=sys.stderr,
-                    )
-        finally:
-            server.terminate()
-            server.wait(10)
+        names = ("--served-model-name", "m", "--served-model-name", "google/gemma-3-27b-it")
+        server = spawn_server(children, work, "sim", ("--dataset", str(data), *names))
+        url = server.url
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        cpus: dict[bool, list[float]] = {False: [], True: []}
+        scrapes = []
+        for i in range(args.repeats):
+            for observed in (False, True) if i % 2 == 0 else (True, False):
+                rate, cpu, n = one_run(data, url, work, observed)
+                rates[observed].append(rate)
+                cpus[observed].append(cpu)
+                if observed:
+                    scrapes.append(n)
+                print(
+                    f"run {i + 1} {'on ' if observed else 'off'}: {rate:.0f} calls/s, "
+                    f"{cpu:.4f} ms CPU/call",
+                    file=sys.stderr,
+                )
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
     cpu_off, cpu_on = statistics.median(cpus[False]), statistics.median(cpus[True])
-    print(
-        f"| observability | calls/s (median of {args.repeats}, in session) | "
-        "client CPU ms/call (median, in session) | calls/s of each run |"
-    )
-    print("| --- | ---: | ---: | --- |")
-    for label, observed in (
-        ("off (`--quiet`, no metrics)", False),
-        ("on (`--metrics-port` scraped every 1 s, `--progress bar`)", True),
-    ):
-        print(
-            f"| {label} | {statistics.median(rates[observed]):.0f} | "
-            f"{statistics.median(cpus[observed]):.4f} | "
-            f"{', '.join(f'{r:.0f}' for r in rates[observed])} |"
+    rows = [
+        [
+            label,
+            f"{statistics.median(rates[observed]):.0f}",
+            f"{statistics.median(cpus[observed]):.4f}",
+            ", ".join(f"{r:.0f}" for r in rates[observed]),
+        ]
+        for label, observed in (
+            ("off (`--quiet`, no metrics)", False),
+            ("on (`--metrics-port` scraped every 1 s, `--progress bar`)", True),
         )
+    ]
+    header = [
+        "observability",
+        f"calls/s (median of {args.repeats}, in session)",
+        "client CPU ms/call (median, in session)",
+        "calls/s of each run",
+    ]
+    print("\n".join(table(header, ["---", "---:", "---:", "---"], rows)))
     print(
         f"\ncost: {100 * (off - on) / off:+.1f}% of calls/s, {100 * (cpu_on - cpu_off) / cpu_off:+.1f}% "
         f"of client CPU per call ({args.pairs} pairs, {3 * args.pairs} calls per run; "

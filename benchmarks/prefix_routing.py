@@ -35,23 +35,22 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(ROOT)
-    + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
-}
+sys.path.insert(0, str(ROOT))  # this checkout's benchmarks/, evaluator/ and workers/
+
+from benchmarks.harness.children import Children, child_env  # noqa: E402
+from benchmarks.harness.servers import spawn_server  # noqa: E402
+from benchmarks.harness.tables import table  # noqa: E402
+
 SERVER = (
     "--batching", "--max-num-seqs", "256", "--kv-cache-tokens", "15000", "--step-ms", "12",
     "--seq-ms", "0.25", "--prefill-token-ms", "0.05", "--output-tokens", "48",
@@ -91,43 +90,25 @@ def child(argv: list[str]) -> int:
     return evaluator_main(rest)
 
 
-def _server(tmp: Path, i: int) -> tuple[subprocess.Popen, str]:
-    port_file = tmp / f"sim-{i}.port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.simulated", *SERVER, "--port", "0",
-         "--port-file", str(port_file)],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"simulated server did not start: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
-
-
 def one_run(routing: str, data: Path, work: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(dir=work))
-    servers = [_server(tmp, i) for i in range(2)]
-    try:
+    with Children() as children:  # the servers stopped on every path
+        servers = [spawn_server(children, tmp, f"sim-{i}", SERVER) for i in range(2)]
         cmd = [
             sys.executable, __file__, "_run", routing, "--", "run", "--data", str(data),
             "--model", "m", "--judge-model", "j", "--out", str(tmp / "out"), "--quiet",
+            # Our rubric (its ~485 tokens are the judge prefix measured here): the paper's
+            # prompt is downloaded, and benchmarks run offline.
+            "--judge-prompt", "builtin",
         ]  # fmt: skip
-        for _, url in servers:
-            cmd += ["--base-url", url]
-        done = subprocess.run(cmd, cwd=tmp, env=ENV, capture_output=True, text=True, timeout=900)
+        for server in servers:
+            cmd += ["--base-url", server.url]
+        done = subprocess.run(
+            cmd, cwd=tmp, env=child_env(), capture_output=True, text=True, timeout=900
+        )
         if done.returncode != 0:
             raise RuntimeError(f"evaluator exited {done.returncode}: {done.stderr[-2000:]}")
-        gpus = []
-        for _, url in servers:
-            with urllib.request.urlopen(url.replace("/v1", "/sim/stats"), timeout=10) as r:
-                gpus.append(orjson.loads(r.read())["gpu"])
-    finally:
-        for proc, _ in servers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
+        gpus = [server.stats()["gpu"] for server in servers]
     session = orjson.loads((tmp / "out" / "summary.json").read_bytes())["last_session"]
     shutil.rmtree(tmp, ignore_errors=True)
     queries = sum(g["prefix_cache_queries"] for g in gpus)
@@ -160,24 +141,36 @@ def main(argv: list[str] | None = None) -> int:
                 run = one_run(routing, data, Path(work))
                 print(f"  {routing:>18}: {run}", file=sys.stderr, flush=True)
                 runs[routing].append(run)
+    rows = [
+        [
+            routing,
+            f"{statistics.median(r['calls_per_s'] for r in rs):.1f}",
+            f"{statistics.median(r['hit_rate'] for r in rs):.2%}",
+            f"{statistics.median(r['prefix_hit_rate'] for r in rs):.2%}",
+            f"{statistics.median(r['prefix_misses'] for r in rs):,.0f}",
+            f"{statistics.median(r['prefilled_per_call'] for r in rs):.1f}",
+            " / ".join(str(n) for n in rs[0]["requests_per_server"]),
+        ]
+        for routing, rs in runs.items()
+    ]
     lines = [
         f"{PAIRS} pairs ({3 * PAIRS} calls), 2 simulated servers, median of {args.repeats}; "
         f"{time.time() - started:.0f} s, load average {load:.2f} at the start",
         "",
-        "| routing | session calls/s | prefix-cache hit rate (all prompt tokens) "
-        "| of the shared prefixes' tokens | prefix tokens prefilled again | prompt tokens "
-        "prefilled per call | calls per server (a run) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *table(
+            [
+                "routing",
+                "session calls/s",
+                "prefix-cache hit rate (all prompt tokens)",
+                "of the shared prefixes' tokens",
+                "prefix tokens prefilled again",
+                "prompt tokens prefilled per call",
+                "calls per server (a run)",
+            ],
+            ["---", "---:", "---:", "---:", "---:", "---:", "---"],
+            rows,
+        ),
     ]
-    for routing, rs in runs.items():
-        lines.append(
-            f"| {routing} | {statistics.median(r['calls_per_s'] for r in rs):.1f} "
-            f"| {statistics.median(r['hit_rate'] for r in rs):.2%} "
-            f"| {statistics.median(r['prefix_hit_rate'] for r in rs):.2%} "
-            f"| {statistics.median(r['prefix_misses'] for r in rs):,.0f} "
-            f"| {statistics.median(r['prefilled_per_call'] for r in rs):.1f} "
-            f"| {' / '.join(str(n) for n in rs[0]['requests_per_server'])} |"
-        )
     print("\n".join(lines))
     return 0
 
