@@ -346,3 +346,28 @@ def test_no_call_is_sent_that_could_exceed_the_budget(tmp_path):
     assert stats.cost_usd == pytest.approx(sent * 0.002)
     assert stats.cost_usd <= 0.01
     assert sum(counts.values()) == sent
+
+
+def test_a_judge_call_that_failed_for_good_is_not_sent_again_on_resume(tmp_path):
+    config = _config(tmp_path, 4)
+    refused_topic = "synthetic topic #2 "
+
+    def judge(request: dict) -> Completion | CallFailure:
+        if refused_topic in _question(request):
+            return CallFailure(ErrorClass.INVALID_REQUEST, "the prompt is malformed", 400)
+        return judge_ok(request)
+
+    stats, counts, _ = _session(config, tmp_path / "run", FakeStage(answer_each), FakeStage(judge))
+    assert counts["judge_forward:failed"] == 1 and stats.pairs_failed == 1
+
+    again = FakeStage(judge_ok)
+    stats, _, _ = _session(config, tmp_path / "run", FakeStage(answer_each), again)
+    assert again.sent == []  # the same request would be refused again: it stands
+    assert stats.pairs_already_complete == 4
+
+    fixed = FakeStage(judge_ok)
+    stats, counts, _ = _session(
+        config, tmp_path / "run", FakeStage(answer_each), fixed, retry_failed=True
+    )
+    assert len(fixed.sent) == 1 and refused_topic in _question(fixed.sent[0])
+    assert counts["judge_forward:done"] == 4
