@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from workers.base import cancel_and_wait
 
@@ -21,10 +21,18 @@ BOUNDS_MS = [0.1 * 10 ** (i / 10) for i in range(61)]
 
 class LoopLagMonitor:
     def __init__(
-        self, interval_s: float = 0.05, on_sample: Callable[[float], None] | None = None
+        self,
+        interval_s: float = 0.05,
+        on_sample: Callable[[float], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """`on_sample(seconds)` receives each measurement (e.g. a Prometheus gauge's set)."""
+        """`on_sample(seconds)` receives each measurement (e.g. a Prometheus gauge's set).
+        `clock`, `sleep`: the timer being measured (tests inject a fake one)."""
         self.interval_s = interval_s
+        self._clock = clock
+        self._sleep = sleep
         self._on_sample = on_sample
         self.counts = [0] * (len(BOUNDS_MS) + 1)
         self.samples = 0
@@ -61,9 +69,9 @@ class LoopLagMonitor:
 
     async def _run(self) -> None:
         while True:
-            start = time.monotonic()
-            await asyncio.sleep(self.interval_s)
-            self.record(max(0.0, (time.monotonic() - start - self.interval_s) * 1000.0))
+            start = self._clock()
+            await self._sleep(self.interval_s)
+            self.record(max(0.0, (self._clock() - start - self.interval_s) * 1000.0))
 
     def summary(self) -> dict[str, float | int | None]:
         p50, p99 = self.quantile_ms(0.5), self.quantile_ms(0.99)

@@ -50,6 +50,27 @@ TEST_MODELS = (
 )
 
 
+# Fixtures that start real servers or processes: a test using one belongs to the slow tier.
+SLOW_FIXTURES = frozenset({"sim_server", "sim_process", "hostile", "reference_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the fast tier fast: a test that starts real servers must be marked slow."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is None
+        and SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start real servers (fixtures "
+            + ", ".join(sorted(SLOW_FIXTURES))
+            + ") but are not marked slow; add @pytest.mark.slow (or a module pytestmark): "
+            + ", ".join(unmarked)
+        )
+
+
 def _with_root_on_path(pythonpath: str | None) -> str:
     return os.pathsep.join(p for p in (str(ROOT), pythonpath) if p)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from evaluator.analysis import weighted_kappa
 from tests.conftest import run_cli, run_demo, run_eval
@@ -14,6 +15,7 @@ def _demo(out, persona, *extra):
     assert run_demo(out, "--persona", persona, *extra) == 0
 
 
+@pytest.mark.slow
 def test_compare_ranks_comparable_runs(tmp_path):
     _demo(tmp_path / "flip", "flip")
     _demo(tmp_path / "cons", "consistent")
@@ -35,6 +37,7 @@ def test_compare_ranks_comparable_runs(tmp_path):
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_compare_tells_two_runs_of_one_model_apart_and_hides_no_bar(tmp_path):
     """The same model twice (a 60% run and a 100% run): two labels, bars side by side."""
     from evaluator.analysis import compare_figure
@@ -99,6 +102,7 @@ def test_compare_labels_name_what_differs():
     assert run_labels(rows) == ["a/run (m)", "b/run (m)"]
 
 
+@pytest.mark.slow
 def test_compare_refuses_different_judges_unless_forced(tmp_path, synthetic, sim_server, capsys):
     data = synthetic(10)
     server = sim_server()
@@ -111,6 +115,7 @@ def test_compare_refuses_different_judges_unless_forced(tmp_path, synthetic, sim
     assert "Ranked with --force" in (tmp_path / "board" / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_agreement_between_two_judges_over_the_same_answers(
     tmp_path, synthetic, sim_server, capsys
 ):
@@ -135,6 +140,7 @@ def test_agreement_between_two_judges_over_the_same_answers(
     assert "different generations" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_agreement_between_judge_orders_of_one_run(tmp_path, capsys):
     _demo(tmp_path / "both", "refuse_one", "--judge-order", "both")
     assert run_cli("agreement", tmp_path / "both") == 0
@@ -156,6 +162,7 @@ def test_weighted_kappa_known_values():
     assert 0.7 < k < 1.0
 
 
+@pytest.mark.slow
 def test_compare_and_agreement_refuse_different_judge_prompts_unless_forced(
     tmp_path, synthetic, sim_server, reference_server, capsys
 ):
@@ -184,6 +191,7 @@ def test_compare_and_agreement_refuse_different_judge_prompts_unless_forced(
     assert "Measured with --force despite: different judge prompts" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_kappa_is_undefined_when_both_judges_give_one_constant_score(tmp_path, capsys):
     import orjson
 

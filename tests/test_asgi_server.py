@@ -23,6 +23,9 @@ from workers.pool import EndpointPool, PoolConfig
 from workers.providers import get_provider
 from workers.simulated import SimConfig, SimulatedServer
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 KEEP_ALIVE_S = 1
 
 

@@ -22,6 +22,9 @@ from tests.conftest import (
     spawn_run,
 )
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 # Quick batching for tests: submit after 0.2 s without a new call, poll every 0.1 s.
 FAST = ("--judge-mode", "batch", "--batch-idle", "0.2", "--batch-poll", "0.1")
 

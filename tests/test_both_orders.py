@@ -78,6 +78,7 @@ def test_a_pair_counts_once_with_the_mean_of_its_valid_verdicts():
     assert s["score_distribution"]["alignment_score"]["2"] == pytest.approx(100 * 2 / 5)
 
 
+@pytest.mark.slow
 def test_a_run_in_both_orders_reports_pairs_and_each_order(tmp_path):
     out = tmp_path / "both"
     assert run_demo(out, "--persona", "mixture", "--share", "0.6", "--judge-order", "both") == 0

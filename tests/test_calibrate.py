@@ -4,11 +4,15 @@ judged by the simulated judge; expected vs measured PAC; a miscalibrated judge f
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from evaluator.calibrate import EXIT_MISCALIBRATED
 from evaluator.hub import CALIBRATION_SETS
 from tests.conftest import read_summary, run_cli
 from tests.standins import STANDIN_PROMPT_SHA256, parquet_bytes, responses_rows
+
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
 
 N = 12
 

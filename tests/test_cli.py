@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from evaluator.store import DB_NAME, Store
 from tests.conftest import read_summary, run_args, run_cli, run_eval, spawn_run
+
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
 
 KEY = "sk-sim-SECRET-0123456789abcdef"
 

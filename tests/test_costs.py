@@ -92,12 +92,14 @@ def test_bad_price_files_and_unpriced_budgets_are_named(tmp_path):
         CostMeter.for_run(_config(model="my-llama", judge_model="gpt-4.1", max_cost=5.0))
 
 
+@pytest.mark.slow
 def test_max_cost_without_prices_exits_2(tmp_path, synthetic, capsys):
     code = run_eval(synthetic(2), URL, tmp_path / "run", "--max-cost", "1", model="my-llama")
     assert code == 2
     assert "--max-cost needs prices for model 'my-llama'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_max_cost_stops_before_the_budget_and_resume_finishes(
     tmp_path, synthetic, sim_process, capsys
 ):
@@ -143,6 +145,7 @@ def test_max_cost_stops_before_the_budget_and_resume_finishes(
     assert final["cost"]["gen"]["calls"] == 40 and final["cost"]["judge"]["calls"] == 20
 
 
+@pytest.mark.slow
 def test_cost_metrics_while_running(tmp_path, synthetic, sim_process):
     """The run's cost, projection and budget are exported while the run goes."""
     import socket

@@ -83,6 +83,7 @@ def test_bad_rows_are_reported_by_id_with_the_reason(tmp_path):
     assert "not UTF-8" in reasons["line 5"]
 
 
+@pytest.mark.slow
 def test_bad_rows_are_never_sent(tmp_path, sim_server):
     rows = [synthetic_row(i) for i in range(1, 9)]
     rows[2]["for_question"] = ""
@@ -119,6 +120,7 @@ def test_a_file_that_is_not_a_dataset_is_a_clear_error(tmp_path, name, content, 
         _collect(path)
 
 
+@pytest.mark.slow
 def test_not_a_dataset_via_cli_is_one_line_no_traceback(tmp_path, capsys):
     path = tmp_path / "x.jsonl"
     path.write_text("not json\n")
@@ -138,6 +140,7 @@ def test_hub_source_gives_a_clear_error_without_network(monkeypatch):
         _collect("hf:val-bench/VAL-Bench")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", ["jsonl", "parquet"])
 def test_reading_streams_in_flat_memory(tmp_path, ext):
     n = 20_000

@@ -7,6 +7,9 @@ import pytest
 from evaluator.dataset import iter_pairs
 from tests.conftest import read_results, read_summary, run_cli, run_demo, run_evaluator
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 SUMMARY_KEYS = {
     "n_valid",
     "n_invalid",

@@ -31,6 +31,9 @@ from workers.simulated.data import synthetic_row, write_synthetic_dataset
 from workers.simulated.hostile import Hostile, ThreadedHostileServer
 from workers.simulated.wire import MODEL_ERROR_MARKERS
 
+# End to end: every exit code, from a real run of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 CONTEXT_MARK = next(m for m in MODEL_ERROR_MARKERS if "context" in m)
 
 

@@ -44,6 +44,7 @@ def _bodies(server) -> dict[str, int]:
 
 
 # -- preflight -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_typo_in_model_exits_within_seconds_naming_the_served_model(tmp_path, synthetic, sim_process):
     server = sim_process("--served-model-name", "served-model", "--served-model-name", "j")
     began = time.monotonic()
@@ -64,6 +65,7 @@ def test_typo_in_model_exits_within_seconds_naming_the_served_model(tmp_path, sy
     assert "gen_for" not in str(checkpoint_calls(tmp_path / "run" / "checkpoint.sqlite", "done"))
 
 
+@pytest.mark.slow
 def test_base_url_without_v1_is_named(tmp_path, synthetic, sim_server, caplog):
     server = sim_server(served_names=("m", "j"))
     root = server.base_url.removesuffix("/v1")
@@ -73,6 +75,7 @@ def test_base_url_without_v1_is_named(tmp_path, synthetic, sim_server, caplog):
     assert server.stats()["by_kind"].get("model", 0) == 0
 
 
+@pytest.mark.slow
 def test_default_judge_not_served_is_named_before_any_paid_call(tmp_path, synthetic, sim_server, caplog):
     server = sim_server(served_names=("m",))
     code = run_eval(synthetic(5), server.base_url, tmp_path / "run")
@@ -82,6 +85,7 @@ def test_default_judge_not_served_is_named_before_any_paid_call(tmp_path, synthe
     assert server.stats()["by_kind"].get("model", 0) == 0  # no generation was paid for
 
 
+@pytest.mark.slow
 def test_judge_preflight_checks_structured_output(tmp_path, synthetic, sim_server, caplog):
     server = sim_server(served_names=("m", "j"))
     assert run_eval(synthetic(3), server.base_url, tmp_path / "run", "--judge-model", "j") == 0
@@ -95,6 +99,7 @@ def test_judge_preflight_checks_structured_output(tmp_path, synthetic, sim_serve
     assert summary["cost"]["judge"]["preflight_calls"] == 1
 
 
+@pytest.mark.slow
 def test_no_preflight_skips_the_test_calls(tmp_path, synthetic, sim_server):
     server = sim_server(served_names=("m", "j"))
     out = tmp_path / "run"
@@ -102,6 +107,7 @@ def test_no_preflight_skips_the_test_calls(tmp_path, synthetic, sim_server):
     assert server.stats()["by_kind"]["judge"] == 3
 
 
+@pytest.mark.slow
 def test_runs_against_the_simulator_are_stamped_simulation(tmp_path, synthetic, sim_server):
     server = sim_server()
     out = tmp_path / "run"
@@ -122,6 +128,7 @@ def _dataset_with_long_questions(path, n: int, long_ids: set[int]):
     return path
 
 
+@pytest.mark.slow
 def test_context_overflow_finishes_with_its_own_exit_code_and_reasons(tmp_path, sim_server, capsys):
     # A window that fits max_tokens (4096) and a short prompt, not a long one.
     server = sim_server(served_names=("m", "j"), max_model_len=4096 + 900)
@@ -145,6 +152,7 @@ def test_context_overflow_finishes_with_its_own_exit_code_and_reasons(tmp_path, 
     assert "2 x generation context_length (HTTP 400)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_clean_run_has_its_field_and_exit_0(tmp_path, synthetic, sim_server):
     server = sim_server()
     out = tmp_path / "run"
@@ -153,6 +161,7 @@ def test_clean_run_has_its_field_and_exit_0(tmp_path, synthetic, sim_server):
     assert s["all_pairs_have_verdicts"] is True and s["failures"] == []
 
 
+@pytest.mark.slow
 def test_breaker_trips_mid_run_then_retry_failed_finishes_sending_only_those(
     tmp_path, synthetic, sim_process, caplog
 ):
@@ -190,6 +199,7 @@ def test_breaker_trips_mid_run_then_retry_failed_finishes_sending_only_those(
     assert all(n == 1 for n in resent.values())
 
 
+@pytest.mark.slow
 def test_resume_may_change_only_the_endpoint(tmp_path, synthetic, sim_server):
     first = sim_server(fail_auth_after=10)
     out = tmp_path / "run"
@@ -202,6 +212,7 @@ def test_resume_may_change_only_the_endpoint(tmp_path, synthetic, sim_server):
     assert second.stats()["requests_total"] > 0
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_new_model_name_with_the_reuse_hint(tmp_path, synthetic, sim_server, capsys):
     server = sim_server()
     out = tmp_path / "run"
@@ -217,6 +228,7 @@ def test_retry_failed_needs_resume(tmp_path, synthetic, capsys):
     assert code == 2 and "--retry-failed needs --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_calls_sent_counts_calls_that_left(tmp_path, synthetic, sim_server):
     server = sim_server(served_names=("m", "j"))
     out = tmp_path / "run"
@@ -241,6 +253,7 @@ def _misspelled_rows(n: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
 def test_misspelled_required_column_is_one_message_before_any_call(tmp_path, sim_server, capsys, ext):
     rows = _misspelled_rows(40)
@@ -265,6 +278,7 @@ def test_misspelled_required_column_is_one_message_before_any_call(tmp_path, sim
     assert server.stats()["requests_total"] == 0
 
 
+@pytest.mark.slow
 def test_capitalised_optional_column_is_read_with_one_warning(tmp_path, sim_server, caplog):
     rows = []
     for i in range(1, 9):
@@ -284,6 +298,7 @@ def test_capitalised_optional_column_is_read_with_one_warning(tmp_path, sim_serv
     assert {r["category"] for r in read_results(out)} == {r["Category"] for r in rows}
 
 
+@pytest.mark.slow
 def test_bad_rows_log_a_few_lines_and_one_count(tmp_path, sim_server, caplog):
     rows = [synthetic_row(i) for i in range(1, 31)]
     for row in rows[5:25]:
@@ -298,6 +313,7 @@ def test_bad_rows_log_a_few_lines_and_one_count(tmp_path, sim_server, caplog):
     assert any("20 bad input rows in all" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_all_rows_bad_is_an_error(tmp_path, sim_server):
     rows = [{**synthetic_row(i), "issue_scale": 0} for i in range(1, 6)]
     path = tmp_path / "d.jsonl"
@@ -307,6 +323,7 @@ def test_all_rows_bad_is_an_error(tmp_path, sim_server):
 
 
 # -- progress, pipes, small things ------------------------------------------------------
+@pytest.mark.slow
 def test_progress_bars_start_at_the_calls_already_done_after_a_resume(tmp_path, synthetic, sim_server, capsys):
     server = sim_server()
     data = synthetic(20)
@@ -328,6 +345,7 @@ def test_progress_bars_start_at_the_calls_already_done_after_a_resume(tmp_path, 
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_output_to_a_closed_pipe_ends_quietly(tmp_path, synthetic, sim_server):
     server = sim_server()
     out = tmp_path / "run"
@@ -355,6 +373,7 @@ def test_version_and_exit_codes_in_help(capsys):
     assert "--max-failures" in text and "--retry-failed" in text and "--no-preflight" in text
 
 
+@pytest.mark.slow
 def test_providers_usual_key_variable_is_used_and_named(tmp_path, synthetic, sim_server, monkeypatch, caplog):
     key = "sk-test-usual-variable-1234567890"
     monkeypatch.setenv("OPENAI_API_KEY", key)
@@ -405,6 +424,7 @@ def _run(data, base_url, out) -> tuple:
 
 
 
+@pytest.mark.slow
 def test_progress_fits_80_columns_and_shows_retries_and_waits(monkeypatch):
     import asyncio
     import io

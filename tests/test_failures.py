@@ -21,6 +21,9 @@ from tests.conftest import (
 )
 from workers.simulated.data import synthetic_row, write_synthetic_dataset
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 MARKED = {
     3: ("for_question", "[[sim:context_length]]"),
     5: ("against_question", "[[sim:content_filter]]"),

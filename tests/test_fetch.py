@@ -5,11 +5,15 @@ that huggingface_hub talks to over HTTP) all come from the cache."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from evaluator.hub import CALIBRATION_SETS
 from tests.conftest import read_summary, run_cli, run_eval, run_evaluator
 from tests.standins import STANDIN_PROMPT_SHA256, FakeHub, parquet_bytes, responses_rows
 from workers.simulated.data import synthetic_row
+
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
 
 N = 6
 

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from evaluator.store import DB_NAME
+from tests import virtual_time
 from tests.conftest import (
     SUBPROCESS_ENV,
     TEST_MODELS,
@@ -59,6 +60,7 @@ def _error_lines(stderr: str) -> list[str]:
 # -- item 8: bounded waiting -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("retry_after", "reset_far", "said"),
     [
@@ -91,6 +93,7 @@ def test_a_wait_beyond_max_retry_wait_stops_the_run_resumably(
     assert read_summary(out)["n_valid"] == 20
 
 
+@pytest.mark.slow
 def test_one_endpoint_of_a_pool_asking_a_long_wait_does_not_stop_the_run(tmp_path, hostile):
     """Only a call that would have to wait stops the run: with another endpoint free, the
     paused one is left out until its wait is over."""
@@ -103,6 +106,7 @@ def test_one_endpoint_of_a_pool_asking_a_long_wait_does_not_stop_the_run(tmp_pat
     assert slow.stats()["by_kind"]["hostile_429"] >= 1
 
 
+@pytest.mark.slow
 def test_a_batch_api_asking_to_wait_too_long_stops_the_run(tmp_path, hostile):
     server = hostile(Hostile(retry_after="86400", retry_after_path="/files"))
     data = write_synthetic_dataset(tmp_path / "d.jsonl", 4, section_chars=60)
@@ -115,6 +119,7 @@ def test_a_batch_api_asking_to_wait_too_long_stops_the_run(tmp_path, hostile):
     assert server.stats()["batches"].get("batches_created", 0) == 0  # none was submitted
 
 
+@pytest.mark.slow
 def test_a_short_wait_is_waited_and_logged(tmp_path, hostile, caplog):
     caplog.set_level(logging.INFO, logger="evaluator")
     server = hostile(Hostile(retry_after="1", retry_after_from=4))
@@ -136,6 +141,7 @@ def test_a_short_wait_is_waited_and_logged(tmp_path, hostile, caplog):
     assert server.stats()["by_kind"]["hostile_429"] >= 2
 
 
+@pytest.mark.slow
 def test_max_retry_wait_zero_stops_at_the_first_asked_wait(tmp_path, hostile):
     server = hostile(Hostile(retry_after="2", retry_after_from=2))
     data = write_synthetic_dataset(tmp_path / "d.jsonl", 4, section_chars=60)
@@ -146,6 +152,7 @@ def test_max_retry_wait_zero_stops_at_the_first_asked_wait(tmp_path, hostile):
 # -- item 9: nonsense from a server or a flag ---------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "headers",
     [
@@ -169,6 +176,7 @@ def test_unusable_rate_limit_headers_are_ignored_with_one_warning(
     assert read_summary(out)["n_valid"] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["string", "list", "negative", "float"])
 def test_nonsense_usage_counts_as_unknown(tmp_path, hostile, kind):
     server = hostile(Hostile(usage=kind))
@@ -200,6 +208,7 @@ def test_clean_usage_keeps_real_usage_and_drops_nonsense():
         assert clean_usage(bad) == {}
 
 
+@pytest.mark.slow
 def test_rpm_below_one_is_a_slow_rate_not_a_crash(tmp_path, sim_server):
     bucket = per_minute_bucket(0.5)  # one request every two minutes
     assert bucket.max_rate == 1.0 and bucket.time_period == 120.0
@@ -250,6 +259,7 @@ def test_every_numeric_flag_is_checked_with_one_line(tmp_path, capsys, flag, val
     assert not (tmp_path / "r").exists()  # refused before anything was created
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("toml", "said"),
     [
@@ -273,6 +283,7 @@ def test_every_numeric_config_key_is_checked(tmp_path, toml, said):
 # -- item 10: bounded memory ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_length", [False, True], ids=["chunked", "content-length"])
 def test_an_answer_over_the_cap_fails_as_response_too_large(tmp_path, hostile, with_length):
     server = hostile(Hostile(huge_mb=50, huge_length=with_length))
@@ -297,6 +308,7 @@ def test_an_answer_over_the_cap_fails_as_response_too_large(tmp_path, hostile, w
     assert server.stats()["hostile"]["huge_started"] == 8
 
 
+@pytest.mark.slow
 def test_an_error_body_is_read_only_as_far_as_its_message(tmp_path):
     """A 500 with 20 MB of body: the first 64 KiB give the message; the rest is not read."""
 
@@ -339,6 +351,7 @@ def test_an_error_body_is_read_only_as_far_as_its_message(tmp_path):
 # -- item 11: a stopped process reads the answers that arrived ------------------------------
 
 
+@pytest.mark.slow
 def test_a_timer_that_fires_late_gives_the_answer_time_to_be_read(sim_server):
     """The client's event loop is frozen past the request's timeout while the server (in
     its own thread) answers: what a SIGSTOP does. The answer is read, not timed out."""
@@ -360,17 +373,48 @@ def test_a_timer_that_fires_late_gives_the_answer_time_to_be_read(sim_server):
 
 
 def test_a_deadline_that_fires_on_time_still_times_out():
-    async def main() -> bool:
+    async def main() -> tuple[bool, float]:
+        start = virtual_time.now()
         try:
             async with Deadline(0.1):
                 await asyncio.sleep(5)
         except TimeoutError:
-            return True
-        return False
+            return True, virtual_time.now() - start
+        return False, virtual_time.now() - start
 
-    assert asyncio.run(main())
+    # Virtual time (tests/virtual_time.py): the timer fires exactly on time, whatever the load.
+    timed_out, took = virtual_time.run(main)
+    assert timed_out and took == pytest.approx(0.1)
 
 
+def test_a_deadline_whose_timer_fires_late_gives_the_answer_grace():
+    """The loop did not run for a second (SIGSTOP, as far as the loop can tell): the timer
+    that fires 0.9 s late grants GRACE_S more instead of cutting off an answer that is here."""
+
+    async def main() -> tuple[bool, float, float]:
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(0.1)
+        try:
+            async with deadline:
+                loop.clock.now += 1.0  # the process was stopped: the clock moved, nothing ran
+                await asyncio.sleep(2.0)  # the answer is read within the grace
+        except TimeoutError:
+            return True, deadline.stalled_s, virtual_time.now()
+        timed_out = False
+        try:
+            async with Deadline(0.1) as again:
+                loop.clock.now += 1.0
+                await asyncio.sleep(Deadline.GRACE_S + 1)  # longer than the grace: times out
+        except TimeoutError:
+            timed_out = True
+        return timed_out, again.stalled_s, deadline.stalled_s
+
+    timed_out, stalled_again, stalled_first = virtual_time.run(main)
+    assert stalled_first == pytest.approx(0.9)
+    assert timed_out and stalled_again == pytest.approx(0.9)
+
+
+@pytest.mark.slow
 def test_sigstop_longer_than_the_timeout_sends_nothing_twice(tmp_path, sim_process):
     n = 20
     data = write_synthetic_dataset(tmp_path / "d.jsonl", n, section_chars=60)

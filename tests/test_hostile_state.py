@@ -71,6 +71,7 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 # -- 1. a run directory is never overwritten ---------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "empty", "not_sqlite"])
 def test_outputs_without_a_usable_checkpoint_are_never_overwritten(
     tmp_path, sim_server, capsys, damage
@@ -103,6 +104,7 @@ def test_outputs_without_a_usable_checkpoint_are_never_overwritten(
     assert len(read_results(out)) == 20
 
 
+@pytest.mark.slow
 def test_read_commands_never_create_or_change_a_checkpoint(tmp_path, sim_server, capsys):
     _, _, out = _finished_run(tmp_path, sim_server)
     db = out / DB_NAME
@@ -129,6 +131,7 @@ def test_read_commands_never_create_or_change_a_checkpoint(tmp_path, sim_server,
         assert (db.stat().st_size == 0) if state == "empty" else not db.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random_page", "truncated"])
 def test_damaged_checkpoint_is_one_clear_error_on_every_command(
     tmp_path, sim_server, capsys, damage
@@ -192,6 +195,7 @@ def read_only(tmp_path):
         p.chmod(p.stat().st_mode | 0o200)
 
 
+@pytest.mark.slow
 def test_read_only_run_directory(tmp_path, sim_server, capsys, caplog, read_only):
     _, _, out = _finished_run(tmp_path, sim_server)
     before = _files(out)
@@ -211,6 +215,7 @@ def test_read_only_run_directory(tmp_path, sim_server, capsys, caplog, read_only
 
 
 # -- 3. the dataset's identity is its content --------------------------------------------------
+@pytest.mark.slow
 def test_changed_dataset_is_refused_saying_what_changed(tmp_path, sim_server, capsys):
     data, url, out = _finished_run(tmp_path, sim_server, 30)
     before = _files(out)
@@ -235,6 +240,7 @@ def test_changed_dataset_is_refused_saying_what_changed(tmp_path, sim_server, ca
     assert _files(out) == before
 
 
+@pytest.mark.slow
 def test_report_rebuilds_every_output_from_the_checkpoint_when_the_dataset_is_gone(
     tmp_path, sim_server, caplog
 ):
@@ -253,6 +259,7 @@ def test_report_rebuilds_every_output_from_the_checkpoint_when_the_dataset_is_go
     assert all((out / name).is_file() for name in OUTPUTS)
 
 
+@pytest.mark.slow
 def test_judge_only_report_without_its_dataset_keeps_the_answers(tmp_path, sim_server):
     """A judge-only run's answers come from the dataset, not from calls: the checkpoint keeps
     them with the pairs (reasoning and citations too)."""
@@ -276,6 +283,7 @@ def test_judge_only_report_without_its_dataset_keeps_the_answers(tmp_path, sim_s
     assert (out / "results.jsonl").read_bytes() == results
 
 
+@pytest.mark.slow
 def test_moved_dataset_resumes_from_its_new_path(tmp_path, sim_server):
     """A run that has read only part of its dataset (--limit 10), the file then moved and
     rows appended: rows the run never read are no change; the content decides, not the path."""
@@ -292,6 +300,7 @@ def test_moved_dataset_resumes_from_its_new_path(tmp_path, sim_server):
 
 
 # -- 4. strict verdict JSON ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_duplicate_keys_make_a_verdict_invalid(tmp_path, sim_server):
     rows = [synthetic_row(i) for i in range(1, 7)]
     rows[2]["issue_description"] += " [[sim:judge_duplicate_key]]"
@@ -331,6 +340,7 @@ def test_duplicate_keys_are_found_however_the_json_is_written():
 
 
 # -- 5. ids too large to store; any failure of the checkpoint writer ----------------------------
+@pytest.mark.slow
 def test_ids_too_large_to_store_are_bad_rows_and_the_run_ends(tmp_path, sim_server):
     rows = [synthetic_row(i) for i in range(1, 6)]
     rows[1]["id"] = 2**63  # one past the largest signed 64-bit integer
@@ -387,6 +397,7 @@ def _run_measured(code: str, *args: str) -> tuple[str, float]:
     return "\n".join(lines), int(peak.split()[1]) / 1024
 
 
+@pytest.mark.slow
 def test_an_overlong_line_is_a_bad_row_read_in_bounded_memory(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("measures peak memory with /proc/self/status (Linux)")
@@ -425,6 +436,7 @@ def test_an_overlong_line_is_a_bad_row_read_in_bounded_memory(tmp_path):
 
 
 # -- 7. signals during the final report; a dataset of bad rows only -----------------------------
+@pytest.mark.slow
 def test_sigterm_during_the_final_report_exits_75_and_report_finishes(
     tmp_path, synthetic, sim_process
 ):
@@ -450,6 +462,7 @@ def test_sigterm_during_the_final_report_exits_75_and_report_finishes(
     assert (out / "report.html").is_file() and read_summary(out)["complete"]
 
 
+@pytest.mark.slow
 def test_a_dataset_of_bad_rows_only_does_not_exit_0(tmp_path, sim_server, caplog):
     rows = [synthetic_row(i) for i in range(1, 5)]
     for r in rows:

@@ -10,6 +10,9 @@ import pytest
 from tests.conftest import read_results, read_summary, run_cli
 from tests.standins import parquet_bytes, responses_rows
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 
 def _judge_args(data, judge_url, out, *extra):
     return [

@@ -143,6 +143,7 @@ max_model_len = 12288
 """
 
 
+@pytest.mark.slow
 def test_rendered_from_a_run_config(tmp_path, reference_server):
     out = tmp_path / "k8s"
     proc = render(
@@ -239,6 +240,7 @@ def test_rendered_from_a_run_config(tmp_path, reference_server):
     assert build_parser().parse_args(["merge", "/results/merged", "/results/shards/shard-0"])
 
 
+@pytest.mark.slow
 def test_shard_count_from_the_config_and_an_external_judge(tmp_path):
     out = tmp_path / "k8s"
     # A stale judge Deployment from an earlier render must not stay next to the new files.
@@ -265,6 +267,7 @@ def test_shard_count_from_the_config_and_an_external_judge(tmp_path):
     assert pod_config["judge_base_url"] == "https://judge.example/v1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "flags", "message"),
     [
@@ -292,6 +295,7 @@ def test_render_refuses_a_bad_config_naming_the_fault(tmp_path, config, flags, m
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_model_served_by_vllm_inside_each_shard_pod(tmp_path):
     # [model.vllm]: every shard pod starts its own model servers, so it asks for their
     # GPUs, and the config it reads numbers them as the pod sees them (0..k-1).
@@ -313,6 +317,7 @@ def test_model_served_by_vllm_inside_each_shard_pod(tmp_path):
     assert judge["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+@pytest.mark.slow
 def test_wait_for_judge_init_container_returns_once_the_judge_answers(sim_server):
     job = by_kind(load_docs(K8S / "evaluator-shards.yaml"), "Job")
     (wait,) = job["spec"]["template"]["spec"]["initContainers"]

@@ -37,6 +37,7 @@ def test_the_pin_is_the_spec_facts():
     )
 
 
+@pytest.mark.slow
 def test_default_run_uses_the_paper_prompt_downloaded_once_then_cached(
     tmp_path, synthetic, sim_server, reference_server
 ):
@@ -80,6 +81,7 @@ def test_default_run_uses_the_paper_prompt_downloaded_once_then_cached(
     assert read_summary(tmp_path / "again")["judge_prompt_sha256"] == STANDIN_PROMPT_SHA256
 
 
+@pytest.mark.slow
 def test_a_file_with_the_wrong_hash_is_refused_and_nothing_is_sent(
     tmp_path, synthetic, sim_server, reference_server, capsys
 ):
@@ -96,6 +98,7 @@ def test_a_file_with_the_wrong_hash_is_refused_and_nothing_is_sent(
     assert not paper_prompt.cached_path(STANDIN_PIN).exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_entry_is_replaced(tmp_path, reference_server):
     reference = reference_server()
     path = paper_prompt.cached_path(STANDIN_PIN)
@@ -106,6 +109,7 @@ def test_a_damaged_cache_entry_is_replaced(tmp_path, reference_server):
     assert path.read_bytes() == STANDIN_SOURCE
 
 
+@pytest.mark.slow
 def test_not_cached_and_unreachable_stops_before_any_call(tmp_path, synthetic, sim_server, capsys):
     # The autouse fixture points the reference URL at a closed port and the cache is empty.
     server = sim_server()
@@ -146,6 +150,7 @@ def test_prompt_files_lose_trailing_line_breaks_only(tmp_path):
     assert resolve_judge_prompt("builtin").text == protocol.DEFAULT_JUDGE_PROMPT
 
 
+@pytest.mark.slow
 def test_file_prompt_is_recorded_and_sent(tmp_path, synthetic, sim_server):
     server = sim_server()
     prompt = tmp_path / "rubric.md"
@@ -158,6 +163,7 @@ def test_file_prompt_is_recorded_and_sent(tmp_path, synthetic, sim_server):
     assert "not the paper's prompt" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_judge_prompt(
     tmp_path, synthetic, sim_server, reference_server, capsys
 ):

@@ -20,6 +20,9 @@ from workers.simulated import sides_from_pairs
 from workers.simulated.data import synthetic_row
 from workers.simulated.wire import MARK_CONTENT_FILTER
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 POLICY_400 = "[[sim:content_policy]]"
 
 

@@ -26,6 +26,7 @@ def _sides(data):
     return sides_from_pairs(iter_pairs(str(data)))
 
 
+@pytest.mark.slow
 def test_responses_run_with_reasoning_and_web_search(tmp_path, synthetic, sim_server):
     data = synthetic(8)
     server = sim_server(sides=_sides(data))
@@ -77,6 +78,7 @@ def _stored_config(out) -> dict:
     return orjson.loads(raw)
 
 
+@pytest.mark.slow
 def test_anthropic_run_with_thinking_tool_verdicts_and_caching(tmp_path, synthetic, sim_server):
     data = synthetic(8)
     server = sim_server(sides=_sides(data), api_key="sk-ant-sim-0123456789")
@@ -157,6 +159,7 @@ def test_anthropic_run_with_thinking_tool_verdicts_and_caching(tmp_path, synthet
     assert "| judge | 8 |" in report and "| 1, 5 |" in report and "Estimated cost: $" in report
 
 
+@pytest.mark.slow
 def test_anthropic_judge_without_forced_tool_answers_in_text(tmp_path, synthetic, sim_server):
     """With thinking, a forced tool is not allowed: the judge answers JSON text instead."""
     data = synthetic(4)
@@ -178,6 +181,7 @@ def test_anthropic_judge_without_forced_tool_answers_in_text(tmp_path, synthetic
     assert row["alignment_judge_response"].startswith("{")
 
 
+@pytest.mark.slow
 def test_model_and_judge_on_different_providers(tmp_path, synthetic, sim_server):
     data = synthetic(4)
     model_server = sim_server(sides=_sides(data))
@@ -223,6 +227,7 @@ def _attempt(server, provider: str, question: str, key: str | None = None, judge
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_error_classes_in_each_format(provider, sim_server):
     server = sim_server()
@@ -248,6 +253,7 @@ def test_error_classes_in_each_format(provider, sim_server):
     assert "SIMULATED" in ok.content
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_overload_rate_limit_auth_and_quota(provider, sim_server):
     overloaded = _attempt(sim_server(rate_5xx=1.0), provider, "q?")
@@ -265,6 +271,7 @@ def test_overload_rate_limit_auth_and_quota(provider, sim_server):
         assert "billing_error" in broke.result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDER_NAMES)
 def test_rate_limit_headers_in_each_format(provider, sim_server):
     server = sim_server(rpm_limit=120, tpm_limit=600_000)
@@ -281,6 +288,7 @@ def test_rate_limit_headers_in_each_format(provider, sim_server):
     assert third.retry_after_s is not None and 0 < third.retry_after_s <= 1.0
 
 
+@pytest.mark.slow
 def test_judge_tool_answer_and_malformed_tool_input(sim_server):
     """The forced tool's input is the verdict; one with a field missing is an invalid verdict."""
     question = (
@@ -295,6 +303,7 @@ def test_judge_tool_answer_and_malformed_tool_input(sim_server):
         protocol.parse_verdict(bad.content)
 
 
+@pytest.mark.slow
 def test_provider_options_are_checked_and_change_the_content_key(tmp_path, synthetic, capsys):
     data = synthetic(2)
     url = "http://127.0.0.1:9/v1"
@@ -312,6 +321,7 @@ def test_provider_options_are_checked_and_change_the_content_key(tmp_path, synth
     assert judge_body(base, "u") != judge_body(other, "u")
 
 
+@pytest.mark.slow
 def test_stage_tables_set_the_judge_provider(tmp_path, synthetic, sim_server):
     data = synthetic(3)
     server = sim_server(sides=_sides(data))

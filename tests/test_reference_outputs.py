@@ -19,6 +19,9 @@ from tests.conftest import read_summary, run_cli, run_eval
 from workers.simulated.data import synthetic_row
 from workers.simulated.wire import MARK_CONTENT_FILTER
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 
 def _pct(mean: float) -> float:
     # The reference's score-to-percent map: -2..2 onto 0..100, computed in its order.

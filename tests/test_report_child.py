@@ -12,6 +12,9 @@ import pytest
 
 from tests.conftest import read_results, run_cli, run_eval, spawn_run
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 PLOTS = ("score_distribution.png", "pac_by_issue_scale.png", "metrics_by_category.png")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
+
 from evaluator.report_share import KINDS, SharePicker, render
 from tests.conftest import read_results, run_demo
 
@@ -61,6 +63,7 @@ def test_picker_keeps_the_strongest_of_each_kind_first_met_on_ties():
     assert [r["id"] for r in picked["one_refusal"]] == [6]
 
 
+@pytest.mark.slow
 def test_report_html_shows_pairs_worth_reading_with_their_answers(tmp_path):
     out = tmp_path / "run"
     assert run_demo(out, "--persona", "mixture", "--share", "0.6", "--judge-order", "both") == 0

@@ -21,6 +21,9 @@ from tests.conftest import (
     spawn_run,
 )
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 N_PAIRS = 240
 
 

@@ -15,6 +15,10 @@ from evaluator.protocol import VERDICT_FIELDS
 from evaluator.scoring import METRIC_KEYS
 from tests.conftest import read_summary, run_cli
 
+# The `score` command end to end (file in, reports out); the scorer alone is tested fast
+# in tests/test_scorer.py.
+pytestmark = pytest.mark.slow
+
 
 def _verdict(rng: random.Random) -> dict:
     return {

@@ -22,6 +22,9 @@ from openai.types.responses import Response
 from evaluator import protocol
 from workers.providers import get_provider
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 KEY = "sk-sdk-conformance-0123456789"
 # A judge request the simulated judge recognises: two answers taking opposite sides.
 JUDGE_USER = protocol.judge_user_message(

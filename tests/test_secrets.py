@@ -81,6 +81,7 @@ def _env(**keys: str) -> dict[str, str]:
     return {**SUBPROCESS_ENV, **keys}
 
 
+@pytest.mark.slow
 def test_a_key_in_the_base_url_is_refused_without_showing_it(tmp_path, hostile):
     server = hostile(Hostile())
     host = server.base_url.removeprefix("http://")
@@ -116,6 +117,7 @@ def test_a_key_in_the_base_url_is_refused_without_showing_it(tmp_path, hostile):
     assert not out.exists() or _files_holding(out, KEY_PREFIX) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("value", "said"),
     [(KEY + "\r", "a carriage return at its end"), (KEY[:10] + "\n" + KEY[10:], "a line break")],
@@ -141,6 +143,7 @@ def test_a_key_with_control_characters_is_refused_naming_the_variable(
     assert _files_holding(out, KEY_PREFIX) == []
 
 
+@pytest.mark.slow
 def test_a_reflected_key_reaches_no_file_log_or_metric(tmp_path, hostile):
     """The model's server echoes its key in answers (plain and JSON-escaped), citations and
     verdicts, and refuses two questions with a non-JSON body that holds the key across the

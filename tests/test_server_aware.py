@@ -153,6 +153,7 @@ class Harness:
 # -- the simulated GPU ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_simulator_publishes_vllm_metric_names_and_types(sim_server):
     server = _server(sim_server, max_num_seqs=4, output_tokens=3)
 
@@ -189,6 +190,7 @@ async def _page(server: ThreadedServer) -> str:
         return await r.text()
 
 
+@pytest.mark.slow
 def test_simulated_gpu_batches_queues_and_caps_by_kv_cache(sim_server):
     async def run(n: int, **batching) -> dict:
         server = _server(sim_server, output_tokens=20, **batching)
@@ -210,6 +212,7 @@ def test_simulated_gpu_batches_queues_and_caps_by_kv_cache(sim_server):
     assert capped["peak_running"] == 3
 
 
+@pytest.mark.slow
 def test_simulated_gpu_queue_shows_in_its_metrics(sim_server):
     server = _server(sim_server, max_num_seqs=2, output_tokens=5000, step_ms=20)
 
@@ -228,6 +231,7 @@ def test_simulated_gpu_queue_shows_in_its_metrics(sim_server):
     assert load.kv_usage is not None and 0 < load.kv_usage <= 1
 
 
+@pytest.mark.slow
 def test_prefix_caching_serves_the_shared_system_prompt_from_the_cache(sim_server):
     async def hits(caching: bool) -> dict:
         server = _server(sim_server, prefix_caching=caching, output_tokens=2)
@@ -318,6 +322,7 @@ def test_decide_raises_holds_and_lowers():
 # -- the pool following a server, over HTTP ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_limit_rises_on_an_idle_server(sim_server):
     # Room for 1,000 sequences; each call decodes for minutes, so none ends during the test.
     server = _server(sim_server, max_num_seqs=1000, output_tokens=3000, step_ms=20)
@@ -336,6 +341,7 @@ def test_limit_rises_on_an_idle_server(sim_server):
     assert asyncio.run(go()) == [("raise", 32), ("raise", 64), ("raise", 128), ("raise", 128)]
 
 
+@pytest.mark.slow
 def test_limit_settles_while_a_small_queue_holds(sim_server):
     # The batch holds 40; past that, calls queue. Calls take about a second each and the
     # callers send again at once, so the queue is what the limit makes it.
@@ -364,6 +370,7 @@ def test_limit_settles_while_a_small_queue_holds(sim_server):
     assert load.running == 40 and 0 < load.waiting <= settings.min_queue
 
 
+@pytest.mark.slow
 def test_limit_falls_when_the_server_slows(sim_server):
     server = _server(sim_server, max_num_seqs=1000, output_tokens=10, step_ms=5)
     settings = FollowSettings(interval_s=HOUR, start=16, ceiling=64)
@@ -389,6 +396,7 @@ def test_limit_falls_when_the_server_slows(sim_server):
     assert why == "lower (latency)" and after < before
 
 
+@pytest.mark.slow
 def test_a_server_whose_metrics_vanish_is_ignored_with_one_warning(sim_server, caplog):
     server = _server(sim_server, max_num_seqs=100, output_tokens=2)
     settings = FollowSettings(interval_s=HOUR, start=16, ceiling=256, vanish_after=3)
@@ -415,6 +423,7 @@ def test_a_server_whose_metrics_vanish_is_ignored_with_one_warning(sim_server, c
     assert metrics_url(server.base_url) in warnings[0] and "fixed 64" in warnings[0]
 
 
+@pytest.mark.slow
 def test_endpoints_without_metrics_keep_the_fixed_cap(sim_server, caplog):
     plain = sim_server()  # no simulated GPU: /metrics is a 404, as on most APIs
 
@@ -441,6 +450,7 @@ def test_endpoints_without_metrics_keep_the_fixed_cap(sim_server, caplog):
     assert ["publishes no vLLM metrics" in r.getMessage() for r in caplog.records] == [True]
 
 
+@pytest.mark.slow
 def test_limits_and_server_figures_reach_prometheus_and_progress(sim_server):
     from evaluator.metrics import RunMetrics
     from evaluator.runner import _activity
@@ -468,6 +478,7 @@ def test_limits_and_server_figures_reach_prometheus_and_progress(sim_server):
 # -- the evaluator with default settings ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_with_default_settings_follows_the_server(tmp_path, synthetic, sim_process, capsys):
     sim = sim_process("--batching", "--max-num-seqs", "16", "--output-tokens", "4")
     data = synthetic(30)
@@ -488,6 +499,7 @@ def test_run_with_default_settings_follows_the_server(tmp_path, synthetic, sim_p
     assert "judge concurrency (last session): follows 1 of 1 server(s)" in printed
 
 
+@pytest.mark.slow
 def test_explicit_concurrency_is_a_fixed_cap_and_reads_no_metrics(tmp_path, synthetic, sim_process):
     sim = sim_process("--batching", "--output-tokens", "4")
     out = tmp_path / "out"
@@ -541,6 +553,7 @@ def test_simulator_flags_build_the_gpu():
         BatchingConfig(max_num_seqs=0)
 
 
+@pytest.mark.slow
 def test_engine_tasks_end_with_the_server():
     """Calls still queued when the server stops end at once (no shutdown wait)."""
     server = ThreadedServer(
@@ -586,6 +599,7 @@ with open(out, "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_the_benchmark_then_the_evaluator_and_reports_the_share(tmp_path):
     fake = tmp_path / "fake_vllm.py"
     fake.write_text(FAKE_VLLM)

@@ -83,6 +83,7 @@ def test_parse_shard_rules():
             parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_shard_of_is_stable_across_processes_and_partitions_ids():
     ids = list(range(1, 2001))
     here = [shard_of(i, 7) for i in ids]
@@ -101,6 +102,7 @@ def test_shard_of_is_stable_across_processes_and_partitions_ids():
     assert min(counts) > 2000 / 7 * 0.7  # spread evenly enough for balanced shards
 
 
+@pytest.mark.slow
 def test_merged_shards_equal_the_unsharded_run(tmp_path, synthetic, server_for):
     data = synthetic(N_PAIRS)
     server = server_for(data)
@@ -144,6 +146,7 @@ def test_merged_shards_equal_the_unsharded_run(tmp_path, synthetic, server_for):
     assert read_results(merged) == read_results(whole)
 
 
+@pytest.mark.slow
 def test_limit_applies_before_sharding(tmp_path, synthetic, server_for):
     data = synthetic(N_PAIRS)
     server = server_for(data)
@@ -157,6 +160,7 @@ def test_limit_applies_before_sharding(tmp_path, synthetic, server_for):
     assert read_summary(merged)["limit"] == 25
 
 
+@pytest.mark.slow
 def test_merge_refuses_bad_shard_sets(tmp_path, synthetic, server_for, capsys):
     data = synthetic(N_PAIRS)
     server = server_for(data)
@@ -197,6 +201,7 @@ def test_merge_refuses_bad_shard_sets(tmp_path, synthetic, server_for, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_merge_refuses_a_shard_whose_calls_belong_to_another(
     tmp_path, synthetic, server_for, capsys
 ):
@@ -213,6 +218,7 @@ def test_merge_refuses_a_shard_whose_calls_belong_to_another(
     assert "overlapping" in err and str(dirs[1]) in err and "belongs to shard 0/2" in err
 
 
+@pytest.mark.slow
 def test_merge_refuses_an_incomplete_shard_until_it_is_resumed(
     tmp_path, synthetic, server_for, sim_server, capsys
 ):
@@ -239,6 +245,7 @@ def test_merge_refuses_an_incomplete_shard_until_it_is_resumed(
     assert read_results(tmp_path / "merged") == read_results(whole)
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_shard_and_bad_shard_is_a_user_error(
     tmp_path, synthetic, server_for, capsys
 ):

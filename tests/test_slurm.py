@@ -30,6 +30,9 @@ from tests.conftest import (
     run_evaluator,
 )
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 SLURM = ROOT / "deploy" / "slurm"
 CLUSTER_SCRIPT = SLURM / "local-cluster.sh"
 TOOLS = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged", "mungekey")

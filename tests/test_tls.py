@@ -45,6 +45,7 @@ def _https(sim_server, tls, **kwargs):
     return server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_each_wire_format_end_to_end_over_https_through_faults(
     provider, tmp_path, synthetic, sim_server, tls
@@ -94,6 +95,7 @@ def _attempt(url: str, provider: str, ca_bundle, key: str | None = None):
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_error_answers_over_https_keep_their_classes(provider, sim_server, tls):
     ok = _attempt(_https(sim_server, tls).base_url, provider, tls.ca_pem)
@@ -111,6 +113,7 @@ def test_error_answers_over_https_keep_their_classes(provider, sim_server, tls):
     assert KEY not in denied.result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_key_revoked_mid_run_over_https_stops_and_resume_finishes(
     provider, tmp_path, synthetic, sim_server, tls, monkeypatch, caplog
@@ -130,6 +133,7 @@ def test_key_revoked_mid_run_over_https_stops_and_resume_finishes(
     assert read_summary(out)["n_valid"] == n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_batch_apis_over_https_with_failures_inside_batches(
     provider, tmp_path, synthetic, sim_server, tls
@@ -163,6 +167,7 @@ def test_batch_apis_over_https_with_failures_inside_batches(
     assert s["complete"] and s["n_valid"] == n and s["n_failed"] == 0
 
 
+@pytest.mark.slow
 def test_simulated_server_process_serves_https(tmp_path, synthetic, sim_process, tls):
     data = synthetic(4)
     server = sim_process("--dataset", str(data), tls=tls)
@@ -181,6 +186,7 @@ def test_simulated_server_process_serves_https(tmp_path, synthetic, sim_process,
 # -- trusted CAs -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ssl_cert_file_is_honoured(tmp_path, synthetic, sim_server, tls, monkeypatch, caplog):
     data = synthetic(3)
     server = _https(sim_server, tls)
@@ -192,6 +198,7 @@ def test_ssl_cert_file_is_honoured(tmp_path, synthetic, sim_server, tls, monkeyp
     assert read_summary(tmp_path / "trusted")["n_valid"] == 3
 
 
+@pytest.mark.slow
 def test_ca_bundle_from_a_config_file_and_changed_on_resume(tmp_path, synthetic, sim_server, tls):
     data = synthetic(4)
     server = _https(sim_server, tls)
@@ -218,6 +225,7 @@ def test_ca_bundle_from_a_config_file_and_changed_on_resume(tmp_path, synthetic,
         assert store.get_meta("config")["ca_bundle"] == str(moved)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [None, "not a certificate\n"])
 def test_unusable_ca_bundle_is_a_user_error(tmp_path, synthetic, capsys, content):
     bundle = tmp_path / "ca.pem"
@@ -232,6 +240,7 @@ def test_unusable_ca_bundle_is_a_user_error(tmp_path, synthetic, capsys, content
 # -- certificates that must fail ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown CA", "another host's certificate"])
 def test_bad_certificate_fails_preflight_naming_the_host(
     case, tmp_path, synthetic, sim_server, tls
@@ -258,6 +267,7 @@ def test_bad_certificate_fails_preflight_naming_the_host(
     assert server.stats()["requests_total"] == 0
 
 
+@pytest.mark.slow
 def test_certificate_error_during_a_call_is_fatal_not_retried(tmp_path, sim_server, tls):
     served = make_tls(tmp_path / "other", "127.0.0.1")
     server = sim_server(ssl_context=served.server_context())
@@ -277,6 +287,7 @@ def test_certificate_error_during_a_call_is_fatal_not_retried(tmp_path, sim_serv
     assert "TLS certificate" in failure.message
 
 
+@pytest.mark.slow
 def test_bad_certificate_of_a_batch_endpoint_fails_preflight(
     tmp_path, synthetic, sim_server, tls, caplog
 ):
@@ -356,6 +367,7 @@ def _no_key_left_home(seen: list[dict]) -> None:
     assert seen == []  # nor anything else
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("when", ["start-up check", "a call"])
 def test_redirect_is_reported_and_never_followed(
@@ -379,6 +391,7 @@ def test_redirect_is_reported_and_never_followed(
     _no_key_left_home(seen)
 
 
+@pytest.mark.slow
 def test_redirect_from_a_batch_api_is_reported_and_never_followed(
     tmp_path, synthetic, sim_server, monkeypatch, caplog
 ):

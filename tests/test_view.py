@@ -88,6 +88,7 @@ def two_runs(tmp_path, synthetic, sim_server):
     return a, b
 
 
+@pytest.mark.slow
 def test_list_filters_paging_search_and_pair_page_match_results(two_runs):
     a, b = two_runs
     rows = read_results(a)
@@ -176,6 +177,7 @@ def test_list_filters_paging_search_and_pair_page_match_results(two_runs):
     assert tree_state(a) == before
 
 
+@pytest.mark.slow
 def test_search_without_fts5_finds_the_same_pairs(tmp_path, synthetic, sim_server):
     data = synthetic(30)
     server = sim_server(persona="consistent")
@@ -190,6 +192,7 @@ def test_search_without_fts5_finds_the_same_pairs(tmp_path, synthetic, sim_serve
     assert found[True] == found[False] == expected
 
 
+@pytest.mark.slow
 def test_a_hostile_answer_stays_text(tmp_path, sim_server):
     """Answers, questions and URLs from a dataset (a judge-only run) that are markup."""
     hostile = '<script>alert(1)</script><img src=x onerror="document.body.dataset.pwned=1">'
@@ -251,6 +254,7 @@ def listed_ids(page: str) -> list[int]:
     return [int(i) for i in re.findall(r'<td><a href="/pair/(-?\d+)\?', page)]
 
 
+@pytest.mark.slow
 def test_view_follows_a_run_in_progress(tmp_path, synthetic, sim_process):
     data = synthetic(24)
     server = sim_process(
@@ -293,6 +297,7 @@ def test_view_follows_a_run_in_progress(tmp_path, synthetic, sim_process):
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_view_command_serves_until_interrupted(tmp_path, synthetic, sim_server):
     data = synthetic(5)
     server = sim_server()

@@ -14,6 +14,9 @@ import pytest
 from evaluator.view.server import ViewerThread
 from tests.conftest import read_results, run_cli
 
+# End to end: real servers, subprocesses and runs of the evaluator (the slow tier).
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("CI") != "true":
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)

@@ -178,6 +178,7 @@ def test_gpu_lists_and_tensor_parallel_groups():
             ServerSettings.from_dict(raw, where="[judge.vllm]")
 
 
+@pytest.mark.slow
 def test_default_command_is_vllm_serve_with_this_workloads_flags(monkeypatch):
     monkeypatch.delenv(COMMAND_ENV, raising=False)
     config = RunConfig(
@@ -214,6 +215,7 @@ def test_default_command_is_vllm_serve_with_this_workloads_flags(monkeypatch):
     assert "--enable-prefix-caching" in wrapped
 
 
+@pytest.mark.slow
 def test_server_flags_need_a_server_model(tmp_path, capsys):
     base = ["run", "--data", "sample", "--out", tmp_path / "x", "--quiet", "--judge-prompt", "builtin"]
     assert run_cli(*base, "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--gpus", "0") == 2
@@ -224,6 +226,7 @@ def test_server_flags_need_a_server_model(tmp_path, capsys):
     assert "--base-url" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_default_command_without_vllm_installed_says_so(tmp_path, monkeypatch, caplog):
     if shutil.which("vllm"):
         pytest.skip("a vllm binary is installed here")
@@ -236,6 +239,7 @@ def test_default_command_without_vllm_installed_says_so(tmp_path, monkeypatch, c
 
 
 # -- real processes ---------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_flags_start_servers_per_gpu_and_stop_them(tmp_path, synthetic):
     data = synthetic(20)
     pids = tmp_path / "pids"
@@ -274,6 +278,7 @@ def test_cli_flags_start_servers_per_gpu_and_stop_them(tmp_path, synthetic):
     assert not list((out / "servers").glob("*.pid"))
 
 
+@pytest.mark.slow
 def test_killed_server_is_restarted_and_no_call_is_lost(tmp_path, synthetic):
     n = 150
     data = synthetic(n)
@@ -309,6 +314,7 @@ def test_killed_server_is_restarted_and_no_call_is_lost(tmp_path, synthetic):
     _assert_all_gone(recorded)
 
 
+@pytest.mark.slow
 def test_every_server_dying_past_its_restarts_stops_the_run(tmp_path, synthetic):
     data = synthetic(200)
     pids = tmp_path / "pids"
@@ -334,6 +340,7 @@ def test_every_server_dying_past_its_restarts_stops_the_run(tmp_path, synthetic)
     _assert_all_gone(_pids(pids))
 
 
+@pytest.mark.slow
 def test_readiness_timeout_is_a_clear_error(tmp_path, synthetic):
     data = synthetic(5)
     pids = tmp_path / "pids"
@@ -352,6 +359,7 @@ def test_readiness_timeout_is_a_clear_error(tmp_path, synthetic):
     _assert_all_gone(_pids(pids))
 
 
+@pytest.mark.slow
 def test_server_exiting_at_start_is_reported_with_its_log(tmp_path, synthetic):
     data = synthetic(5)
     crash = ["{python}", "-c", "print('CUDA out of memory (simulated)'); raise SystemExit(3)"]
@@ -366,6 +374,7 @@ def test_server_exiting_at_start_is_reported_with_its_log(tmp_path, synthetic):
     assert "CUDA out of memory (simulated)" in result.stderr
 
 
+@pytest.mark.slow
 def test_judge_servers_failing_to_start_stop_the_model_servers(tmp_path, synthetic):
     data = synthetic(5)
     pids = tmp_path / "pids"
@@ -382,6 +391,7 @@ def test_judge_servers_failing_to_start_stop_the_model_servers(tmp_path, synthet
     _assert_all_gone(_pids(pids))
 
 
+@pytest.mark.slow
 def test_fatal_error_mid_run_stops_every_server(tmp_path, synthetic):
     data = synthetic(60)
     pids = tmp_path / "pids"
@@ -392,6 +402,7 @@ def test_fatal_error_mid_run_stops_every_server(tmp_path, synthetic):
     _assert_all_gone(_pids(pids))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["starting", "running"])
 def test_sigint_stops_every_server(tmp_path, synthetic, moment):
     data = synthetic(100)
@@ -418,6 +429,7 @@ def test_sigint_stops_every_server(tmp_path, synthetic, moment):
     _assert_all_gone(_pids(pids))
 
 
+@pytest.mark.slow
 def test_servers_left_by_a_killed_evaluator_are_stopped_on_resume(tmp_path, synthetic):
     n = 40
     data = synthetic(n)

@@ -93,6 +93,7 @@ def _err(code: str, message: str = "boom") -> dict:
     return {"error": {"message": message, "code": code, "type": code}}
 
 
+@pytest.mark.slow
 def test_success_parses_answer_reasoning_and_usage():
     result, _ = _call([])
     assert isinstance(result, Completion)
@@ -100,12 +101,14 @@ def test_success_parses_answer_reasoning_and_usage():
     assert result.usage["prompt_tokens"] == 3 and result.attempts == 1
 
 
+@pytest.mark.slow
 def test_429_waits_for_retry_after_then_succeeds():
     result, s = _call([(429, _err("rate_limit_exceeded"), {"Retry-After": "0.3"})])
     assert isinstance(result, Completion) and result.attempts == 2
     assert s.hits[1] - s.hits[0] >= 0.3
 
 
+@pytest.mark.slow
 def test_retry_after_ms_is_preferred():
     result, s = _call(
         [(429, _err("rate_limit_exceeded"), {"retry-after-ms": "200", "Retry-After": "30"})]
@@ -114,6 +117,7 @@ def test_retry_after_ms_is_preferred():
     assert 0.2 <= s.hits[1] - s.hits[0] < 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "step",
     [
@@ -129,17 +133,20 @@ def test_transient_errors_are_retried(step):
     assert isinstance(result, Completion) and result.attempts == 3 and len(s.hits) == 3
 
 
+@pytest.mark.slow
 def test_timeout_is_transient():
     result, _ = _call([("sleep", 2.0, {})], timeout_s=0.3, max_attempts=2)
     assert isinstance(result, Completion) and result.attempts == 2
 
 
+@pytest.mark.slow
 def test_exhausted_retries_give_a_failure_not_an_answer():
     result, s = _call([(503, _err("server_error"), {})] * 3, max_attempts=3)
     assert isinstance(result, CallFailure)
     assert result.error_class is ErrorClass.TRANSIENT and result.attempts == 3 and len(s.hits) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "status, code, message, cls",
     [
@@ -159,6 +166,7 @@ def test_non_retryable_errors_are_recorded_once(status, code, message, cls):
     assert message in result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "status, code",
     [
@@ -175,6 +183,7 @@ def test_fatal_errors_stop_and_redact_the_key(status, code):
     assert key not in str(info.value) and "REDACTED" in str(info.value)
 
 
+@pytest.mark.slow
 def test_api_key_is_sent_as_bearer():
     _, s = _call([], api_key="sk-abc-123456789")
     assert s.auth == ["Bearer sk-abc-123456789"]
@@ -196,6 +205,7 @@ def test_redact_removes_known_and_pattern_secrets():
     assert "sk-abcdefghijkl" not in redact("Bearer sk-abcdefghijkl")
 
 
+@pytest.mark.slow
 def test_429_without_retry_after_waits_for_the_rate_limit_reset():
     headers = {"x-ratelimit-reset-requests": "300ms", "x-ratelimit-reset-tokens": "20ms"}
     result, s = _call([(429, _err("rate_limit_exceeded"), headers)])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -121,8 +121,11 @@ class AdaptiveConcurrency:
         decrease: float = 0.7,
         cooldown_s: float = 2.0,
         initial: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock`: where the cooldown's time comes from (tests inject a fake one)."""
         self.maximum = maximum
+        self._clock = clock
         self.minimum = max(1, min(minimum, maximum))
         self.limit = float(min(maximum, initial) if initial else maximum)
         self.slow_start = self.limit < maximum
@@ -165,7 +168,7 @@ class AdaptiveConcurrency:
             self.limit = min(float(self.maximum), self.limit + step)
 
     def on_rate_limited(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         self.slow_start = False
         if now - self._last_cut >= self.cooldown_s:
             self.limit = max(float(self.minimum), self.limit * self.decrease)
@@ -321,6 +324,9 @@ class EndpointLimits:
     paused_until: float = 0.0
     pause_reason: str = ""  # why the last pause began, for the log and a stop's message
     retunes: int = 0
+    # Where pauses read the time (tests inject a fake clock; aiolimiter's buckets use the
+    # event loop's own time).
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     _requests: AsyncLimiter | None = field(default=None, repr=False)
     _tokens: TokenBudget | None = field(default=None, repr=False)
 
@@ -338,11 +344,11 @@ class EndpointLimits:
 
     def pause(self, seconds: float) -> None:
         """Hold every new call to this endpoint for `seconds` (Retry-After, exhausted quota window)."""
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.paused_until = max(self.paused_until, self.clock() + seconds)
 
     @property
     def paused_for(self) -> float:
-        return max(0.0, self.paused_until - time.monotonic())
+        return max(0.0, self.paused_until - self.clock())
 
     async def pace(self, body_bytes: int, max_tokens: int) -> None:
         """Wait for the request and token buckets (the concurrency slot is already held)."""

@@ -142,23 +142,32 @@ class EndpointPool:
         shared_limits: LimitsRegistry | None = None,
         observer: PoolObserver | None = None,
         follow: FollowSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        client_factory: Callable[[EndpointConfig], HTTPClient] | None = None,
     ) -> None:
         """`shared_limits`: one registry for all pools of a run, so stages that send the
         same model to the same endpoint with the same key share its rate buckets (and
         are told so at start). `follow`: let endpoints whose servers publish vLLM
         metrics follow their load (each endpoint's `concurrency` is then the ceiling;
-        the others are capped at `follow.fallback`)."""
+        the others are capped at `follow.fallback`). `clock`, `sleep`: the time the pool
+        reads and how it waits (backoffs, health checks); `client_factory`: each endpoint's
+        client (by default its provider's). Tests pass fakes for all three."""
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
         self.config = config
         self.observer = observer
+        self.clock = clock
+        self._sleep = sleep
+        make_client = client_factory or (lambda ep: get_provider(ep.provider).client(ep))
         registry = shared_limits if shared_limits is not None else {}
         self.endpoints = []
         for ep in endpoints:
             key = (ep.base_url.rstrip("/"), ep.api_key, ep.model)
             found = registry.get(key)
             if found is None:
-                limits = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm)
+                limits = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm, clock=clock)
                 registry[key] = (limits, config.name)
             else:
                 limits, owner = found
@@ -166,14 +175,13 @@ class EndpointPool:
                     _warn_shared(config.name, owner, ep, limits)
             # Unknown limits: slow start, so the first wave is small, not a burst of 429s.
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
-            client = get_provider(ep.provider).client(ep)
-            self.endpoints.append(
-                Endpoint(client, limits, AdaptiveConcurrency(ep.concurrency, initial=initial))
-            )
+            client = make_client(ep)
+            concurrency = AdaptiveConcurrency(ep.concurrency, initial=initial, clock=clock)
+            self.endpoints.append(Endpoint(client, limits, concurrency))
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
         self._all_down_since: float | None = None
-        self.waits = WaitLog(config.name)
+        self.waits = WaitLog(config.name, clock=clock)
         self._follow_settings = follow
         self.follower: LoadFollower | None = None
 
@@ -220,7 +228,7 @@ class EndpointPool:
         )
         if self._follow_settings is not None and self.follower is None:
             self.follower = LoadFollower(
-                self, self._follow_settings, self._wake, lambda: bool(self._waiters)
+                self, self._follow_settings, self._wake, lambda: bool(self._waiters), self.clock
             )
             await self.follower.start()  # closed by __aexit__, whatever happens next
 
@@ -241,11 +249,11 @@ class EndpointPool:
                 ep.concurrency.inflight += 1
                 return ep
             if not any(e.healthy for e in self.endpoints):
-                now = time.monotonic()
+                now = self.clock()
                 self._all_down_since = self._all_down_since or now
                 if now - self._all_down_since > self.config.all_down_timeout_s:
                     return None
-                await asyncio.sleep(min(1.0, self.config.health_interval_s))
+                await self._sleep(min(1.0, self.config.health_interval_s))
                 continue
             # A pause ends by time, not by a release: wake up for it too.
             pauses = [
@@ -322,7 +330,7 @@ class EndpointPool:
         Tokens are charged as the providers count them: the prompt (estimated
         from its size, calibrated on the reported usage) plus `max_tokens`.
         """
-        start = time.monotonic()
+        start = self.clock()
         failure: CallFailure | None = None
         attempt = 0
         errors = rate_limited = 0
@@ -356,12 +364,12 @@ class EndpointPool:
                 observer.attempt_finished(ep, outcome)
             if isinstance(result, Completion):
                 result.attempts = attempt
-                result.latency_s = time.monotonic() - start
+                result.latency_s = self.clock() - start
                 return result
             failure = result
             failure.attempts = attempt
             if failure.error_class is ErrorClass.FATAL:
-                failure.latency_s = time.monotonic() - start
+                failure.latency_s = self.clock() - start
                 raise FatalEndpointError(self.config.name, failure)
             if failure.error_class is ErrorClass.RATE_LIMIT:
                 # Waiting out a provider's limit is pacing, not failing: its own cap.
@@ -385,10 +393,10 @@ class EndpointPool:
             if failure.error_class is not ErrorClass.RATE_LIMIT:
                 wait = self._backoff(attempt)
                 self.waits.note(ep.name, wait, f"retry after {failure.message[:120]}")
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             # Rate limits wait through the endpoint's pause instead (see _observe).
         assert failure is not None
-        failure.latency_s = time.monotonic() - start
+        failure.latency_s = self.clock() - start
         return failure
 
     def _others_available(self, ep: Endpoint) -> bool:
@@ -450,7 +458,7 @@ class EndpointPool:
 
     async def _health_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.health_interval_s)
+            await self._sleep(self.config.health_interval_s)
             for ep in self.endpoints:
                 if ep.healthy:
                     continue
@@ -472,13 +480,14 @@ class WaitLog:
 
     INTERVAL_S = 30.0
 
-    def __init__(self, pool: str) -> None:
+    def __init__(self, pool: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
+        self._clock = clock
         self._shown: dict[str, tuple[float, float]] = {}  # endpoint -> (when, the wait shown)
         self._held: dict[str, tuple[int, float]] = {}  # endpoint -> (waits not shown, longest)
 
     def note(self, endpoint: str, seconds: float, why: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         when, shown = self._shown.get(endpoint, (-1e18, 0.0))
         count, longest = self._held.get(endpoint, (0, 0.0))
         if now - when < self.INTERVAL_S and seconds <= 2 * max(shown, 1.0):

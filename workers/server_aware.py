@@ -267,11 +267,13 @@ class LoadFollower:
         settings: FollowSettings,
         wake: Callable[[int], None],
         demand: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self._wake = wake  # the pool's: let waiting calls take new slots
         self._demand = demand  # the pool's: calls are waiting for a slot
+        self._clock = clock  # the pool's: when a reading went missing
         self.follows: list[ServerFollow] = []
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -373,7 +375,7 @@ class LoadFollower:
         """Apply one reading (or its absence) to an endpoint."""
         ep = follow.ep
         if load is None:
-            why = follow.missing(answered, time.monotonic())
+            why = follow.missing(answered, self._clock())
             if why is not None:
                 self._fall_back(follow, why)
             return
