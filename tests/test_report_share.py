@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from evaluator.report_share import KINDS, SharePicker, render
+from evaluator.report.share import KINDS, SharePicker, render
 from tests.conftest import read_results, run_demo
 
 
