@@ -20,8 +20,6 @@ from typing import Any
 
 import orjson
 
-from evaluator.report.parquet import write_parquet_from_jsonl
-
 log = logging.getLogger("evaluator")
 
 ROWS_READY = b"rows\n"
@@ -91,6 +89,8 @@ class ReportChild:
                 self._proc = proc
                 self._fail(type(exc).__name__)
         # Fallback: the same work here.
+        from evaluator.report.parquet import write_parquet_from_jsonl
+
         write_parquet_from_jsonl(self.run_dir, self.orders)
         from evaluator.report.plots import write_plots
 

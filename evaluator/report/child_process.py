@@ -24,7 +24,6 @@ from typing import IO, Any
 import orjson
 
 from evaluator.report.child import ROWS_READY
-from evaluator.report.parquet import PARQUET, ParquetSink
 
 
 def _readline(stream: IO[bytes]) -> bytes:
@@ -67,6 +66,7 @@ def _main(argv: list[str]) -> int:
         target=lambda: plots_module.update(mod=importlib.import_module("evaluator.report.plots"))
     )
     importer.start()
+    from evaluator.report.parquet import PARQUET, ParquetSink  # after nice(): numpy and all
 
     stdin = sys.stdin.buffer.raw  # unbuffered: see _readline
     if _readline(stdin) != ROWS_READY:
