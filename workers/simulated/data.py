@@ -90,6 +90,11 @@ def sides_from_file(source: str) -> dict[str, tuple[int, str]]:
     """
     if source == "sample":  # the package's data file, not its code
         path = Path(str(resources.files("evaluator") / "data" / "sample.jsonl"))
+    elif source.startswith("hf:"):
+        raise ValueError(
+            f"--dataset {source}: the simulator reads local files only "
+            "(JSONL, CSV or Parquet): give it one"
+        )
     else:
         path = Path(source)
     out: dict[str, tuple[int, str]] = {}
