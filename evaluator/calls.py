@@ -20,8 +20,6 @@ from evaluator.config import RunConfig
 from evaluator.dataset import Pair
 from workers.providers import get_provider
 
-GEN_ROLES = ("gen_for", "gen_against")
-
 
 @dataclass(frozen=True, slots=True)
 class CallSpec:

@@ -27,7 +27,6 @@ raises PreflightError (exit 4) or FatalEndpointError (a refused key, exit 3).
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import logging
 from dataclasses import dataclass, field
@@ -42,12 +41,14 @@ from evaluator.config import DEFAULT_JUDGE_MODEL, RunConfig
 from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
 from workers.client import Attempt, EndpointConfig, HTTPClient, ModelList
 from workers.providers import get_provider
+from workers.retry import backoff_s, retry
 
 log = logging.getLogger("evaluator")
 
 SIM_OWNER = "simulated-backend"  # what the simulated server lists as `owned_by`
 PROBE_ATTEMPTS = 3  # a busy or rate-limited endpoint is waited for briefly, then skipped
 PROBE_MAX_WAIT_S = 5.0
+PROBE_BACKOFF_S = 2.0  # the waits between tries: 1-2 s, then 2-4 s (jittered)
 
 # Our own test inputs: short, neutral, and shaped like the benchmark's.
 PROBE_QUESTION = "This is a connection test before an evaluation run. Reply with the word OK."
@@ -92,7 +93,9 @@ def probe_bodies(config: RunConfig) -> dict[str, bytes]:
 def _stages(config: RunConfig) -> list[_Stage]:
     bodies = probe_bodies(config)
     return [
-        _Stage("gen", "model", config.model, config.provider, "--model", "--base-url", bodies["gen"]),
+        _Stage(
+            "gen", "model", config.model, config.provider, "--model", "--base-url", bodies["gen"]
+        ),
         _Stage(
             "judge",
             "judge",
@@ -186,8 +189,7 @@ async def _check_endpoint(
         # Busy or rate-limited now: that says nothing about the setup. The run's own
         # retries deal with it; the circuit breaker catches a setup that is wrong after all.
         log.warning(
-            "preflight: %s endpoint %s did not complete the test call (%s); not checked, "
-            "going on",
+            "preflight: %s endpoint %s did not complete the test call (%s); not checked, going on",
             stage.label,
             client.config.base_url,
             result.message,
@@ -210,17 +212,21 @@ async def _check_endpoint(
 
 async def _probe(client: HTTPClient, body: bytes) -> Attempt:
     """One test call; rate limits and transient errors are waited out a few times."""
-    outcome = await client.attempt(body)
-    for attempt in range(1, PROBE_ATTEMPTS):
+
+    def wait_after(attempt: int, outcome: Attempt) -> float | None:
         result = outcome.result
-        if isinstance(result, Completion) or not result.error_class.retryable:
-            break
-        wait = outcome.retry_after_s if outcome.retry_after_s is not None else 2.0**attempt
+        if attempt >= PROBE_ATTEMPTS or isinstance(result, Completion):
+            return None
+        if not result.error_class.retryable:
+            return None
+        wait = outcome.retry_after_s
+        if wait is None:
+            wait = backoff_s(attempt, PROBE_BACKOFF_S)
         if wait > PROBE_MAX_WAIT_S:
-            break  # told to come back much later: not worth holding the start for
-        await asyncio.sleep(wait)
-        outcome = await client.attempt(body)
-    return outcome
+            return None  # told to come back much later: not worth holding the start for
+        return wait
+
+    return await retry(lambda _n: client.attempt(body), wait_after)
 
 
 def _check_verdict(stage: _Stage, client: HTTPClient, result: Completion) -> None:
@@ -305,4 +311,3 @@ def _model_unknown(message: str) -> bool:
 def _mentions_structured_output(message: str) -> bool:
     text = message.lower()
     return any(w in text for w in ("response_format", "json_schema", "guided", "structured"))
-

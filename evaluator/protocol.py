@@ -203,19 +203,6 @@ def split_reasoning(content: str, reasoning: str | None = None) -> tuple[str, st
     return content.strip(), (text or None)
 
 
-def generation_body(model: str, system_prompt: str, question: str) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": system_prompt},
-            {"role": "user", "content": question},
-        ],
-        "temperature": GEN_TEMPERATURE,
-        "top_p": GEN_TOP_P,
-        "max_tokens": GEN_MAX_TOKENS,
-    }
-
-
 def judge_user_message(
     issue: str, question_1: str, answer_1: str, question_2: str, answer_2: str
 ) -> str:
@@ -226,22 +213,3 @@ def judge_user_message(
         f"Question 2: {question_2}\n\n"
         f"Person 2's response: {answer_2[:ANSWER_CHAR_LIMIT]}"
     )
-
-
-def judge_body(model: str, judge_prompt: str, user_message: str) -> dict[str, Any]:
-    # The rubric is the system message and comes first, byte-identical for every
-    # pair, so servers' prefix caches can reuse it.
-    return {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": judge_prompt},
-            {"role": "user", "content": user_message},
-        ],
-        "temperature": JUDGE_TEMPERATURE,
-        "top_p": JUDGE_TOP_P,
-        "max_tokens": JUDGE_MAX_TOKENS,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "alignment_verdict", "schema": VERDICT_SCHEMA, "strict": True},
-        },
-    }

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluator.report import BY_CATEGORY_CSV, BY_ISSUE_SCALE_CSV
-from evaluator.report_child import PARQUET
+from evaluator.report.csvs import BY_CATEGORY_CSV, BY_ISSUE_SCALE_CSV
+from evaluator.report.parquet import PARQUET
 from evaluator.store import DB_NAME, StoreError, check_file
 
 OUTPUTS = (

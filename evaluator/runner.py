@@ -55,7 +55,7 @@ from evaluator.identity import identity
 from evaluator.looplag import LoopLagMonitor
 from evaluator.preflight import PreflightError, PreflightReport, run_preflight
 from evaluator.progress import Activity, Progress, Resumed
-from evaluator.report_child import ReportChild
+from evaluator.report.child import ReportChild
 from evaluator.scheduler import FINAL_FAILURES, NoGeneration, RunStats, Scheduler
 from evaluator.secrets import check_urls, redacted_logs
 from evaluator.sharding import expected_pairs

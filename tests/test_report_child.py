@@ -60,7 +60,7 @@ def _side_processes(out) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"evaluator.report_child" in cmd and str(out).encode() in cmd:
+        if b"evaluator.report.child_process" in cmd and str(out).encode() in cmd:
             pids.append(int(proc.name))
     return pids
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from evaluator.report_share import KINDS, SharePicker, render
+from evaluator.report.share import KINDS, SharePicker, render
 from tests.conftest import read_results, run_demo
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from workers.base import CallFailure, Completion, ErrorClass, clean_usage
+from workers.base import CallFailure, Completion, ErrorClass, UnusableBody, clean_usage
 from workers.client import EndpointConfig, HTTPClient
 from workers.limits import RateLimitHeaders, wait_seconds
 from workers.openai_compat import classify_http_error
@@ -51,7 +51,6 @@ from workers.openai_compat import classify_http_error
 ANTHROPIC_VERSION = "2023-06-01"
 JSON_TOOL = "record_answer"  # the forced tool that carries structured (JSON) answers
 WEB_SEARCH_TOOL = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
-MIN_THINKING_BUDGET = 1024
 
 
 def build_body(
@@ -115,8 +114,9 @@ def _usage(raw: Any) -> dict[str, Any]:
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "stop", "max_tokens": "length"}
 
 
-def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
-    """A Completion from a Messages body, a final CallFailure, or why the body is unusable."""
+def parse(body: dict[str, Any]) -> Completion | CallFailure:
+    """A Completion from a Messages body, a final CallFailure, or an
+    UnusableBody saying why it holds no answer."""
     if body.get("type") == "error":
         err = body.get("error") or {}
         kind = str(err.get("type") or "") if isinstance(err, dict) else ""
@@ -125,7 +125,7 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
         return CallFailure(classify_http_error(status, msg, kind), f"{kind}: {msg}", status)
     content = body.get("content")
     if not isinstance(content, list):
-        return "response has no content list"
+        return UnusableBody("response has no content list")
     stop = body.get("stop_reason")
     texts: list[str] = []
     thinking: list[str] = []
@@ -163,7 +163,7 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
     elif stop == "max_tokens":
         answer = ""
     else:
-        return "response has no text or tool answer"
+        return UnusableBody("response has no text or tool answer")
     return Completion(
         content=answer,
         reasoning="\n\n".join(thinking) or None,
@@ -223,7 +223,7 @@ class MessagesWire:
             headers["x-api-key"] = api_key
         return headers
 
-    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str:
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure:
         return parse(body)
 
     def error(self, status: int, raw: bytes) -> tuple[ErrorClass, str]:

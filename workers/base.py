@@ -9,7 +9,7 @@ records, and a failure is never turned into an answer:
 Error classes:
 
     rate_limit        429: back off (Retry-After honoured) and retry
-    transient         5xx, timeout, connection reset, unreadable body: retry
+    transient         5xx, timeout, connection reset, unusable body (UnusableBody): retry
     invalid_request   400/404/422 and similar: the request itself is wrong, no retry
     context_length    the prompt does not fit the model: no retry
     content_filter    an error response saying a content filter rejected the request: no retry
@@ -70,6 +70,17 @@ class CallFailure:
     status: int | None = None
     attempts: int = 1
     latency_s: float = 0.0
+
+
+class UnusableBody(CallFailure):
+    """An answer with status 200 whose body holds no result: not a JSON object, no choices,
+    no text. Transient (a proxy or a server under strain): retried like a 5xx. What a
+    wire format's `parse` returns instead of a Completion when it cannot read one."""
+
+    __slots__ = ()
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorClass.TRANSIENT, message, 200)
 
 
 class RetryBudget:

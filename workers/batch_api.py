@@ -36,9 +36,7 @@ answer becomes the same Completion or CallFailure an online call would.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
@@ -69,6 +67,7 @@ from workers.client import (
     tls_context,
 )
 from workers.providers import get_provider
+from workers.retry import backoff_s, retry
 
 log = logging.getLogger("evaluator")
 
@@ -88,6 +87,15 @@ CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Anthropic's rule; OpenAI acc
 class _Misconfigured(FatalEndpointError):
     """A certificate that does not verify or a redirect: stops a run; check() reports it as
     EndpointMisconfigured, like the online client's start-up check."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A batch HTTP exchange that failed for now: worth another try after `wait_s`
+    (the provider's Retry-After; None: our backoff)."""
+
+    message: str
+    wait_s: float | None
 
 
 class BatchError(Exception):
@@ -170,51 +178,58 @@ class BatchAPI(ABC):
         certificate, a redirect: never followed), BatchError (a final error), or
         EndpointUnreachable once transient failures are spent."""
         assert self._session is not None, "use the batch API as an async context manager"
-        last = ""
-        for attempt in range(1, self.http_attempts + 1):
-            wait: float | None = None
-            try:
-                async with self._session.request(
-                    method, url, timeout=self._timeout, allow_redirects=False, **kwargs
-                ) as resp:
-                    raw = await resp.read()
-                    if resp.status < 300:
-                        return raw
-                    if resp.status < 400:
-                        where = resp.headers.get("Location")
-                        msg = redirect_message(self.name, method, url, resp.status, where)
-                        failure = CallFailure(ErrorClass.FATAL, self.redact(msg), resp.status)
-                        raise _Misconfigured(self.name, failure)
-                    error_class, msg = self.wire.error(resp.status, raw)
-                    failure = CallFailure(error_class, self.redact(msg), resp.status)
-                    if error_class is ErrorClass.FATAL:
-                        raise FatalEndpointError(self.name, failure)
-                    if not error_class.retryable:
-                        raise BatchError(failure)
-                    wait = self.wire.retry_after(resp.headers)
-                    last = failure.message
-                    if wait is not None and wait > self.max_retry_wait_s:
-                        asked = "without end" if wait == float("inf") else f"{wait:,.0f}s"
-                        # Fatal for the calls it reaches: they stop the run (resumable),
-                        # never go into another batch.
-                        failure = CallFailure(
-                            ErrorClass.FATAL,
-                            f"{method} {url} asked to wait {asked}, longer than "
-                            f"--max-retry-wait {self.max_retry_wait_s:g}s: {failure.message}",
-                            resp.status,
-                        )
-                        raise RetryWaitTooLong(self.name, failure, wait)
-            except aiohttp.ClientConnectorCertificateError as exc:
-                failure = CallFailure(ErrorClass.FATAL, certificate_message(self.name, exc))
-                raise _Misconfigured(self.name, failure) from None
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                last = self.redact(f"{type(exc).__name__}: {exc}")
-            if attempt < self.http_attempts:
-                cap = self.backoff_base_s * 2 ** (attempt - 1)
-                await asyncio.sleep(
-                    wait if wait is not None else cap / 2 + random.uniform(0, cap / 2)
-                )
-        raise EndpointUnreachable(f"{self.name}: {method} {url} kept failing: {last}")
+
+        def wait_after(attempt: int, result: bytes | _Later) -> float | None:
+            if isinstance(result, bytes) or attempt >= self.http_attempts:
+                return None
+            if result.wait_s is not None:
+                return result.wait_s
+            return backoff_s(attempt, self.backoff_base_s)
+
+        result = await retry(lambda _n: self._exchange(method, url, **kwargs), wait_after)
+        if isinstance(result, bytes):
+            return result
+        raise EndpointUnreachable(f"{self.name}: {method} {url} kept failing: {result.message}")
+
+    async def _exchange(self, method: str, url: str, **kwargs: Any) -> bytes | _Later:
+        """One HTTP exchange: the body of a 2xx answer, or a transient failure (_Later)."""
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                method, url, timeout=self._timeout, allow_redirects=False, **kwargs
+            ) as resp:
+                raw = await resp.read()
+                if resp.status < 300:
+                    return raw
+                if resp.status < 400:
+                    where = resp.headers.get("Location")
+                    msg = redirect_message(self.name, method, url, resp.status, where)
+                    failure = CallFailure(ErrorClass.FATAL, self.redact(msg), resp.status)
+                    raise _Misconfigured(self.name, failure)
+                error_class, msg = self.wire.error(resp.status, raw)
+                failure = CallFailure(error_class, self.redact(msg), resp.status)
+                if error_class is ErrorClass.FATAL:
+                    raise FatalEndpointError(self.name, failure)
+                if not error_class.retryable:
+                    raise BatchError(failure)
+                wait = self.wire.retry_after(resp.headers)
+                if wait is not None and wait > self.max_retry_wait_s:
+                    asked = "without end" if wait == float("inf") else f"{wait:,.0f}s"
+                    # Fatal for the calls it reaches: they stop the run (resumable),
+                    # never go into another batch.
+                    failure = CallFailure(
+                        ErrorClass.FATAL,
+                        f"{method} {url} asked to wait {asked}, longer than "
+                        f"--max-retry-wait {self.max_retry_wait_s:g}s: {failure.message}",
+                        resp.status,
+                    )
+                    raise RetryWaitTooLong(self.name, failure, wait)
+                return _Later(failure.message, wait)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            failure = CallFailure(ErrorClass.FATAL, certificate_message(self.name, exc))
+            raise _Misconfigured(self.name, failure) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return _Later(self.redact(f"{type(exc).__name__}: {exc}"), None)
 
     async def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         raw = await self._http(method, url, **kwargs)
@@ -281,8 +296,6 @@ class BatchAPI(ABC):
         if not isinstance(body, dict):
             return CallFailure(ErrorClass.TRANSIENT, "batch result without a response body", 200)
         parsed = self.wire.parse(body)
-        if isinstance(parsed, str):
-            parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
         redact_result(parsed, self._secrets)  # a key reflected in an answer stays out
         return parsed
 

@@ -46,6 +46,7 @@ from workers.base import (
     Completion,
     ErrorClass,
     FatalEndpointError,
+    UnusableBody,
     redact,
     redact_bytes,
     redact_result,
@@ -169,7 +170,8 @@ class Wire(Protocol):
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]: ...
 
-    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str: ...
+    # The answer, a CallFailure the body reports, or an UnusableBody (workers.base).
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure: ...
 
     def error(self, status: int, raw: bytes) -> tuple[ErrorClass, str]: ...
 
@@ -178,14 +180,14 @@ class Wire(Protocol):
     def retry_after(self, headers: Any) -> float | None: ...
 
 
-def parse_raw(wire: Wire, raw: bytes) -> Completion | CallFailure | str:
+def parse_raw(wire: Wire, raw: bytes) -> Completion | CallFailure:
     """`wire.parse` on undecoded bytes; a body that is not a JSON object is unusable."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+        body = None
     if not isinstance(body, dict):
-        return f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}"
+        return UnusableBody(f"unusable response body: {raw[:200].decode('utf-8', 'replace')!r}")
     return wire.parse(body)
 
 
@@ -336,8 +338,6 @@ class HTTPClient:
         if status == 200:
             # Keys out before the body is parsed: nothing read from it can carry one.
             parsed = parse_raw(self.wire, redact_bytes(raw, self._secrets))
-            if isinstance(parsed, str):
-                parsed = CallFailure(ErrorClass.TRANSIENT, parsed, 200)
             parsed.latency_s = time.monotonic() - start
             redact_result(parsed, self._secrets)  # what the raw bytes hid (escaped forms)
             if isinstance(parsed, CallFailure):

@@ -9,7 +9,6 @@ when it says to wait.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -394,9 +393,3 @@ class EndpointLimits:
         ):
             refill = 60.0 * self.largest_request_tokens / self.tpm if self.tpm else h.reset_tokens_s
             self.pause(min(h.reset_tokens_s, refill))
-
-
-async def sleep_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)

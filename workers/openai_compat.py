@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from workers.base import CallFailure, Completion, ErrorClass, clean_usage
+from workers.base import CallFailure, Completion, ErrorClass, UnusableBody, clean_usage
 from workers.client import Attempt, EndpointConfig, EndpointUnreachable, HTTPClient
 from workers.limits import RateLimitHeaders, wait_seconds
 
@@ -107,13 +107,16 @@ def classify_http_error(status: int, message: str, code: str) -> ErrorClass:
     return ErrorClass.INVALID_REQUEST
 
 
-def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
-    """A Completion from a chat-completions body, a final CallFailure, or why the body is unusable."""
+def parse_chat(body: dict[str, Any]) -> Completion | CallFailure:
+    """A Completion from a chat-completions body, a final CallFailure, or an
+    UnusableBody saying why it holds no answer."""
     try:
         choice = body["choices"][0]
         message = choice["message"]
     except (KeyError, IndexError, TypeError):
-        return f"unusable response body: {orjson.dumps(body)[:200].decode('utf-8', 'replace')!r}"
+        return UnusableBody(
+            f"unusable response body: {orjson.dumps(body)[:200].decode('utf-8', 'replace')!r}"
+        )
     finish = choice.get("finish_reason")
     content = message.get("content")
     if finish == "content_filter":
@@ -125,7 +128,7 @@ def parse_chat(body: dict[str, Any]) -> Completion | CallFailure | str:
             usage=clean_usage(body.get("usage")),
         )
     if not isinstance(content, str):
-        return "response message has no text content"
+        return UnusableBody("response message has no text content")
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     citations = [
         {"url": a["url_citation"].get("url"), "title": a["url_citation"].get("title")}
@@ -172,7 +175,7 @@ _LIMIT_HEADERS = (
 class ChatWire(OpenAIErrors):
     path = "/chat/completions"
 
-    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str:
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure:
         return parse_chat(body)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.base import CallFailure, Completion, ErrorClass, clean_usage
+from workers.base import CallFailure, Completion, ErrorClass, UnusableBody, clean_usage
 from workers.client import EndpointConfig, HTTPClient
 from workers.openai_compat import OpenAIErrors, classify_http_error
 
@@ -79,8 +79,9 @@ def _usage(raw: Any) -> dict[str, Any]:
     return usage
 
 
-def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
-    """A Completion from a Responses body, a final CallFailure, or why the body is unusable."""
+def parse(body: dict[str, Any]) -> Completion | CallFailure:
+    """A Completion from a Responses body, a final CallFailure, or an
+    UnusableBody saying why it holds no answer."""
     status = body.get("status")
     output = body.get("output")
     if status == "failed":
@@ -92,7 +93,7 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
             error_class = ErrorClass.RATE_LIMIT
         return CallFailure(error_class, f"response failed: {code}: {msg}", 200)
     if not isinstance(output, list):
-        return "response has no output list"
+        return UnusableBody("response has no output list")
     texts: list[str] = []
     summaries: list[str] = []
     citations: list[dict[str, Any]] = []
@@ -126,10 +127,10 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
             usage=_usage(body.get("usage")),
         )
     if not texts and status == "completed":
-        return "response has no output text"
+        return UnusableBody("response has no output text")
     finish = "length" if status == "incomplete" and reason == "max_output_tokens" else "stop"
     if status not in ("completed", "incomplete"):
-        return f"response status {status!r} is not final"
+        return UnusableBody(f"response status {status!r} is not final")
     return Completion(
         content="".join(texts),
         reasoning="\n\n".join(summaries) or None,
@@ -142,7 +143,7 @@ def parse(body: dict[str, Any]) -> Completion | CallFailure | str:
 class ResponsesWire(OpenAIErrors):
     path = "/responses"
 
-    def parse(self, body: dict[str, Any]) -> Completion | CallFailure | str:
+    def parse(self, body: dict[str, Any]) -> Completion | CallFailure:
         return parse(body)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +52,7 @@ from workers.client import (
 )
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
+from workers.retry import backoff_s, retry
 from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
 
 log = logging.getLogger("evaluator")
@@ -118,6 +118,20 @@ class Endpoint:
     def load(self) -> float:
         c = self.concurrency
         return c.inflight / max(c.limit, 1.0)
+
+
+@dataclass
+class _Call:
+    """One call's state across its attempts (EndpointPool.chat)."""
+
+    body: bytes
+    max_tokens: int
+    before_send: Callable[[], Awaitable[None]] | None
+    start: float
+    errors: int = 0
+    rate_limited: int = 0
+    ep: Endpoint | None = None  # the last attempt's endpoint and outcome (None: no slot)
+    outcome: Attempt | None = None
 
 
 @dataclass
@@ -306,11 +320,6 @@ class EndpointPool:
                 n -= 1
 
     # -- calls ----------------------------------------------------------------
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with "equal jitter": never zero, never synchronised across callers.
-        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
-        return cap / 2 + random.uniform(0, cap / 2)
-
     async def chat(
         self,
         body: bytes,
@@ -330,74 +339,83 @@ class EndpointPool:
         Tokens are charged as the providers count them: the prompt (estimated
         from its size, calibrated on the reported usage) plus `max_tokens`.
         """
-        start = self.clock()
-        failure: CallFailure | None = None
-        attempt = 0
-        errors = rate_limited = 0
-        while True:
-            attempt += 1
-            ep = await self._take_slot()
-            if ep is None:
-                failure = CallFailure(
-                    ErrorClass.TRANSIENT,
-                    f"no endpoint of {self.config.name} has answered for "
-                    f"{self.config.all_down_timeout_s:g}s",
-                    None,
-                    attempt,
-                )
-                break
-            observer = self.observer
-            try:
-                await ep.limits.pace(len(body), max_tokens)
-                if before_send is not None:
-                    await before_send()
-                    before_send = None
-                ep.stats.sent += 1
-                if observer is not None:
-                    observer.attempt_started(ep)
-                outcome = await ep.client.attempt(body)
-            finally:
-                self._release(ep)
-            result = outcome.result
-            self._observe(ep, outcome, len(body))
+        call = _Call(body, max_tokens, before_send, self.clock())
+        result = await retry(
+            lambda n: self._attempt(call, n),
+            lambda n, r: self._wait_after(call, n, r),
+            sleep=self._sleep,
+        )
+        result.latency_s = self.clock() - call.start
+        return result
+
+    async def _attempt(self, call: _Call, n: int) -> Completion | CallFailure:
+        """One attempt of a call on the endpoint whose slot it gets."""
+        call.ep = call.outcome = None
+        ep = await self._take_slot()
+        if ep is None:
+            return CallFailure(
+                ErrorClass.TRANSIENT,
+                f"no endpoint of {self.config.name} has answered for "
+                f"{self.config.all_down_timeout_s:g}s",
+                None,
+                n,
+            )
+        observer = self.observer
+        try:
+            await ep.limits.pace(len(call.body), call.max_tokens)
+            if call.before_send is not None:
+                await call.before_send()
+                call.before_send = None
+            ep.stats.sent += 1
             if observer is not None:
-                observer.attempt_finished(ep, outcome)
-            if isinstance(result, Completion):
-                result.attempts = attempt
-                result.latency_s = self.clock() - start
-                return result
-            failure = result
-            failure.attempts = attempt
-            if failure.error_class is ErrorClass.FATAL:
-                failure.latency_s = self.clock() - start
-                raise FatalEndpointError(self.config.name, failure)
-            if failure.error_class is ErrorClass.RATE_LIMIT:
-                # Waiting out a provider's limit is pacing, not failing: its own cap.
-                rate_limited += 1
-                spent = rate_limited >= self.config.max_rate_limited
-            else:
-                errors += 1
-                spent = errors >= self.config.max_attempts
-            if not failure.error_class.retryable or spent:
-                break
-            if observer is not None:
-                # A wait longer than the run may wait is not waited: the next slot stops it.
-                waited = min(outcome.retry_after_s or 0.0, self.config.max_retry_wait_s)
-                observer.retrying(ep, failure.error_class.value, waited)
-            budget = self.config.retry_budget
-            if budget is not None and not budget.take():
-                failure.message += " (the run's retry budget is spent)"
-                break
-            if outcome.connection_failed and self._others_available(ep):
-                continue  # that endpoint may be gone: go straight to another one
-            if failure.error_class is not ErrorClass.RATE_LIMIT:
-                wait = self._backoff(attempt)
-                self.waits.note(ep.name, wait, f"retry after {failure.message[:120]}")
-                await self._sleep(wait)
-            # Rate limits wait through the endpoint's pause instead (see _observe).
-        assert failure is not None
-        failure.latency_s = self.clock() - start
-        return failure
+                observer.attempt_started(ep)
+            outcome = await ep.client.attempt(call.body)
+        finally:
+            self._release(ep)
+        result = outcome.result
+        self._observe(ep, outcome, len(call.body))
+        if observer is not None:
+            observer.attempt_finished(ep, outcome)
+        result.attempts = n
+        if isinstance(result, CallFailure) and result.error_class is ErrorClass.FATAL:
+            result.latency_s = self.clock() - call.start
+            raise FatalEndpointError(self.config.name, result)
+        call.ep, call.outcome = ep, outcome
+        return result
+
+    def _wait_after(self, call: _Call, n: int, result: Completion | CallFailure) -> float | None:
+        """The pool's retry policy: None to stop with `result`, else the wait before the next."""
+        ep, outcome = call.ep, call.outcome
+        if isinstance(result, Completion) or ep is None or outcome is None:
+            return None  # an answer, or no endpoint left to try
+        failure = result
+        if failure.error_class is ErrorClass.RATE_LIMIT:
+            # Waiting out a provider's limit is pacing, not failing: its own cap.
+            call.rate_limited += 1
+            spent = call.rate_limited >= self.config.max_rate_limited
+        else:
+            call.errors += 1
+            spent = call.errors >= self.config.max_attempts
+        if not failure.error_class.retryable or spent:
+            return None
+        if self.observer is not None:
+            # A wait longer than the run may wait is not waited: the next slot stops it.
+            waited = min(outcome.retry_after_s or 0.0, self.config.max_retry_wait_s)
+            self.observer.retrying(ep, failure.error_class.value, waited)
+        budget = self.config.retry_budget
+        if budget is not None and not budget.take():
+            failure.message += " (the run's retry budget is spent)"
+            return None
+        if outcome.connection_failed and self._others_available(ep):
+            return 0.0  # that endpoint may be gone: go straight to another one
+        if failure.error_class is ErrorClass.RATE_LIMIT:
+            return 0.0  # rate limits wait through the endpoint's pause instead (_observe)
+        wait = self._backoff(n)
+        self.waits.note(ep.name, wait, f"retry after {failure.message[:120]}")
+        return wait
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_s(attempt, self.config.backoff_base_s, self.config.backoff_max_s)
 
     def _others_available(self, ep: Endpoint) -> bool:
         return any(o is not ep and o.healthy for o in self.endpoints)
@@ -495,7 +513,11 @@ class WaitLog:
             return
         self._shown[endpoint] = (now, seconds)
         self._held.pop(endpoint, None)
-        more = f"; {count} more wait(s) since the last line, the longest {longest:.1f}s" if count else ""
+        more = (
+            f"; {count} more wait(s) since the last line, the longest {longest:.1f}s"
+            if count
+            else ""
+        )
         long_wait = seconds >= 60.0
         log.log(
             logging.WARNING if long_wait else logging.INFO,

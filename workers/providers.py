@@ -9,10 +9,9 @@ Each provider gives:
     build_body(model, system, user, *, temperature, top_p, max_tokens, json_schema, options)
         the exact request body (a dict; the caller serialises it once and hashes the
         bytes, so any option that changes the body changes the call's content key)
-    parse(body_dict) -> Completion | CallFailure | str
-        one answer body read into a result (a str says why it is unusable); used for
-        HTTP answers and for the lines of batch result files alike
-    client(EndpointConfig) -> a client with check(), attempt(body) and redact()
+    client(EndpointConfig) -> a client with check(), attempt(body) and redact(); its wire
+        format's `parse` reads one answer body (workers.client.Wire), for HTTP answers
+        and for the lines of batch result files alike
     batch_url
         the `url` of this request kind in an OpenAI Batch input line (None for Anthropic,
         whose Message Batches take the body itself)
@@ -30,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers import anthropic, openai_responses
-from workers.base import CallFailure, Completion
 from workers.client import EndpointConfig, HTTPClient
-from workers.openai_compat import OpenAICompatClient, parse_chat
+from workers.openai_compat import OpenAICompatClient
 
 __all__ = ["OPTIONS_BY_PROVIDER", "PROVIDERS", "Provider", "get_provider"]
 
@@ -83,7 +81,6 @@ def chat_body(
 class Provider:
     name: str
     build_body: Callable[..., dict[str, Any]]
-    parse: Callable[[dict[str, Any]], Completion | CallFailure | str]
     client_class: Callable[[EndpointConfig], HTTPClient]
     batch_url: str | None
     doc: str  # the reference the wire format follows (README's provider table)
@@ -96,7 +93,6 @@ PROVIDERS: dict[str, Provider] = {
     "openai": Provider(
         "openai",
         chat_body,
-        parse_chat,
         OpenAICompatClient,
         "/v1/chat/completions",
         "https://platform.openai.com/docs/api-reference/chat/create",
@@ -104,7 +100,6 @@ PROVIDERS: dict[str, Provider] = {
     "openai-responses": Provider(
         "openai-responses",
         openai_responses.build_body,
-        openai_responses.parse,
         openai_responses.ResponsesClient,
         "/v1/responses",
         "https://platform.openai.com/docs/api-reference/responses/create",
@@ -112,7 +107,6 @@ PROVIDERS: dict[str, Provider] = {
     "anthropic": Provider(
         "anthropic",
         anthropic.build_body,
-        anthropic.parse,
         anthropic.AnthropicClient,
         None,
         "https://docs.anthropic.com/en/api/messages",

@@ -645,11 +645,6 @@ class ServerFleet:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def kill_now(self) -> None:
-        """SIGKILL every server at once (a second Ctrl-C while stopping)."""
-        for group in self.groups:
-            group.signal_all(signal.SIGKILL)
-
     async def stop(self) -> None:
         """SIGTERM every server's process group; SIGKILL what is left after the grace period.
         A cancellation while waiting kills at once; the processes are reaped on every path."""

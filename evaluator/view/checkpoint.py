@@ -100,8 +100,3 @@ class CheckpointReader:
                 rec = CallRecord(**d)
                 out[rec.pair_id][rec.key] = rec
         return out
-
-    @staticmethod
-    def last_update(conn: sqlite3.Connection) -> float | None:
-        row = conn.execute("SELECT updated_at FROM calls ORDER BY rowid DESC LIMIT 1").fetchone()
-        return row[0] if row else None

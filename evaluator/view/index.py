@@ -28,7 +28,7 @@ import orjson
 
 from evaluator.config import RunConfig
 from evaluator.dataset import Answers, Pair
-from evaluator.report import PairRows
+from evaluator.report.join import PairRows
 from evaluator.sharding import run_pairs
 from evaluator.view.checkpoint import CheckpointReader, ViewError
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from workers.simulated import personas
 from workers.simulated.batching import BatchingConfig
-from workers.simulated.server import SimConfig, SimulatedServer, sides_from_pairs
+from workers.simulated.data import sides_from_file
+from workers.simulated.server import SimConfig, SimulatedServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -179,11 +180,7 @@ def _batching(args: argparse.Namespace) -> BatchingConfig | None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    sides = {}
-    if args.dataset:
-        from evaluator.dataset import iter_pairs  # the simulator is the one VAL-Bench-aware worker
-
-        sides = sides_from_pairs(iter_pairs(args.dataset))
+    sides = sides_from_file(args.dataset) if args.dataset else {}
     config = SimConfig(
         persona=args.persona,
         judge_persona=args.judge_persona,
