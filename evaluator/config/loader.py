@@ -20,25 +20,37 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.config.run_config import ConfigError, RunConfig
-from evaluator.config.settings import DEFAULT_JUDGE_PROMPT_CHOICE, SETTINGS, VARIANTS, flag_of
+from evaluator.config.settings import (
+    DEFAULT_JUDGE_PROMPT_CHOICE,
+    FLAGS,
+    SETTINGS,
+    VARIANTS,
+    flag_of,
+)
 from workers.typecheck import alternatives, matches
 
 # The model name a judge-only run reports when --model is not given.
 JUDGE_ONLY_MODEL = "answers from the dataset"
 SERVER_TABLES = {"vllm": "[vllm]", "judge_vllm": "[judge.vllm]"}
 
-# Every spelling a TOML key may take -> the setting's field (or input) name.
-KEYS: dict[str, str] = {}
-for _s in SETTINGS:
-    if _s.kind == "stored":
-        continue  # set by the run, never given
-    for _role, _name, _flag in _s.variants():
-        for _key in (_name, _flag, _flag.replace("-", "_")):
-            KEYS[_key] = _name
-# The names a TOML key may be written with, for the "known:" list of an error.
-TOML_NAMES = sorted(
-    {flag.replace("-", "_") for s in SETTINGS if s.kind != "stored" for _, _, flag in s.variants()}
-)
+
+
+def _toml_keys() -> dict[str, str]:
+    """Every spelling a TOML key may take -> the setting's field (or input) name: the flag
+    name with - or _ (`max-retry-wait`, `max_retry_wait`) and the field's (`max_retry_wait_s`)."""
+    keys = {}
+    for s in SETTINGS:
+        if s.kind == "stored":
+            continue  # set by the run, never given
+        for _, name, flag in s.variants():
+            for key in (name, flag, flag.replace("-", "_")):
+                keys[key] = name
+    return keys
+
+
+KEYS = _toml_keys()
+# The names a TOML key is written with in the docs and the "known:" list of an error.
+TOML_NAMES = sorted({FLAGS[name].replace("-", "_") for name in set(KEYS.values())})
 
 
 def _type_name(hint: Any) -> str:
