@@ -24,9 +24,11 @@ from evaluator.breaker import DEFAULT_MAX_FAILURES
 from evaluator.config.declare import Setting, int_bounds, number_bounds
 from evaluator.judge_prompt import DEFAULT_FOR_RUN
 from workers.providers import OPTIONS_BY_PROVIDER
+from workers.server_aware import FollowSettings
 from workers.vllm_servers import ServerSettings
 
 _SERVER_DEFAULTS = ServerSettings()  # [model.vllm] / [judge.vllm] keys and defaults
+_FOLLOW = FollowSettings()  # concurrency when none is given (workers/server_aware.py)
 
 ROLES = ("model", "judge")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -196,8 +198,8 @@ SETTINGS: tuple[Setting, ...] = (
             "judge calls in flight per endpoint, a fixed cap",
         ),
         unset=(
-            "follow the server's load where it publishes vLLM metrics, up to 1024; "
-            "elsewhere 64",
+            "follow the server's load where it publishes vLLM metrics, up to "
+            f"{_FOLLOW.ceiling}; elsewhere {_FOLLOW.fallback}",
             "as --concurrency",
         ),
     ),
