@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from evaluator.__main__ import main
+from evaluator.cli import main
 from workers.simulated import SimConfig, ThreadedServer
 from workers.simulated.data import write_synthetic_dataset
 

@@ -245,7 +245,7 @@ def test_rpm_below_one_is_a_slow_rate_not_a_crash(tmp_path, sim_server):
 )
 def test_every_numeric_flag_is_checked_with_one_line(tmp_path, capsys, flag, value, said):
     data = write_synthetic_dataset(tmp_path / "d.jsonl", 2)
-    from evaluator.__main__ import main
+    from evaluator.cli import main
 
     try:
         code = main([str(a) for a in run_args(data, "http://127.0.0.1:9/v1", tmp_path / "r")]

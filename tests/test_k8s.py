@@ -13,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from evaluator.__main__ import build_parser, config_from_args
+from evaluator.cli.cmd_run import config_from_args
+from evaluator.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -51,6 +52,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,6 +60,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from workers.typecheck import alternatives, matches
 
 log = logging.getLogger("evaluator")
 
@@ -139,23 +143,6 @@ class ServerSettings:
     restart_backoff_s: float = 5.0  # first wait before a restart, doubled each time
     stop_grace_s: float = 30.0  # SIGTERM, then SIGKILL after this
 
-    _TYPES = {
-        "model": str,
-        "tensor_parallel": int,
-        "max_num_seqs": int,
-        "max_model_len": int,
-        "structured_output_backend": str,
-        "prefix_caching": bool,
-        "extra_args": list,
-        "command": list,
-        "host": str,
-        "port": int,
-        "ready_timeout_s": (int, float),
-        "max_restarts": int,
-        "restart_backoff_s": (int, float),
-        "stop_grace_s": (int, float),
-    }
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "[vllm]") -> ServerSettings:
         if not isinstance(raw, dict):
@@ -173,19 +160,10 @@ class ServerSettings:
             if name == "gpus":
                 values[name] = parse_gpus(value, f"{where} gpus")
                 continue
-            expected = cls._TYPES[name]
-            ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
-            if name in ("extra_args", "command") and ok:
-                ok = all(isinstance(a, str) for a in value)
-            if not ok:
+            hint = _hints()[name]
+            if not matches(value, hint):
                 raise ServerSettingsError(
-                    f"{where}: {name} must be "
-                    + (
-                        "a list of strings"
-                        if name in ("extra_args", "command")
-                        else _tname(expected)
-                    )
-                    + f", got {value!r:.60}"
+                    f"{where}: {name} must be {_tname(hint)}, got {value!r:.60}"
                 )
             values[name] = value
         settings = cls(**values)
@@ -290,12 +268,18 @@ _KNOWN_PLACEHOLDERS = frozenset(
 )
 
 
-def _tname(expected: Any) -> str:
-    if isinstance(expected, tuple):
-        return "a number"
-    return {"int": "an integer", "str": "text", "bool": "true or false"}.get(
-        expected.__name__, expected.__name__
-    )
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """ServerSettings' field types: what each key of a table must be."""
+    return typing.get_type_hints(ServerSettings)
+
+
+def _tname(hint: Any) -> str:
+    words = {int: "an integer", str: "text", bool: "true or false", float: "a number"}
+    (kind,) = alternatives(hint)
+    if typing.get_origin(kind) is list:
+        return "a list of strings"
+    return words.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def free_ports(host: str, n: int) -> list[int]:

@@ -87,22 +87,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_run_config(path: Path, judge_url: str | None = None) -> Any:
     """The run config as `python -m evaluator run --config PATH [--judge-base-url URL]`
-    builds it (`judge_url`: the flag the Job gives the pods)."""
-    from evaluator.__main__ import build_parser, config_from_args
+    builds it (`judge_url`: the flag the Job gives the pods), with the evaluator's loader."""
     from evaluator.config import ConfigError
-    from evaluator.runner import UserError
+    from evaluator.config import load_run_config as load
 
-    argv = ["run", "--config", str(path)]
-    if judge_url:
-        argv += ["--judge-base-url", judge_url]
-    args = build_parser().parse_args(argv)
+    flags = {"judge_base_url": [judge_url]} if judge_url else {}
     try:
         # The pods fetch the paper's prompt (or read it from their cache): not needed here.
-        config = config_from_args(args, fetch_paper=False)
-        config.validate()
-    except (UserError, ConfigError) as exc:
+        return load(path, flags, fetch_paper=False)
+    except ConfigError as exc:
         raise RenderError(str(exc)) from None
-    return config
 
 
 def check_pod_config(text: str, judge_url: str | None) -> None:
