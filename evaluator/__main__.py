@@ -38,7 +38,7 @@ from evaluator.judge_prompt import (
 )
 from evaluator.judge_prompt import resolve as resolve_judge_prompt
 from evaluator.prefetch import PARTS as PREFETCH_PARTS
-from evaluator.runner import (
+from evaluator.run import (
     EXIT_FAILED_PAIRS,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,

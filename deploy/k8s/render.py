@@ -90,7 +90,7 @@ def load_run_config(path: Path, judge_url: str | None = None) -> Any:
     builds it (`judge_url`: the flag the Job gives the pods)."""
     from evaluator.__main__ import build_parser, config_from_args
     from evaluator.config import ConfigError
-    from evaluator.runner import UserError
+    from evaluator.run import UserError
 
     argv = ["run", "--config", str(path)]
     if judge_url:

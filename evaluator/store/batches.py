@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from evaluator.store.records import BatchRow
@@ -17,8 +18,7 @@ class BatchesTable:
     _read: sqlite3.Connection | None
     _write: sqlite3.Connection | None
 
-    def has_table(self, name: str) -> bool:  # pragma: no cover - Store's
-        raise NotImplementedError
+    has_table: Callable[[str], bool]  # Store's
 
     def batch_submitting(
         self, marker: str, provider: str, stage: str, requests: list[tuple[str, str]]

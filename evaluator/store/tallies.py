@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,14 +19,11 @@ class CallTallies:
 
     _read: sqlite3.Connection | None
 
-    def has_table(self, name: str) -> bool:  # pragma: no cover - Store's
-        raise NotImplementedError
+    has_table: Callable[[str], bool]  # Store's
 
-    def get_meta(self, key: str) -> Any:  # pragma: no cover - Store's
-        raise NotImplementedError
-
-    def set_meta(self, key: str, value: Any) -> None:  # pragma: no cover - Store's
-        raise NotImplementedError
+    get_meta: Callable[[str], Any]  # Store's
+    set_meta: Callable[[str, Any], None]  # Store's
+    run_dir: Path
 
     def iter_usage(self):
         """(role, usage) of every call with a recorded outcome, and of the start-up test calls
