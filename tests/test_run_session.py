@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import socket
 
 import pytest
 
@@ -14,7 +15,7 @@ from evaluator.breaker import CircuitOpen
 from evaluator.config import RunConfig
 from evaluator.dataset import DatasetError
 from evaluator.preflight import PreflightError
-from evaluator.run import exits
+from evaluator.run import RunOptions, execute, exits
 from evaluator.run.exits import Exit, UserError, exit_for, exit_for_run
 from evaluator.run.signals import Drain, RunSignals
 from evaluator.run.stages import STAGES, Limits, Stage, build_stages, setting
@@ -164,3 +165,43 @@ def test_a_stage_charges_its_own_meter():
     stage = Stage("judge", NoGeneration(), Limits(None, None, None), meter=meter, price="p")
     stage.charge({"prompt_tokens": 3}, probe=True)
     assert meter.added == [({"prompt_tokens": 3}, "p", True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_session_ended_by_its_start_up_check_closes_all_it_opened(
+    tmp_path, synthetic, sim_server
+):
+    """The metrics server, both stages' clients, the signal handlers and the run directory's
+    lock are all opened before the judge turns out not to be served (exit 4); each is closed
+    when `execute` returns, and no task of the session is left behind."""
+    server = sim_server(served_names=("m",))
+    port = _free_port()
+    config = RunConfig(
+        data=str(synthetic(3)),
+        model="m",
+        base_url=[server.base_url],
+        judge_base_url=[server.base_url],
+        judge_model="not-served",
+    )
+    run_dir = tmp_path / "run"
+
+    async def go():
+        options = RunOptions(progress_interval=None, metrics_port=port)
+        result = await execute(run_dir, config, options=options)
+        loop = asyncio.get_running_loop()
+        left = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        with socket.socket() as s:  # the metrics server let go of its port (loop still open)
+            s.bind(("127.0.0.1", port))
+        return result.exit_code, loop.remove_signal_handler(signal.SIGINT), left
+
+    code, had_handler, tasks_left = asyncio.run(go())
+    assert code == Exit.PREFLIGHT
+    assert not had_handler and not tasks_left
+    # Opening for writing takes the lock: StoreError ("in use") if it were still held.
+    with Store.open(run_dir, create=False) as store:
+        assert store.get_meta("config")["judge_model"] == "not-served"
