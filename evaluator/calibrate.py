@@ -25,9 +25,10 @@ import orjson
 
 from evaluator import hub
 from evaluator.config import RunConfig
+from evaluator.run.exits import Exit
 
 TOLERANCE = 10.0  # percentage points of PAC
-EXIT_MISCALIBRATED = 8  # every set ran, at least one is outside the tolerance
+EXIT_MISCALIBRATED = Exit.MISCALIBRATED  # every set ran, at least one is out of tolerance
 SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from evaluator.breaker import BreakerRules, BreakerSettingError, FailureBreaker
 from evaluator.preflight import nearest
-from evaluator.runner import EXIT_BREAKER, EXIT_FAILED_PAIRS, EXIT_PREFLIGHT
+from evaluator.run import EXIT_BREAKER, EXIT_FAILED_PAIRS, EXIT_PREFLIGHT
 from tests.conftest import (
     ROOT,
     SUBPROCESS_ENV,

@@ -453,7 +453,7 @@ def test_endpoints_without_metrics_keep_the_fixed_cap(sim_server, caplog):
 @pytest.mark.slow
 def test_limits_and_server_figures_reach_prometheus_and_progress(sim_server):
     from evaluator.metrics import RunMetrics
-    from evaluator.runner import _activity
+    from evaluator.run.stages import activity as stage_activity
 
     server = _server(sim_server, max_num_seqs=10, output_tokens=3000, step_ms=20)
 
@@ -463,7 +463,7 @@ def test_limits_and_server_figures_reach_prometheus_and_progress(sim_server):
             metrics.watch_pool("generation", h.pool)
             await h.send(40, _body())
             await h.poll()
-            return metrics.exposition().decode(), _activity(h.pool, h.pool), h.ep.follow.load
+            return metrics.exposition().decode(), stage_activity(h.pool, h.pool), h.ep.follow.load
 
     text, activity, load = asyncio.run(go())
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}

@@ -7,7 +7,7 @@ import argparse
 import orjson
 
 from evaluator.cli.common import damaged_checkpoints, emit
-from evaluator.runner import EXIT_OK, UserError
+from evaluator.run import EXIT_OK, UserError
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from evaluator.cli.common import options, run_loop
 from evaluator.config import ConfigError, RunConfig
 from evaluator.judge_prompt import JudgePrompt, JudgePromptError
 from evaluator.judge_prompt import resolve as resolve_judge_prompt
-from evaluator.runner import EXIT_OK, UserError, execute
+from evaluator.run import EXIT_OK, UserError, execute
 
 log = logging.getLogger("evaluator")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from evaluator.cli.common import damaged_checkpoints, emit
-from evaluator.runner import EXIT_OK, UserError
+from evaluator.run import EXIT_OK, UserError
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from evaluator.cli.common import finish, options, run_loop
 from evaluator.config import RunConfig
 from evaluator.dataset import DatasetError, iter_pairs
-from evaluator.runner import RunResult, UserError, execute
+from evaluator.run import RunResult, UserError, execute
 from evaluator.store import DB_NAME, Store, StoreError
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from evaluator.prefetch import PARTS as PREFETCH_PARTS
-from evaluator.runner import EXIT_OK, EXIT_PREFLIGHT
+from evaluator.run import EXIT_OK, EXIT_PREFLIGHT
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 from evaluator.cli.common import emit
 from evaluator.config import ConfigError
 from evaluator.dataset import DatasetError
-from evaluator.runner import EXIT_OK, UserError
+from evaluator.run import EXIT_OK, UserError
 from evaluator.store import StoreError
 
 

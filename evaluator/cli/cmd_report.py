@@ -10,7 +10,7 @@ from evaluator import fingerprint, report
 from evaluator.cli.common import damage_is_user_error, emit
 from evaluator.config import ConfigError, RunConfig
 from evaluator.dataset import DatasetError
-from evaluator.runner import (
+from evaluator.run import (
     EXIT_FAILED_PAIRS,
     EXIT_INTERRUPTED,
     EXIT_OK,

@@ -8,7 +8,7 @@ from typing import Any
 from evaluator.cli.common import finish, options, remember, resolve_out, run_loop
 from evaluator.config import RunConfig, load_overrides, load_run_config
 from evaluator.config.loader import KEYS
-from evaluator.runner import UserError, execute
+from evaluator.run import UserError, execute
 from evaluator.store import DB_NAME
 
 # The settings a `run` flag can give (argparse stores each under its setting's name).

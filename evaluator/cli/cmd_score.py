@@ -8,7 +8,7 @@ import sys
 from evaluator import report
 from evaluator.cli.common import emit
 from evaluator.dataset import DatasetError
-from evaluator.runner import EXIT_OK, UserError
+from evaluator.run import EXIT_OK, UserError
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from evaluator.cli.common import damage_is_user_error, emit
 from evaluator.config import ConfigError, RunConfig
 from evaluator.costs import CostMeter, expected_calls
 from evaluator.dataset import describe_source
-from evaluator.runner import EXIT_OK, UserError
+from evaluator.run import EXIT_OK, UserError
 from evaluator.servers import SERVER_LOG_DIR
 from evaluator.sharding import expected_pairs
 from evaluator.store import Store, StoreError

@@ -15,7 +15,7 @@ from typing import Any
 
 from evaluator import report
 from evaluator.cli.parser import DEFAULT_OUT
-from evaluator.runner import RunOptions, RunResult, UserError
+from evaluator.run import RunOptions, RunResult, UserError
 from evaluator.store import (
     DB_NAME,
     CheckpointCorrupt,

@@ -19,7 +19,7 @@ from evaluator.cli.cmd_status import cmd_status
 from evaluator.cli.cmd_view import cmd_view
 from evaluator.cli.parser import build_parser
 from evaluator.config import ConfigError
-from evaluator.runner import EXIT_INTERNAL, EXIT_USER, UserError
+from evaluator.run import EXIT_INTERNAL, EXIT_USER, UserError
 from workers.base import redact
 
 COMMANDS: dict[str, Callable[..., int]] = {

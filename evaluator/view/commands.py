@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from evaluator.config import ConfigError
-from evaluator.runner import UserError
+from evaluator.run import UserError
 from evaluator.view.checkpoint import ViewError
 from evaluator.view.server import LOOPBACK, serve
 
