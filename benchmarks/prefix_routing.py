@@ -85,7 +85,7 @@ def child(argv: list[str]) -> int:
         from workers.pool import EndpointPool
 
         EndpointPool._best = _affinity_best
-    from evaluator.__main__ import main as evaluator_main
+    from evaluator.cli import main as evaluator_main
 
     return evaluator_main(rest)
 

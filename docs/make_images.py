@@ -1,4 +1,4 @@
-"""Regenerate the README's images of the viewer and of `compare` (SIMULATED runs).
+"""Regenerate the docs images of the viewer and of `compare` (SIMULATED runs).
 
     python docs/make_images.py     # needs Debian's chromium; writes docs/*.png
 
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluator.__main__ import main  # noqa: E402
+from evaluator.cli import main  # noqa: E402
 from evaluator.view.server import ViewerThread  # noqa: E402
 
 DOCS = ROOT / "docs"

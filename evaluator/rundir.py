@@ -1,5 +1,5 @@
 """What a run directory guarantees: its outputs are never overwritten without the
-checkpoint they were built from (the checkpoint is the source of truth; the README's
+checkpoint they were built from (the checkpoint is the source of truth; docs/failures.md,
 "What a run directory guarantees").
 
 `run` (fresh or `--resume`) refuses a directory that holds outputs of a run but no

@@ -41,8 +41,8 @@ def test_exit_codes_are_the_documented_numbers():
         "INTERRUPTED": 75, "BUDGET": 76,
     }  # fmt: skip
     assert {e.name: int(e) for e in Exit} == documented
-    for e in Exit:  # the module's docstring (the table batch schedulers read) lists each
-        assert f"\n    {int(e):<3} " in exits.__doc__, e
+    for e in Exit:  # the table --help prints (what batch-scheduler users read) has each
+        assert f"\n  {int(e):<4}" in exits.help_table(), e
 
 
 @pytest.mark.parametrize(
@@ -206,3 +206,12 @@ def test_a_session_ended_by_its_start_up_check_closes_all_it_opened(
     # Opening for writing takes the lock: StoreError ("in use") if it were still held.
     with Store.open(run_dir, create=False) as store:
         assert store.get_meta("config")["judge_model"] == "not-served"
+
+
+def test_every_exit_code_has_one_meaning_and_help_prints_them_all():
+    from evaluator.cli.parser import EXIT_CODES
+    from evaluator.run.exits import MEANINGS, Exit
+
+    assert set(MEANINGS) == set(Exit)
+    listed = [int(line.split()[0]) for line in EXIT_CODES.splitlines()[1:] if line[2:4].strip()]
+    assert listed == [int(code) for code in Exit]

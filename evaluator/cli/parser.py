@@ -15,33 +15,13 @@ from evaluator.config.settings import FLAGS, GROUPS, JUDGE_ORDERS, SETTINGS, VAR
 from evaluator.dataset import SAMPLE
 from evaluator.judge_prompt import DEFAULT_FOR_RUN
 from evaluator.prefetch import PARTS as PREFETCH_PARTS
+from evaluator.run.exits import help_table
 
 DEFAULT_OUT = Path("runs/latest")
 DEFAULT_DEMO_OUT = Path("runs/demo")
 CALIBRATE_CONCURRENCY = 64  # calibrate's judge calls in flight per endpoint
 
-EXIT_CODES = """\
-exit codes:
-  0   finished: every pair has a verdict
-  1   internal error (a bug: please report it)
-  2   user error (flags, config, dataset, run directory); nothing was sent
-  3   an endpoint refused us for good (key, quota, billing), or managed servers kept
-      dying: fix it, then --resume
-  4   the start-up check (preflight) failed: an endpoint is unreachable, does not serve
-      the model, or refuses the request shape; nothing was sent beyond test calls
-  5   the checkpoint or the outputs could not be written (disk full, read-only
-      directory, I/O error): fix, then --resume (or `report DIR`)
-  6   finished, but some pairs failed (summary.json `failures` says why): fix the
-      cause, then --resume --retry-failed
-  7   stopped early: a stage's calls kept failing (--max-failures): fix the cause,
-      then --resume --retry-failed
-  8   calibrate: every calibration set ran, at least one is outside the tolerance
-  9   an endpoint asked to wait longer than --max-retry-wait (a daily limit, an
-      exhausted quota window): --resume once that time has passed
-  75  interrupted (Ctrl-C, SIGTERM): --resume continues (during the final report:
-      `report DIR` writes the rest)
-  76  stopped before exceeding --max-cost: --resume with a larger --max-cost
-"""
+EXIT_CODES = help_table()
 
 
 def _number(low: float, *, above: bool = False, high: float = float("inf"), integer: bool = False):

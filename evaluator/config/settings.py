@@ -52,7 +52,7 @@ _WEEK = 7 * 86400
 
 
 WHAT = "what to evaluate"
-PROVIDER = "providers (wire formats) and their options; see README"
+PROVIDER = "providers (wire formats) and their options; see docs/providers.md"
 SERVERS = (
     "managed vLLM servers (GPU nodes, needs the vllm extra; more settings: [model.vllm] "
     "and [judge.vllm] in --config)"
@@ -187,7 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         "vllm_command", str | None, None, kind="input", group=SERVERS, metavar="CMD",
         server_key="command",
         help="launch command template instead of `vllm serve {model} {vllm_args}`, "
-        "e.g. a container wrapper (placeholders: see the README)",
+        "e.g. a container wrapper (placeholders: see docs/gpu-and-clusters.md)",
     ),
     # -- throughput and retries
     Setting(

@@ -46,7 +46,7 @@ _EXPORTS = {  # name here -> (submodule, name there)
     "SHOWN_FAILURE_GROUPS": ("markdown", "SHOWN_FAILURE_GROUPS"),
     "failure_lines": ("markdown", "failure_lines"),
     "render_markdown": ("markdown", "render_markdown"),
-    "_fmt": ("markdown", "fmt"),  # evaluator.__main__'s terminal summary
+    "_fmt": ("markdown", "fmt"),  # the CLI's terminal summary (evaluator.cli.common)
     "FINISHED_META": ("outputs", "FINISHED_META"),
     "MAX_FAILURE_GROUPS": ("outputs", "MAX_FAILURE_GROUPS"),
     "RESULTS_TMP": ("outputs", "RESULTS_TMP"),

@@ -1,35 +1,16 @@
 """How a run ends: one table of outcomes and their exit codes (for batch schedulers).
 
-    0   finished; every pair has an outcome
-    1   internal error (a bug: please report it)
-    2   user error: bad flags, config, dataset or run directory; nothing was sent
-    3   an endpoint refused us for good (auth, quota, billing), or every managed server
-        of a stage kept dying: fix it, then --resume
-    4   the start-up check failed: an endpoint is unreachable, does not serve the model,
-        or refuses the run's request shape, or a managed server did not become ready;
-        nothing was sent beyond the preflight's test calls
-    5   the checkpoint or the outputs could not be written (disk full, read-only directory,
-        I/O error): fix, then --resume (or `report DIR` for the outputs)
-    6   finished, but some pairs failed (reasons in summary.json `failures`): fix the
-        cause, then --resume --retry-failed
-    7   stopped early: a stage's calls kept failing (the circuit breaker, --max-failures):
-        fix the cause, then --resume --retry-failed
-    8   calibrate: every calibration set ran, at least one is outside the tolerance
-    9   an endpoint asked to wait longer than --max-retry-wait (Retry-After, a rate-limit
-        reset: a daily limit, an exhausted quota window): --resume once that time has passed
-    75  interrupted (SIGINT/SIGTERM): in-flight calls finished and were recorded; --resume continues
-        (during the final report: the file being written is finished; `report DIR` writes the rest)
-    76  stopped before exceeding --max-cost: --resume with a larger budget
-
-The codes are `Exit`; `ERROR_EXITS` says which error ends a run with which code, and
-`exit_for_run` which code a run that stopped without an error gets. The log line that goes
-with each is written where the run ends (evaluator.run.session and .finish), which knows
-what to tell the user (the run directory, what the checkpoint holds).
+`Exit` names the codes and `MEANINGS` says what each means and what to do (the CLI's
+`--help` prints it: `help_table`); `ERROR_EXITS` says which error ends a run with which
+code, and `exit_for_run` which code a run that stopped without an error gets. The log
+line that goes with each is written where the run ends (evaluator.run.session and
+.finish), which knows what to tell the user (the run directory, what the checkpoint holds).
 """
 
 from __future__ import annotations
 
 import enum
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +42,43 @@ class Exit(enum.IntEnum):
     RETRY_WAIT = 9  # a server asked to wait longer than --max-retry-wait; resumable later
     INTERRUPTED = 75
     BUDGET = 76  # stopped before a call could take the run past --max-cost; resumable
+
+
+# What each code means and what to do next: the one place this is written (the CLI's
+# --help prints it; docs/failures.md explains each at length).
+MEANINGS: dict[Exit, str] = {
+    Exit.OK: "finished: every pair has a verdict",
+    Exit.INTERNAL: "internal error (a bug: please report it)",
+    Exit.USER: "user error (flags, config, dataset, run directory); nothing was sent",
+    Exit.FATAL_ENDPOINT: "an endpoint refused us for good (key, quota, billing), or managed "
+    "servers kept dying: fix it, then --resume",
+    Exit.PREFLIGHT: "the start-up check (preflight) failed: an endpoint is unreachable, does "
+    "not serve the model, or refuses the request shape, or a managed server did not become "
+    "ready; nothing was sent beyond test calls",
+    Exit.STORE: "the checkpoint or the outputs could not be written (disk full, read-only "
+    "directory, I/O error): fix, then --resume (or `report DIR`)",
+    Exit.FAILED_PAIRS: "finished, but some pairs failed (summary.json `failures` says why): "
+    "fix the cause, then --resume --retry-failed",
+    Exit.BREAKER: "stopped early: a stage's calls kept failing (--max-failures): fix the "
+    "cause, then --resume --retry-failed",
+    Exit.MISCALIBRATED: "calibrate: every calibration set ran, at least one is outside the "
+    "tolerance",
+    Exit.RETRY_WAIT: "an endpoint asked to wait longer than --max-retry-wait (a daily limit, "
+    "an exhausted quota window): --resume once that time has passed",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C, SIGTERM): in-flight calls finished and were "
+    "recorded; --resume continues (during the final report: `report DIR` writes the rest)",
+    Exit.BUDGET: "stopped before exceeding --max-cost: --resume with a larger --max-cost",
+}
+
+
+def help_table(width: int = 88) -> str:
+    """MEANINGS as the `exit codes:` section of `--help`."""
+    lines = ["exit codes:"]
+    for code, text in MEANINGS.items():
+        lines += textwrap.wrap(
+            text, width, initial_indent=f"  {int(code):<4}", subsequent_indent=" " * 6
+        )
+    return "\n".join(lines) + "\n"
 
 
 # The names other modules import (plain ints compare equal: `sys.exit` takes either).
