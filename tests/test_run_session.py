@@ -18,7 +18,7 @@ from evaluator.preflight import PreflightError
 from evaluator.run import RunOptions, execute, exits
 from evaluator.run.exits import Exit, UserError, exit_for, exit_for_run
 from evaluator.run.signals import Drain, RunSignals
-from evaluator.run.stages import STAGES, Limits, Stage, build_stages, setting
+from evaluator.run.stages import STAGES, Limits, Stage, build_stages, role
 from evaluator.scheduler import NoGeneration, RunStats
 from evaluator.store import CheckpointCorrupt, Store, StoreError, StoreIOError
 from workers.base import CallFailure, ErrorClass, FatalEndpointError, RetryWaitTooLong
@@ -122,7 +122,7 @@ def test_stages_take_their_own_settings_from_the_config(tmp_path):
     assert {(c.provider, c.model) for c in judge_eps} == {("anthropic", "j")}
     assert (gen_eps[0].concurrency, gen_eps[0].rpm, judge_eps[0].tpm) == (3, 60.0, 1000.0)
     assert (gen.key, judge.key) == ("k1", None)
-    assert [setting(config, s, "model") for s in STAGES] == ["m", "j"]
+    assert [role(config, s).model for s in STAGES] == ["m", "j"]
 
 
 def test_a_judge_only_run_has_a_generation_stage_that_sends_nothing(tmp_path):

@@ -24,7 +24,7 @@ from evaluator.dataset import (
 from evaluator.identity import identity
 from evaluator.preflight import PreflightReport
 from evaluator.run.exits import UserError
-from evaluator.run.stages import WHO, Stage, StageName, setting, stage_keys
+from evaluator.run.stages import WHO, Stage, StageName, role, stage_keys
 from evaluator.secrets import check_urls, redacted_logs
 from evaluator.store import Store, StoreError
 from workers.vllm_servers import ServerFleet, ServerSettingsError
@@ -201,7 +201,7 @@ def open_run(
         check_urls(config, {var or "": key for key, var in found.values()})
         scope.enter_context(redacted_logs(tuple(k for k in keys.values() if k)))
         for stage, (_, var) in found.items():
-            if var is not None and not setting(config, stage, "api_key_env"):
+            if var is not None and not role(config, stage).api_key_env:
                 log.info(
                     "%s endpoint: using the API key in %s (no --api-key-env given)",
                     WHO[stage],

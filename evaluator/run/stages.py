@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from evaluator.batch_stage import BatchSettings, BatchStage
-from evaluator.config import RunConfig, stage_key
+from evaluator.config import RoleSettings, RunConfig, stage_key
 from evaluator.progress import Activity
 from evaluator.scheduler import NoGeneration
 from evaluator.store import Store, StoreWriter
@@ -45,10 +45,10 @@ def field_name(stage: StageName, name: str) -> str:
     return name if stage == "gen" else f"judge_{name}"
 
 
-def setting(config: RunConfig, stage: StageName, name: str) -> Any:
-    """A stage's own setting (provider, model, base_url, concurrency, rpm, tpm, mode,
-    api_key_env) from the flat RunConfig, until the config has a typed view per role."""
-    return getattr(config, field_name(stage, name))
+def role(config: RunConfig, stage: StageName) -> RoleSettings:
+    """A stage's own settings (provider, model, endpoints, limits, mode, key variable, ...):
+    the config's typed view of the role the stage plays."""
+    return config.role(WHO[stage])
 
 
 def stage_keys(
@@ -57,9 +57,9 @@ def stage_keys(
     """Each stage's (API key, the variable it came from)."""
     return {
         s: stage_key(
-            setting(config, s, "api_key_env"),
-            setting(config, s, "provider"),
-            setting(config, s, "base_url"),
+            role(config, s).api_key_env,
+            role(config, s).provider,
+            role(config, s).base_url,
             dotenv,
         )
         for s in STAGES
@@ -77,7 +77,8 @@ class Limits:
 
     @classmethod
     def of(cls, config: RunConfig, stage: StageName) -> Limits:
-        return cls(*(setting(config, stage, n) for n in ("concurrency", "rpm", "tpm")))
+        r = role(config, stage)
+        return cls(r.concurrency, r.rpm, r.tpm)
 
 
 @dataclass
@@ -161,10 +162,10 @@ def build_stages(
         client: Client
         if name == "gen" and config.judge_only:
             client = NoGeneration()
-        elif setting(config, name, "mode") == "batch":
+        elif role(config, name).mode == "batch":
             client = _batch_client(name, config, store, keys[name], budget, secrets)
         else:
-            managed = _managed(setting(config, name, "base_url"), fleet)
+            managed = _managed(role(config, name).base_url, fleet)
             client = _pool(name, config, keys[name], limits, budget, shared, secrets, managed)
         meter, price = (
             (cost.stages[name], cost.prices.get(name)) if cost is not None else (None, None)
@@ -204,13 +205,13 @@ def _pool(
             rpm=limits.rpm,
             tpm=limits.tpm,
             timeout_s=config.timeout_s,
-            provider=setting(config, stage, "provider"),
-            model=setting(config, stage, "model"),
+            provider=role(config, stage).provider,
+            model=role(config, stage).model,
             ca_bundle=config.ca_bundle,
             max_response_bytes=int(config.max_response_mb * 1024 * 1024),
             secrets=secrets,
         )
-        for url in setting(config, stage, "base_url")
+        for url in role(config, stage).base_url
     ]
     return EndpointPool(
         endpoints,
@@ -242,8 +243,8 @@ def _batch_client(
 ) -> BatchStage:
     """A stage in batch mode: the provider's Batch API at the stage's (single) endpoint."""
     api = batch_api_for(
-        setting(config, stage, "provider"),
-        setting(config, stage, "base_url")[0],
+        role(config, stage).provider,
+        role(config, stage).base_url[0],
         key,
         name=f"{WHO[stage]} batch endpoint",
         backoff_base_s=config.backoff_base_s,
@@ -273,7 +274,7 @@ def batch_modes(config: RunConfig, store: Store) -> RunConfig:
     """A stage with batches still owing results is re-attached in batch mode, whatever the
     mode asked for now: sending those calls online would pay for them twice."""
     for stage in STAGES:
-        if setting(config, stage, "mode") == "batch":
+        if role(config, stage).mode == "batch":
             continue
         owing = [r for r in store.open_batches(stage) if store.batch_unsettled(r.id)]
         if owing:
