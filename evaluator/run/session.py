@@ -46,9 +46,10 @@ from evaluator.report.child import ReportChild
 from evaluator.run import prepare
 from evaluator.run.exits import START_UP_ERRORS, Exit, RunResult, UserError, exit_for
 from evaluator.run.finish import BadRowLog, finish, session_summary
+from evaluator.run.outcomes import FINAL_FAILURES, RunStats
+from evaluator.run.scheduler import Scheduler
 from evaluator.run.signals import Drain, RunSignals
 from evaluator.run.stages import Stage, activity, batch_modes, build_stages
-from evaluator.scheduler import FINAL_FAILURES, RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import (
     CheckpointCorrupt,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from evaluator.batch_stage import BatchSettings, BatchStage
 from evaluator.config import RunConfig, stage_key
 from evaluator.progress import Activity
-from evaluator.scheduler import NoGeneration
+from evaluator.run.stage_client import NoGeneration
 from evaluator.store import Store, StoreWriter
 from workers.base import RetryBudget
 from workers.batch_api import batch_api_for
