@@ -11,7 +11,7 @@ from workers.base import CallFailure, Completion
 
 class ChatClient(Protocol):
     """What the scheduler needs of a stage: workers.pool.EndpointPool (online) or
-    evaluator.batch_stage.BatchStage (batch mode, which uses `key` as the call's identity
+    evaluator.batch.stage.BatchStage (batch mode, which uses `key` as the call's identity
     at the provider; the online pool ignores it). A client with `batched = True` sends in
     provider batches and records no intent per call."""
 

@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from evaluator.batch_stage import BatchSettings, BatchStage
+from evaluator.batch.settings import BatchSettings
+from evaluator.batch.stage import BatchStage
 from evaluator.config import RunConfig, stage_key
 from evaluator.progress import Activity
 from evaluator.run.stage_client import NoGeneration
