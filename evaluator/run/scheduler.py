@@ -42,7 +42,7 @@ from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
 from workers.base import CallFailure, Completion, FatalEndpointError
 
 if TYPE_CHECKING:
-    from evaluator.metrics import RunMetrics
+    from evaluator.metrics.registry import RunMetrics
 
 log = logging.getLogger("evaluator")
 

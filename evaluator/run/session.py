@@ -189,7 +189,8 @@ class Session:
         if options.metrics_port is None:
             return None
         # Imported only when asked for: the HTTP server and prometheus_client cost start-up time.
-        from evaluator.metrics import RunMetrics, start_server
+        from evaluator.metrics.registry import RunMetrics
+        from evaluator.metrics.server import start_server
 
         metrics = RunMetrics(secrets=tuple(s.key for s in stages if s.key))
         metrics.describe_run(config.model, config.judge_model, config.simulated)

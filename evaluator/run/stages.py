@@ -29,7 +29,7 @@ from workers.vllm_servers import ServerFleet
 
 if TYPE_CHECKING:
     from evaluator.costs import CostMeter, Price, StageCost
-    from evaluator.metrics import RunMetrics
+    from evaluator.metrics.registry import RunMetrics
 
 log = logging.getLogger("evaluator")
 
