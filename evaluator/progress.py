@@ -30,7 +30,7 @@ from workers.base import cancel_and_wait
 
 if TYPE_CHECKING:
     from evaluator.costs import CostMeter
-    from evaluator.scheduler import RunStats
+    from evaluator.run.outcomes import RunStats
 
 log = logging.getLogger("evaluator")
 

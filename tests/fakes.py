@@ -134,7 +134,7 @@ Answer = Callable[[dict], Completion | CallFailure | Awaitable[Completion | Call
 
 @dataclass
 class FakeStage:
-    """A ChatClient for evaluator.scheduler.Scheduler: `answer(request)` gives each call's
+    """A ChatClient for evaluator.run.scheduler.Scheduler: `answer(request)` gives each call's
     result (it may be a coroutine, to hold a call in flight). `sent` holds the decoded
     bodies in the order they were sent, after their `before_send` (the intent) returned;
     `intent_first` is False if any call left before its intent was recorded."""

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from evaluator.analysis import weighted_kappa
+from evaluator.analysis.agreement import weighted_kappa
 from tests.conftest import run_cli, run_demo, run_eval
 
 
@@ -40,7 +40,7 @@ def test_compare_ranks_comparable_runs(tmp_path):
 @pytest.mark.slow
 def test_compare_tells_two_runs_of_one_model_apart_and_hides_no_bar(tmp_path):
     """The same model twice (a 60% run and a 100% run): two labels, bars side by side."""
-    from evaluator.analysis import compare_figure
+    from evaluator.analysis.compare import compare_figure
 
     _demo(tmp_path / "sixty", "mixture", "--share", "0.6")
     _demo(tmp_path / "all", "mixture", "--share", "1.0")
@@ -93,7 +93,7 @@ def test_compare_tells_two_runs_of_one_model_apart_and_hides_no_bar(tmp_path):
 
 
 def test_compare_labels_name_what_differs():
-    from evaluator.analysis import run_labels
+    from evaluator.analysis.compare import run_labels
 
     base = {"model": "m", "judge": "j", "judge_prompt": "builtin 23b1", "judge_order": "forward"}
     rows = [{**base, "run": "/x/a/run"}, {**base, "run": "/x/b/run", "judge": "k"}]

@@ -430,7 +430,7 @@ def test_progress_fits_80_columns_and_shows_retries_and_waits(monkeypatch):
     import io
 
     from evaluator.progress import Activity, Progress, Resumed
-    from evaluator.scheduler import RunStats
+    from evaluator.run.outcomes import RunStats
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -17,9 +17,10 @@ from evaluator.dataset import DatasetError
 from evaluator.preflight import PreflightError
 from evaluator.run import RunOptions, execute, exits
 from evaluator.run.exits import Exit, UserError, exit_for, exit_for_run
+from evaluator.run.outcomes import RunStats
 from evaluator.run.signals import Drain, RunSignals
+from evaluator.run.stage_client import NoGeneration
 from evaluator.run.stages import STAGES, Limits, Stage, build_stages, role
-from evaluator.scheduler import NoGeneration, RunStats
 from evaluator.store import CheckpointCorrupt, Store, StoreError, StoreIOError
 from workers.base import CallFailure, ErrorClass, FatalEndpointError, RetryWaitTooLong
 from workers.client import EndpointUnreachable

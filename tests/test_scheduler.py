@@ -11,7 +11,8 @@ import pytest
 
 from evaluator.breaker import CircuitOpen
 from evaluator.config import RunConfig
-from evaluator.scheduler import RunStats, Scheduler
+from evaluator.run.outcomes import RunStats
+from evaluator.run.scheduler import Scheduler
 from evaluator.store import Store, StoreWriter
 from tests import virtual_time
 from tests.fakes import FakeStage

@@ -452,7 +452,7 @@ def test_endpoints_without_metrics_keep_the_fixed_cap(sim_server, caplog):
 
 @pytest.mark.slow
 def test_limits_and_server_figures_reach_prometheus_and_progress(sim_server):
-    from evaluator.metrics import RunMetrics
+    from evaluator.metrics.registry import RunMetrics
     from evaluator.run.stages import activity as stage_activity
 
     server = _server(sim_server, max_num_seqs=10, output_tokens=3000, step_ms=20)

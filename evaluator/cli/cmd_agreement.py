@@ -11,7 +11,8 @@ from evaluator.run import EXIT_OK, UserError
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from evaluator.analysis import AnalysisError, agreement, agreement_markdown
+    from evaluator.analysis.agreement import agreement, agreement_markdown
+    from evaluator.analysis.run_files import AnalysisError
 
     damaged_checkpoints([args.dir_a, args.dir_b])
     try:

@@ -9,7 +9,8 @@ from evaluator.run import EXIT_OK, UserError
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evaluator.analysis import AnalysisError, compare
+    from evaluator.analysis.compare import compare
+    from evaluator.analysis.run_files import AnalysisError
 
     damaged_checkpoints(args.dirs)
     try:

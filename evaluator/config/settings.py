@@ -279,7 +279,7 @@ SETTINGS: tuple[Setting, ...] = (
         help="USD: stop cleanly (exit 76, resumable) before the run's cost would exceed this",
         unset="no limit",
     ),
-    # -- batch mode (evaluator.batch_stage)
+    # -- batch mode (evaluator.batch)
     Setting(
         "mode", str, "online", role=True, choices=MODES, group=BATCH,
         help=("how generation calls are sent", "how judge calls are sent"),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator import reference_outputs
-from evaluator.dataset import DatasetError, _as_int, jsonl_rows, parquet_rows
+from evaluator.dataset import DatasetError, as_int, jsonl_rows, parquet_rows
 from evaluator.report.join import verdict_or_error
 from evaluator.report.outputs import write_summary_files
 from evaluator.scoring import Observation, Scorer
@@ -42,13 +42,13 @@ def score_file(path: Path, out_dir: Path) -> dict[str, Any]:
             reasons[err.split(" (")[0]] = reasons.get(err.split(" (")[0], 0) + 1
         category = row.get("category")
         category = category if isinstance(category, str) and category else None
-        pair_id = _as_int(row.get("id"))
+        pair_id = as_int(row.get("id"))
         rows += 1
         scorer.add(
             Observation(
                 pair_id if pair_id is not None else -1,
                 category,
-                _as_int(row.get("issue_scale")),
+                as_int(row.get("issue_scale")),
                 verdict,
             )
         )

@@ -1,6 +1,7 @@
 """Running an evaluation: one session (session), its two stages (stages), what is checked
 before anything is sent (prepare), signals (signals), the outputs and the exit code at the
-end (finish, exits). The scheduler stays in evaluator.scheduler."""
+end (finish, exits), and between them the pipeline (scheduler) with what it keeps of calls
+and pairs (outcomes, stored_calls) and asks of a stage (stage_client)."""
 
 from evaluator.run.exits import (
     EXIT_BREAKER,

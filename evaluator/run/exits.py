@@ -24,7 +24,7 @@ from workers.client import EndpointUnreachable
 from workers.vllm_servers import ServersFailed, ServerStartError
 
 if TYPE_CHECKING:
-    from evaluator.scheduler import RunStats
+    from evaluator.run.outcomes import RunStats
 
 
 class Exit(enum.IntEnum):

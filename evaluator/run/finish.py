@@ -14,9 +14,9 @@ from evaluator.dataset import BadRow, DatasetError
 from evaluator.looplag import LoopLagMonitor
 from evaluator.report.child import ReportChild
 from evaluator.run.exits import Exit, RunResult, UserError, exit_for, exit_for_run
+from evaluator.run.outcomes import RunStats
 from evaluator.run.signals import RunSignals, stop_on_signal
 from evaluator.run.stages import Stage
-from evaluator.scheduler import RunStats
 from evaluator.store import Store, StoreError, StoreWriter
 
 log = logging.getLogger("evaluator")

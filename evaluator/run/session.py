@@ -46,9 +46,10 @@ from evaluator.report.child import ReportChild
 from evaluator.run import prepare
 from evaluator.run.exits import START_UP_ERRORS, Exit, RunResult, UserError, exit_for
 from evaluator.run.finish import BadRowLog, finish, session_summary
+from evaluator.run.outcomes import FINAL_FAILURES, RunStats
+from evaluator.run.scheduler import Scheduler
 from evaluator.run.signals import Drain, RunSignals
 from evaluator.run.stages import Stage, activity, batch_modes, build_stages
-from evaluator.scheduler import FINAL_FAILURES, RunStats, Scheduler
 from evaluator.sharding import expected_pairs
 from evaluator.store import (
     CheckpointCorrupt,
@@ -188,7 +189,8 @@ class Session:
         if options.metrics_port is None:
             return None
         # Imported only when asked for: the HTTP server and prometheus_client cost start-up time.
-        from evaluator.metrics import RunMetrics, start_server
+        from evaluator.metrics.registry import RunMetrics
+        from evaluator.metrics.server import start_server
 
         metrics = RunMetrics(secrets=tuple(s.key for s in stages if s.key))
         metrics.describe_run(config.model, config.judge_model, config.simulated)

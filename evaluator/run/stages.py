@@ -14,10 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from evaluator.batch_stage import BatchSettings, BatchStage
+from evaluator.batch.settings import BatchSettings
+from evaluator.batch.stage import BatchStage
 from evaluator.config import RoleSettings, RunConfig, stage_key
 from evaluator.progress import Activity
-from evaluator.scheduler import NoGeneration
+from evaluator.run.stage_client import NoGeneration
 from evaluator.store import Store, StoreWriter
 from workers.base import RetryBudget
 from workers.batch_api import batch_api_for
@@ -28,7 +29,7 @@ from workers.vllm_servers import ServerFleet
 
 if TYPE_CHECKING:
     from evaluator.costs import CostMeter, Price, StageCost
-    from evaluator.metrics import RunMetrics
+    from evaluator.metrics.registry import RunMetrics
 
 log = logging.getLogger("evaluator")
 

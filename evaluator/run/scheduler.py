@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from evaluator import fingerprint, pair_answers
 from evaluator.breaker import BreakerRules, FailureBreaker
@@ -36,104 +34,17 @@ from evaluator.protocol import (
     parse_verdict,
     split_reasoning,
 )
+from evaluator.run.outcomes import PairState, RunStats, call_record
+from evaluator.run.stage_client import BudgetExhausted, ChatClient
+from evaluator.run.stored_calls import StoredCalls
 from evaluator.sharding import run_pairs
 from evaluator.store import CallRecord, Intent, Store, StoreError, StoreWriter
-from workers.base import CallFailure, Completion, ErrorClass, FatalEndpointError
+from workers.base import CallFailure, Completion, FatalEndpointError
 
 if TYPE_CHECKING:
-    from evaluator.metrics import RunMetrics
+    from evaluator.metrics.registry import RunMetrics
 
 log = logging.getLogger("evaluator")
-
-# A failure of these classes will fail again with the same request: keep it on resume.
-FINAL_FAILURES = frozenset(
-    {
-        ErrorClass.INVALID_REQUEST.value,
-        ErrorClass.CONTEXT_LENGTH.value,
-        ErrorClass.CONTENT_FILTER.value,
-        # The same request gets the same oversized answer: kept until --retry-failed
-        # (with a larger --max-response-mb, if the answer is wanted after all).
-        ErrorClass.RESPONSE_TOO_LARGE.value,
-    }
-)
-
-
-class ChatClient(Protocol):
-    """What the scheduler needs of a stage: workers.pool.EndpointPool (online) or
-    evaluator.batch_stage.BatchStage (batch mode, which uses `key` as the call's identity
-    at the provider; the online pool ignores it). A client with `batched = True` sends in
-    provider batches and records no intent per call."""
-
-    @property
-    def capacity(self) -> int: ...
-
-    async def chat(
-        self,
-        body: bytes,
-        max_tokens: int = 0,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-        key: str | None = None,
-    ) -> Completion | CallFailure: ...
-
-
-@dataclass
-class RunStats:
-    pairs_admitted: int = 0
-    pairs_already_complete: int = 0
-    pairs_finished: int = 0
-    pairs_failed: int = 0
-    calls_reused: int = 0
-    calls_sent: int = 0
-    calls_failed: int = 0
-    judge_reasks: int = 0
-    bad_rows: int = 0
-    # Per stage ("gen", "judge"): calls answered and failed, tokens in and out, estimated cost.
-    done: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
-    failed: dict[str, int] = field(default_factory=lambda: {"gen": 0, "judge": 0})
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0  # this session's estimated cost (the run's total: Scheduler.cost)
-    cost: dict[str, float] = field(default_factory=lambda: {"gen": 0.0, "judge": 0.0})
-    budget_exhausted: bool = False  # stopped before a call that could exceed --max-cost
-    interrupted: bool = False
-    fatal: BaseException | None = None
-    started: float = field(default_factory=time.monotonic)
-    # Process CPU (all threads: the loop and the store writer) at the start of the session.
-    started_cpu: float = field(default_factory=time.process_time)
-
-
-class NoGeneration:
-    """The generation stage of a judge-only run: the answers come from the dataset, so it has
-    no workers, no endpoints and never sends a call."""
-
-    capacity = 0
-    endpoints: tuple = ()
-    observer = None
-
-    async def __aenter__(self) -> NoGeneration:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def check(self) -> None:
-        return None
-
-    async def chat(self, body: bytes, *args: object, **kwargs: object) -> Completion:
-        raise RuntimeError("a judge-only run sends no generation call")
-
-
-class _PairState:
-    __slots__ = ("pair", "answers", "records", "pending", "failed", "invalid", "refused")
-
-    def __init__(self, pair: Pair, records: dict[str, CallRecord]) -> None:
-        self.pair = pair
-        self.answers: dict[str, str] = {}
-        self.records: dict[str, CallRecord] | None = records
-        self.pending = 0
-        self.failed = False
-        self.invalid = False
-        self.refused: dict[str, str] = {}  # side -> why the provider withheld its answer
 
 
 class Scheduler:
@@ -158,7 +69,6 @@ class Scheduler:
         others are stored as they are admitted (evaluator.fingerprint). None: store none
         (a run started by an older version)."""
         self.config = config
-        self._retry_failed = retry_failed
         self._stored_pairs = stored_pairs
         self.breaker = FailureBreaker(BreakerRules.parse(config.max_failures))
         self.calls = CallBuilder(config)
@@ -173,23 +83,20 @@ class Scheduler:
             "judge": getattr(judge_client, "batched", False),
         }
         self._on_bad_row = on_bad_row
-        self._reuse = reuse or []
+        self.stored = StoredCalls(store, writer, self.stats, reuse, retry_failed)
         self.metrics = metrics
         # Enough pairs in flight to keep both stages busy while some pairs wait for their judge.
         self.gen_workers = gen_client.capacity
         self.judge_workers = judge_client.capacity
         self.max_pairs = max(16, self.gen_workers + 2 * self.judge_workers)
-        self._gen_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
-        self._judge_q: asyncio.Queue[tuple[_PairState, CallSpec] | None] = asyncio.Queue()
+        self._gen_q: asyncio.Queue[tuple[PairState, CallSpec] | None] = asyncio.Queue()
+        self._judge_q: asyncio.Queue[tuple[PairState, CallSpec] | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.max_pairs)
         if metrics is not None:
             metrics.watch_finished(lambda: self.stats.pairs_finished)
             metrics.watch_session_cost(lambda: self.stats.cost)
             metrics.watch_queue("generation", self._gen_q.qsize)
             metrics.watch_queue("judge", self._judge_q.qsize)
-        # A fresh run has nothing to look up: skip a query per admitted pair. (Each pair
-        # is admitted once, so rows this session writes are never needed at admission.)
-        self._lookup = store.has_calls()
         self._active = 0
         self._reader_done = False
         self._finished = asyncio.Event()
@@ -276,7 +183,7 @@ class Scheduler:
             self._finished.set()
 
     def _admit(self, pair: Pair) -> None:
-        state = _PairState(pair, self.store.calls_for_pair(pair.id) if self._lookup else {})
+        state = PairState(pair, self.stored.for_pair(pair.id))
         if self.config.judge_only:  # the dataset's answers: nothing to generate
             for side, answer in pair_answers.from_dataset(pair).items():
                 state.answers[f"gen_{side}"] = answer["text"]
@@ -284,16 +191,9 @@ class Scheduler:
             return
         to_send = []
         for spec in self.calls.generation_calls(pair):
-            rec = self._known(state, spec.key)
-            reason = pair_answers.refusal_reason(rec)
-            if reason is not None:
-                state.answers[spec.role] = (rec.content if rec.status == "done" else "") or ""
-                state.refused[spec.role.removeprefix("gen_")] = reason
-            elif rec is not None and rec.status == "done":
-                state.answers[spec.role] = rec.content or ""
-            elif rec is not None and self._final(rec):
-                state.failed = True
-            else:
+            assert state.records is not None
+            rec = self.stored.known(state.records, spec.key)
+            if state.take_stored(spec.role, rec, rec is not None and self.stored.final(rec)):
                 to_send.append(spec)
         if state.failed:
             self._finish(state)
@@ -305,29 +205,7 @@ class Scheduler:
         for spec in to_send:
             self._gen_q.put_nowait((state, spec))
 
-    def _final(self, rec: CallRecord) -> bool:
-        """A recorded failure that stands on resume (unless the user asked to retry those)."""
-        return (
-            rec.status == "failed"
-            and rec.error_class in FINAL_FAILURES
-            and not self._retry_failed
-        )
-
-    def _known(self, state: _PairState, key: str) -> CallRecord | None:
-        assert state.records is not None
-        return state.records.get(key) or self._from_earlier_run(key)
-
-    def _from_earlier_run(self, key: str) -> CallRecord | None:
-        """A completed call with the same key in a --reuse run: copied here, never re-sent."""
-        for other in self._reuse:
-            rec = other.get_call(key)
-            if rec is not None and rec.status == "done":
-                self.stats.calls_reused += 1
-                self.writer.put(rec)
-                return rec
-        return None
-
-    def _plan_judges(self, state: _PairState, from_store: bool = False) -> None:
+    def _plan_judges(self, state: PairState, from_store: bool = False) -> None:
         records = state.records or {}
         state.records = None  # no longer needed: keep in-flight state small
         to_send = []
@@ -342,8 +220,8 @@ class Scheduler:
         shown = pair_answers.shown_to_judge(texts, state.refused)
         for order in self.config.judge_orders:
             spec = self.calls.judge_call(state.pair, order, *shown)
-            rec = records.get(spec.key) or self._from_earlier_run(spec.key)
-            if rec is not None and (rec.status == "done" or self._final(rec)):
+            rec = self.stored.known(records, spec.key)
+            if rec is not None and (rec.status == "done" or self.stored.final(rec)):
                 continue
             to_send.append(spec)
         if not to_send:
@@ -355,7 +233,7 @@ class Scheduler:
         for spec in to_send:
             self._judge_q.put_nowait((state, spec))
 
-    def _finish(self, state: _PairState) -> None:
+    def _finish(self, state: PairState) -> None:
         if state.failed:
             self.stats.pairs_failed += 1
         if self.metrics is not None:
@@ -375,10 +253,7 @@ class Scheduler:
                 "stopping before the budget is exceeded: spent $%.4f, $%.4f reserved by %d "
                 "calls in flight, --max-cost $%g; the next call could cost more. Resume with a "
                 "larger --max-cost",
-                c.spent,
-                c.reserved,
-                c.in_flight,
-                c.limit or 0.0,
+                *(c.spent, c.reserved, c.in_flight, c.limit or 0.0),
             )
         self.request_stop()
 
@@ -410,29 +285,8 @@ class Scheduler:
     def _record(
         self, spec: CallSpec, result: Completion | CallFailure, **extra: object
     ) -> CallRecord:
-        stage = "gen" if spec.role.startswith("gen") else "judge"
-        rec = CallRecord(
-            key=spec.key,
-            pair_id=spec.pair_id,
-            role=spec.role,
-            status="done" if isinstance(result, Completion) else "failed",
-            body_sha=spec.body_sha,
-            attempts=result.attempts,
-            latency_s=result.latency_s,
-        )
-        if isinstance(result, Completion):
-            self._count_usage(stage, result.usage)
-            self.stats.done[stage] += 1
-            rec.content, rec.reasoning = result.content, result.reasoning
-            rec.citations = result.citations
-            rec.finish_reason, rec.usage = result.finish_reason, result.usage
-        else:
-            self.stats.calls_failed += 1
-            self.stats.failed[stage] += 1
-            rec.error_class, rec.error = result.error_class.value, result.message
-            rec.http_status = result.status
-        for name, value in extra.items():
-            setattr(rec, name, value)
+        self.stats.count_call("gen" if spec.role.startswith("gen") else "judge", result)
+        rec = call_record(spec, result, **extra)
         self.writer.put(rec)
         return rec
 
@@ -456,30 +310,12 @@ class Scheduler:
     async def _count_reask(self) -> None:
         self.stats.calls_sent += 1
 
-    async def _do_gen(self, state: _PairState, spec: CallSpec) -> None:
+    async def _do_gen(self, state: PairState, spec: CallSpec) -> None:
         max_tokens = spec.max_tokens or GEN_MAX_TOKENS
-        reservation = self._reserve("gen", spec.body, max_tokens)
-        if self._batched["gen"]:
-            self.stats.calls_sent += 1
-        result = None
-        try:
-            result = await self.gen_client.chat(
-                spec.body, max_tokens, before_send=lambda: self._send_intent(spec), key=spec.key
-            )
-        finally:
-            self._settle("gen", reservation, result)
+        result = await self._send("gen", spec, max_tokens, lambda: self._send_intent(spec))
         if isinstance(result, Completion):
-            answer, reasoning = split_reasoning(result.content, result.reasoning)
-            result.content, result.reasoning = answer, reasoning
-            state.answers[spec.role] = answer
-            if result.finish_reason in pair_answers.REFUSAL_FINISH_REASONS:
-                state.refused[spec.role.removeprefix("gen_")] = result.finish_reason
-        elif result.error_class is ErrorClass.CONTENT_FILTER:
-            # The provider would not answer this question: its answer is a refusal, not a failure.
-            state.answers[spec.role] = ""
-            state.refused[spec.role.removeprefix("gen_")] = result.error_class.value
-        else:
-            state.failed = True
+            result.content, result.reasoning = split_reasoning(result.content, result.reasoning)
+        state.take_answer(spec.role, result)
         self._record(spec, result)
         self._judge_outcome("generation", result)
         state.pending -= 1
@@ -489,26 +325,15 @@ class Scheduler:
             else:
                 self._plan_judges(state)
 
-    async def _do_judge(self, state: _PairState, spec: CallSpec) -> None:
+    async def _do_judge(self, state: PairState, spec: CallSpec) -> None:
         attempts = 0
         result: Completion | CallFailure
         verdict_error = None
         for ask in range(self.config.judge_retries + 1):
             max_tokens = spec.max_tokens or JUDGE_MAX_TOKENS
-            reservation = self._reserve("judge", spec.body, max_tokens)
-            if self._batched["judge"]:
-                self.stats.calls_sent += 1
-            result = None
-            try:
-                result = await self.judge_client.chat(
-                    spec.body,
-                    max_tokens,
-                    # Recorded once: a re-ask is the same call (but it is sent, so counted).
-                    before_send=(lambda: self._send_intent(spec)) if ask == 0 else self._count_reask,
-                    key=spec.key,
-                )
-            finally:
-                self._settle("judge", reservation, result)
+            # Recorded once: a re-ask is the same call (but it is sent, so counted).
+            before_send = (lambda: self._send_intent(spec)) if ask == 0 else self._count_reask
+            result = await self._send("judge", spec, max_tokens, before_send)
             attempts += result.attempts
             if not isinstance(result, Completion):
                 break
@@ -537,15 +362,27 @@ class Scheduler:
         if state.pending == 0:
             self._finish(state)
 
-    def _count_usage(self, stage: str, usage: dict) -> None:
-        tin = usage.get("prompt_tokens") or 0
-        tout = usage.get("completion_tokens") or 0
-        if isinstance(tin, int) and isinstance(tout, int):
-            self.stats.tokens_in += tin
-            self.stats.tokens_out += tout
+    async def _send(
+        self,
+        stage: str,
+        spec: CallSpec,
+        max_tokens: int,
+        before_send: Callable[[], Awaitable[None]],
+    ) -> Completion | CallFailure:
+        """One request of either stage, through the cost meter: reserved before it is sent,
+        charged when it ends, on every path (a method rather than a wrapper client: this is
+        the hot path). A batched stage records no intent, so its call is counted here."""
+        reservation = self._reserve(stage, spec.body, max_tokens)
+        if self._batched[stage]:
+            self.stats.calls_sent += 1
+        client = self.gen_client if stage == "gen" else self.judge_client
+        result = None
+        try:
+            result = await client.chat(spec.body, max_tokens, before_send=before_send, key=spec.key)
+        finally:
+            self._settle(stage, reservation, result)
+        return result
 
-    # Every call passes the cost meter: reserved before it is sent, charged when it ends
-    # (inline in the stage handlers rather than a wrapper client: this is the hot path).
     def _reserve(self, stage: str, body: bytes, max_tokens: int) -> float:
         reservation = self.cost.reserve(stage, len(body), max_tokens)
         if reservation is None:
@@ -556,10 +393,4 @@ class Scheduler:
         self, stage: str, reservation: float, result: Completion | CallFailure | None
     ) -> None:
         usage = result.usage if isinstance(result, Completion) else None
-        usd = self.cost.settle(stage, reservation, usage)
-        self.stats.cost_usd += usd
-        self.stats.cost[stage] += usd
-
-
-class BudgetExhausted(Exception):
-    """The next call could take the run past --max-cost: it is not sent."""
+        self.stats.add_cost(stage, self.cost.settle(stage, reservation, usage))

@@ -3,15 +3,9 @@
 The scheduler calls `chat()` exactly as it does for an online pool; here the
 call waits in an open batch, the batch is submitted, polled, and its result file
 resolves each waiting call. To the scheduler a batch answer is an ordinary
-Completion or CallFailure.
-
-When a batch is submitted. The open batch is closed and submitted when it
-reaches the provider's limit (requests or bytes, or the lower limits of the run
-config), when no new call has arrived for `idle_s` (the stage has nothing else
-coming: generation is done or every pair admitted waits on this stage), or when
-its first call has waited `window_s`. Several batches may be at the provider at
-once; `capacity` calls in all, which is also how many of the stage's calls the
-scheduler keeps in flight.
+Completion or CallFailure. When the open batch is submitted: evaluator.batch.open_batch.
+Several batches may be at the provider at once; `capacity` calls in all, which is also
+how many of the stage's calls the scheduler keeps in flight.
 
 Never twice. Before anything is sent, the batch's row and its (custom_id, call
 key) pairs are committed to the store (state "submitting"). After the provider
@@ -34,22 +28,21 @@ recorded as such; a fatal one (key, quota) stops the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from evaluator.batch.open_batch import OpenBatch
+from evaluator.batch.settings import BatchSettings, BatchStats
 from evaluator.store import BatchRow, Store, StoreError, StoreWriter
 from workers.base import (
     CallFailure,
     Completion,
     ErrorClass,
     FatalEndpointError,
-    RetryBudget,
     RetryWaitTooLong,
     cancel_and_wait,
 )
@@ -58,32 +51,7 @@ from workers.client import EndpointUnreachable
 
 log = logging.getLogger("evaluator")
 
-LINE_OVERHEAD = 160  # bytes a request's line adds to its body (custom_id, url, JSON framing)
-
 __all__ = ["BatchSettings", "BatchStage"]
-
-
-@dataclass(slots=True)
-class BatchSettings:
-    max_requests: int  # per batch (at most the provider's limit)
-    max_bytes: int  # per batch (at most the provider's limit)
-    capacity: int = 10_000  # calls waiting in open or submitted batches at once
-    window_s: float = 300.0  # the longest a call waits in the open batch
-    idle_s: float = 10.0  # submit once no new call has come for this long
-    poll_s: float = 30.0
-    max_attempts: int = 6
-    budget: RetryBudget | None = None
-
-
-@dataclass
-class BatchStats:
-    submitted: int = 0  # batches created in this session
-    reattached: int = 0  # batches from an earlier session polled again
-    requests: int = 0  # requests submitted in this session
-    failed_lines: int = 0  # requests that came back failed
-    resubmitted: int = 0  # failed requests put in a later batch
-    pending: int = 0  # batches at the provider now
-    ids: list[str] = field(default_factory=list)
 
 
 class BatchStage:
@@ -105,11 +73,7 @@ class BatchStage:
         self._current: dict[str, str] = {}  # call key -> custom_id in the newest batch holding it
         self._waiting: dict[str, asyncio.Future] = {}
         self._ready: dict[str, Completion | CallFailure] = {}  # results nobody waits for yet
-        self._open: list[tuple[str, bytes]] = []
-        self._open_bytes = 0
-        self._open_since = 0.0
-        self._last_add = 0.0
-        self._wake = asyncio.Event()
+        self._open = OpenBatch(settings, lambda items: self._spawn(self._submit(items)))
         self._tasks: set[asyncio.Task] = set()
         self._flusher: asyncio.Task | None = None
         self._waited_too_long: RetryWaitTooLong | None = None  # a stop that is exit 9
@@ -163,7 +127,7 @@ class BatchStage:
                 len(pairs),
             )
             self._spawn(self._reattach(row, pairs, known))
-        self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self.stage}-batcher")
+        self._flusher = asyncio.create_task(self._open.run(), name=f"{self.stage}-batcher")
 
     # -- the ChatClient call ----------------------------------------------------------
     async def chat(
@@ -187,7 +151,7 @@ class BatchStage:
                 fut = asyncio.get_running_loop().create_future()
                 self._waiting[key] = fut
                 if key not in self._current:
-                    self._enqueue(key, body)
+                    self._open.add(key, body)
                 try:
                     result = await fut
                 finally:
@@ -209,42 +173,6 @@ class BatchStage:
             self.stats.resubmitted += 1  # into a later batch
         result.latency_s = time.monotonic() - start
         return result
-
-    # -- the open batch ---------------------------------------------------------------
-    def _enqueue(self, key: str, body: bytes) -> None:
-        size = len(body) + LINE_OVERHEAD
-        if self._open and self._open_bytes + size > self.settings.max_bytes:
-            self._flush()
-        now = time.monotonic()
-        if not self._open:
-            self._open_since = now
-            self._wake.set()
-        self._open.append((key, body))
-        self._open_bytes += size
-        self._last_add = now
-        if len(self._open) >= self.settings.max_requests:
-            self._flush()
-
-    def _flush(self) -> None:
-        items, self._open, self._open_bytes = self._open, [], 0
-        if items:
-            self._spawn(self._submit(items))
-
-    async def _flush_loop(self) -> None:
-        s = self.settings
-        while True:
-            if not self._open:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            due = min(self._open_since + s.window_s, self._last_add + s.idle_s)
-            wait = due - time.monotonic()
-            if wait <= 0:
-                self._flush()
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
