@@ -47,7 +47,6 @@ OVERSIZED = {
     "workers/batch_api.py": 516,  # 503 before its retry loop became workers.retry's
     "workers/simulated/server.py": 477,
     "workers/client.py": 459,
-    "workers/simulated/batches.py": 435,
     "workers/simulated/batching.py": 430,
     "workers/server_aware.py": 411,
 }
