@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from workers.simulated import wire
 from workers.simulated.batch_state import BatchState, iso_time, json_response
+from workers.simulated.errors import error_body
 
 ANTHROPIC_MAX_REQUESTS = 100_000
 CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -82,7 +82,7 @@ class AnthropicBatches(BatchState):
             else:
                 if fault == "fail":
                     self.counts["lines_failed"] += 1
-                    status, body = wire.error_body(
+                    status, body = error_body(
                         "messages", 500, "server_error", "simulated: failed inside the batch"
                     )
                 else:

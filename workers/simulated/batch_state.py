@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from workers.simulated import wire
+from workers.simulated.errors import error_body
 
 if TYPE_CHECKING:
     from workers.simulated.server import SimulatedServer
@@ -63,7 +63,7 @@ class BatchState:
 
     def _error(self, kind: str, status: int, message: str) -> web.Response:
         self.counts["rejected"] += 1
-        status, body = wire.error_body(kind, status, "invalid_request_error", message)
+        status, body = error_body(kind, status, "invalid_request_error", message)
         return json_response(body, status)
 
     def _limit(self, provider_max: int) -> int:

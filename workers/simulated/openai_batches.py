@@ -12,6 +12,7 @@ from aiohttp import web
 
 from workers.simulated import wire
 from workers.simulated.batch_state import BatchState, json_response
+from workers.simulated.errors import error_body
 
 OPENAI_MAX_REQUESTS = 50_000
 OPENAI_MAX_BYTES = 200 * 1024 * 1024
@@ -150,7 +151,7 @@ class OpenAIBatches(BatchState):
                 continue
             if fault == "fail":
                 self.counts["lines_failed"] += 1
-                status, body = wire.error_body(
+                status, body = error_body(
                     kind, 500, "server_error", "simulated: this request failed inside the batch"
                 )
             else:

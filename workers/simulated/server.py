@@ -10,7 +10,7 @@ tests can prove what was (not) sent twice.
 Endpoints: POST /v1/chat/completions (OpenAI-compatible), POST /v1/responses
 (OpenAI Responses), POST /v1/messages (Anthropic Messages; key in x-api-key),
 GET /v1/models, GET /health, GET /sim/stats (add ?bodies=1 for the per-body
-counts). Each format's bodies, errors and rate-limit headers are in wire.py.
+counts). Each format's bodies and rate-limit headers are in wire.py (errors in errors.py).
 With `batching` set, answers are released by a simulated continuous-batching
 GPU (batching.py) and GET /metrics publishes its state under vLLM's metric names.
 Given an SSL context, it serves https (tests make certificates with trustme).
@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from workers.simulated import personas, wire
+from workers.simulated import errors, parse, personas, wire
 from workers.simulated.batches import SimBatches
 from workers.simulated.batching import BatchingConfig, BatchingEngine, MetricsCollector
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
@@ -75,7 +75,7 @@ class SimConfig:
     served_names: tuple[str, ...] = ()
     any_model: bool = False
     # Whose error bodies chat completions and Responses copy: "vllm" (vLLM's OpenAI-compatible
-    # server) or "openai" (api.openai.com); Messages always answer as Anthropic. See wire.refuse.
+    # server) or "openai" (api.openai.com); Messages always answer as Anthropic. See errors.refuse.
     flavor: str = "vllm"
     # Context window (prompt + max_tokens, in tokens, a token being 4 request bytes) and, for
     # the openai flavor and Messages, the most output tokens a request may ask for.
@@ -102,8 +102,8 @@ class SimConfig:
             raise ValueError(
                 f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}"
             )
-        if self.flavor not in wire.FLAVORS:
-            raise ValueError(f"unknown flavor {self.flavor!r}; choose from {wire.FLAVORS}")
+        if self.flavor not in errors.FLAVORS:
+            raise ValueError(f"unknown flavor {self.flavor!r}; choose from {errors.FLAVORS}")
         if self.judge_persona not in personas.JUDGE_PERSONAS:
             raise ValueError(
                 f"unknown judge persona {self.judge_persona!r}; choose from "
@@ -219,7 +219,7 @@ class SimulatedServer:
             return await handler(request)
         except web.HTTPNotFound:
             self.not_found += 1  # not a request for a model: apart from requests_total
-            status, body = wire.not_found(self.config.flavor, request.method, request.path)
+            status, body = errors.not_found(self.config.flavor, request.method, request.path)
             return web.Response(
                 status=status, body=orjson.dumps(body), content_type="application/json"
             )
@@ -301,7 +301,7 @@ class SimulatedServer:
             self.served_names = frozenset()
         try:
             body = orjson.loads(raw)
-            req = wire.extract(kind, body)
+            req = parse.extract(kind, body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration) as exc:
             self.counts["bad_request"] += 1
             return _error(kind, 400, "invalid_request_error", f"simulated server: {exc}")
@@ -341,7 +341,7 @@ class SimulatedServer:
             return await _cut_off(request, response)
         return response
 
-    async def _generate(self, kind: str, req: wire.SimRequest, role: str, answer: dict) -> None:
+    async def _generate(self, kind: str, req: parse.SimRequest, role: str, answer: dict) -> None:
         """Wait for the simulated GPU to run this request (prompt = its bytes / 4, as the
         usage counts it; its prefix = its system message)."""
         assert self.engine is not None
@@ -433,7 +433,7 @@ async def _cut_off(request: web.Request, response: web.Response) -> web.StreamRe
 
 
 def _error(kind: str, status: int, code: str, message: str) -> web.Response:
-    status, body = wire.error_body(kind, status, code, message)
+    status, body = errors.error_body(kind, status, code, message)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
