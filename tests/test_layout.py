@@ -45,7 +45,6 @@ OVERSIZED = {
     "workers/pool.py": 549,  # with its retry policy and the injectable clock and sleep
     "workers/batch_api.py": 516,  # 503 before its retry loop became workers.retry's
     "workers/client.py": 459,
-    "workers/simulated/batching.py": 430,
     "workers/server_aware.py": 411,
 }
 

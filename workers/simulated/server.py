@@ -32,8 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from workers.simulated import errors, parse, personas, wire
 from workers.simulated.batches import SimBatches
-from workers.simulated.batching import BatchingEngine, MetricsCollector
+from workers.simulated.batching import BatchingEngine
 from workers.simulated.config import DEFAULT_SERVED, SimConfig
+from workers.simulated.gpu_metrics import MetricsCollector
 from workers.simulated.provider_limits import ProviderLimits
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
     MARK_CONTENT_FILTER,
