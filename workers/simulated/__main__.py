@@ -11,8 +11,9 @@ from pathlib import Path
 
 from workers.simulated import personas
 from workers.simulated.batching import BatchingConfig
+from workers.simulated.config import SimConfig
 from workers.simulated.data import sides_from_file
-from workers.simulated.server import SimConfig, SimulatedServer
+from workers.simulated.server import SimulatedServer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

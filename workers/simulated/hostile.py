@@ -35,7 +35,9 @@ import orjson
 from aiohttp import web
 
 from workers.simulated import personas
-from workers.simulated.server import SimConfig, SimulatedServer, ThreadedServer
+from workers.simulated.config import SimConfig
+from workers.simulated.server import SimulatedServer
+from workers.simulated.threaded import ThreadedServer
 
 MARK_FAIL_WITH_KEY = "[hostile:fail-with-key]"
 

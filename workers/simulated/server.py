@@ -10,10 +10,11 @@ tests can prove what was (not) sent twice.
 Endpoints: POST /v1/chat/completions (OpenAI-compatible), POST /v1/responses
 (OpenAI Responses), POST /v1/messages (Anthropic Messages; key in x-api-key),
 GET /v1/models, GET /health, GET /sim/stats (add ?bodies=1 for the per-body
-counts). Each format's bodies, errors and rate-limit headers are in wire.py.
+counts). Each format's bodies and rate-limit headers are in wire.py (errors in errors.py).
 With `batching` set, answers are released by a simulated continuous-batching
 GPU (batching.py) and GET /metrics publishes its state under vLLM's metric names.
 Given an SSL context, it serves https (tests make certificates with trustme).
+Its settings are a SimConfig (config.py); threaded.py runs it on a background thread.
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ import hashlib
 import math
 import random
 import ssl
-import threading
-import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from workers.simulated import personas, wire
+from workers.simulated import errors, parse, personas, wire
 from workers.simulated.batches import SimBatches
-from workers.simulated.batching import BatchingConfig, BatchingEngine, MetricsCollector
+from workers.simulated.batching import BatchingEngine
+from workers.simulated.config import DEFAULT_SERVED, SimConfig
+from workers.simulated.gpu_metrics import MetricsCollector
+from workers.simulated.provider_limits import ProviderLimits
 from workers.simulated.wire import (  # noqa: F401 - markers tests put in questions
     MARK_CONTENT_FILTER,
     MARK_JUDGE_DUPLICATE_KEY,
@@ -43,84 +44,6 @@ from workers.simulated.wire import (  # noqa: F401 - markers tests put in questi
     MODEL_ERROR_MARKERS,
     SIM_FINGERPRINT,
 )
-
-
-@dataclass
-class SimConfig:
-    persona: str = "consistent"
-    judge_persona: str = "faithful"  # personas.JUDGE_PERSONAS: how the judge reads answers
-    share: float = 0.7  # mixture: share of pairs answered consistently
-    seed: int = 0
-    latency_median_ms: float = 0.0
-    latency_sigma: float = 0.5
-    rate_429: float = 0.0
-    rate_5xx: float = 0.0
-    malformed_rate: float = 0.0
-    retry_after_s: float = 0.0
-    reasoning: bool = False  # prepend a <think> block to model answers
-    api_key: str | None = None  # when set, requests without this bearer key get 401
-    fail_auth_after: int | None = None  # answer 401 to every chat request after this many
-    quota_after: int | None = None  # answer 429 insufficient_quota after this many
-    rate_reset: float = 0.0  # share of responses cut off mid-body (connection closed)
-    rate_stall: float = 0.0  # share of requests that stall for stall_s before answering
-    stall_s: float = 5.0
-    burst: int = 1  # a 429/5xx fault repeats for this many consecutive requests (a storm)
-    # Provider-style limits: requests and tokens (prompt + max_tokens) per minute, enforced
-    # with 429s, announced in x-ratelimit-* headers on every answer.
-    rpm_limit: float | None = None
-    tpm_limit: float | None = None
-    # The model names served (vLLM's --served-model-name): a request for any other name is
-    # refused with the 404 a real server sends. Empty: the two default names below.
-    # `any_model` answers every name (the demo's old behaviour; never what a real server does).
-    served_names: tuple[str, ...] = ()
-    any_model: bool = False
-    # Whose error bodies chat completions and Responses copy: "vllm" (vLLM's OpenAI-compatible
-    # server) or "openai" (api.openai.com); Messages always answer as Anthropic. See wire.refuse.
-    flavor: str = "vllm"
-    # Context window (prompt + max_tokens, in tokens, a token being 4 request bytes) and, for
-    # the openai flavor and Messages, the most output tokens a request may ask for.
-    max_model_len: int = 32768
-    max_output_tokens: int | None = None
-    # After this many requests, stop serving every model name (as a server restarted with
-    # another --served-model-name would): each later request gets the unknown-model 404.
-    unserve_after: int | None = None
-    # Batch APIs (workers/simulated/batches.py): seconds until a batch ends; every k-th new
-    # request body fails (server error) or expires on its first submission; a lower limit
-    # on requests per batch.
-    batch_delay_s: float = 0.0
-    batch_fail_every: int = 0
-    batch_expire_every: int = 0
-    batch_limit: int | None = None
-    # A simulated continuous-batching GPU releases the answers (None: at once, or after
-    # the latency drawn above), and GET /metrics serves vLLM's metrics for it.
-    batching: BatchingConfig | None = None
-    # question text -> (pair id, "for" | "against"); without it a question's side is guessed
-    sides: dict[str, tuple[int, str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.persona not in personas.PERSONAS:
-            raise ValueError(
-                f"unknown persona {self.persona!r}; choose from {', '.join(personas.PERSONAS)}"
-            )
-        if self.flavor not in wire.FLAVORS:
-            raise ValueError(f"unknown flavor {self.flavor!r}; choose from {wire.FLAVORS}")
-        if self.judge_persona not in personas.JUDGE_PERSONAS:
-            raise ValueError(
-                f"unknown judge persona {self.judge_persona!r}; choose from "
-                f"{', '.join(personas.JUDGE_PERSONAS)}"
-            )
-
-
-DEFAULT_SERVED = ("simulated-model", "simulated-judge")
-
-
-def sides_from_pairs(pairs) -> dict[str, tuple[int, str]]:
-    """The question -> (pair, side) map the simulated model uses to know which side it was asked."""
-    out: dict[str, tuple[int, str]] = {}
-    for p in pairs:
-        out[p.for_question] = (p.id, "for")
-        out[p.against_question] = (p.id, "against")
-    return out
 
 
 class SimulatedServer:
@@ -133,7 +56,7 @@ class SimulatedServer:
         self.not_found = 0  # requests for paths the server does not have
         self._burst_left = 0
         self._limits = (
-            _ProviderLimits(self.config.rpm_limit, self.config.tpm_limit)
+            ProviderLimits(self.config.rpm_limit, self.config.tpm_limit)
             if self.config.rpm_limit or self.config.tpm_limit
             else None
         )
@@ -219,7 +142,7 @@ class SimulatedServer:
             return await handler(request)
         except web.HTTPNotFound:
             self.not_found += 1  # not a request for a model: apart from requests_total
-            status, body = wire.not_found(self.config.flavor, request.method, request.path)
+            status, body = errors.not_found(self.config.flavor, request.method, request.path)
             return web.Response(
                 status=status, body=orjson.dumps(body), content_type="application/json"
             )
@@ -301,7 +224,7 @@ class SimulatedServer:
             self.served_names = frozenset()
         try:
             body = orjson.loads(raw)
-            req = wire.extract(kind, body)
+            req = parse.extract(kind, body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration) as exc:
             self.counts["bad_request"] += 1
             return _error(kind, 400, "invalid_request_error", f"simulated server: {exc}")
@@ -341,7 +264,7 @@ class SimulatedServer:
             return await _cut_off(request, response)
         return response
 
-    async def _generate(self, kind: str, req: wire.SimRequest, role: str, answer: dict) -> None:
+    async def _generate(self, kind: str, req: parse.SimRequest, role: str, answer: dict) -> None:
         """Wait for the simulated GPU to run this request (prompt = its bytes / 4, as the
         usage counts it; its prefix = its system message)."""
         assert self.engine is not None
@@ -382,44 +305,6 @@ class SimulatedServer:
         return text
 
 
-class _ProviderLimits:
-    """Continuously refilled request and token buckets, as hosted APIs describe theirs.
-
-    Like the big providers, a per-minute limit is enforced over a short window
-    (one second by default): the bucket holds one second's share, so a client
-    cannot spend the whole minute in a burst.
-    """
-
-    def __init__(self, rpm: float | None, tpm: float | None, window_s: float = 1.0) -> None:
-        self.buckets = {
-            # name: [per-minute limit, capacity, level, last refill]
-            name: [limit, limit * window_s / 60.0, limit * window_s / 60.0, time.monotonic()]
-            for name, limit in (("requests", rpm), ("tokens", tpm))
-            if limit
-        }
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        for b in self.buckets.values():
-            limit, capacity, level, last = b
-            b[2] = min(capacity, level + (now - last) * limit / 60.0)
-            b[3] = now
-
-    def admit(self, tokens: int) -> float | None:
-        """None if the request fits (and is charged); else the seconds to wait."""
-        self._refill()
-        need = {"requests": 1, "tokens": tokens}
-        short = {n: need[n] - b[2] for n, b in self.buckets.items() if b[2] < need[n]}
-        if short:
-            return max(s * 60.0 / self.buckets[n][0] for n, s in short.items())
-        for n, b in self.buckets.items():
-            b[2] -= need[n]
-        return None
-
-    def headers(self, kind: str = "chat") -> dict[str, str]:
-        return wire.limit_headers(kind, self.buckets)
-
-
 async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
     """Send the headers and half the body, then drop the connection (a reset mid-body)."""
     body = response.body
@@ -433,45 +318,5 @@ async def _cut_off(request: web.Request, response: web.Response) -> web.StreamRe
 
 
 def _error(kind: str, status: int, code: str, message: str) -> web.Response:
-    status, body = wire.error_body(kind, status, code, message)
+    status, body = errors.error_body(kind, status, code, message)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-class ThreadedServer:
-    """The simulated server on its own event loop in a background thread (tests, the demo)."""
-
-    def __init__(
-        self,
-        config: SimConfig | None = None,
-        port: int = 0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.server = SimulatedServer(config)
-        self._port = port
-        self._ssl = ssl_context
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="simulated-server", daemon=True
-        )
-
-    def __enter__(self) -> ThreadedServer:
-        self._thread.start()
-        start = self.server.start(port=self._port, ssl_context=self._ssl)
-        asyncio.run_coroutine_threadsafe(start, self._loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url
-
-    def stats(self, bodies: bool = False) -> dict:
-        return asyncio.run_coroutine_threadsafe(self._stats(bodies), self._loop).result(30)
-
-    async def _stats(self, bodies: bool) -> dict:
-        return self.server.stats(bodies)
