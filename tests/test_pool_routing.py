@@ -30,9 +30,10 @@ from workers.base import (
     RetryWaitTooLong,
 )
 from workers.client import Attempt, EndpointConfig
+from workers.follow_policy import FollowSettings
 from workers.limits import RateLimitHeaders
 from workers.pool import SLOW_START, EndpointPool, PoolConfig
-from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
+from workers.server_aware import LoadFollower, ServerFollow
 from workers.vllm_metrics import ServerLoad
 
 A, B = "http://a.test/v1", "http://b.test/v1"

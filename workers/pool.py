@@ -50,10 +50,11 @@ from workers.client import (
     HTTPClient,
     ModelList,
 )
+from workers.follow_policy import FollowSettings
 from workers.limits import AdaptiveConcurrency, EndpointLimits
 from workers.providers import get_provider
 from workers.retry import backoff_s, retry
-from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
+from workers.server_aware import LoadFollower, ServerFollow
 
 log = logging.getLogger("evaluator")
 
