@@ -62,12 +62,10 @@ from workers.client import (
     EndpointMisconfigured,
     EndpointUnreachable,
     Wire,
-    certificate_message,
-    redirect_message,
-    tls_context,
 )
 from workers.providers import get_provider
 from workers.retry import backoff_s, retry
+from workers.transport import certificate_message, redirect_message, tls_context
 
 log = logging.getLogger("evaluator")
 

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from workers.base import cancel_and_wait
-from workers.client import tls_context
 from workers.follow_policy import FollowSettings, batch_full, decide, long_queue
+from workers.transport import tls_context
 from workers.vllm_metrics import ServerLoad, metrics_url, parse_load
 
 if TYPE_CHECKING:

@@ -136,7 +136,7 @@ def _validate(config: Any) -> None:
     except BreakerSettingError as exc:
         raise ConfigError(str(exc)) from None
     if config.ca_bundle is not None:
-        from workers.client import tls_context
+        from workers.transport import tls_context
 
         try:
             tls_context(config.ca_bundle)
