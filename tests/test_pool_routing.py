@@ -335,7 +335,7 @@ def test_unknown_limits_start_slow_and_a_429_cuts_the_limit():
 
 
 def test_waits_are_logged_at_most_once_per_interval_with_a_count(caplog):
-    from workers.pool import WaitLog
+    from workers.waits import WaitLog
 
     t = [0.0]
     waits = WaitLog("model endpoint", clock=lambda: t[0])

@@ -37,7 +37,8 @@ from workers.transport import tls_context
 from workers.vllm_metrics import ServerLoad, metrics_url, parse_load
 
 if TYPE_CHECKING:
-    from workers.pool import Endpoint, EndpointPool
+    from workers.endpoint import Endpoint
+    from workers.pool import EndpointPool
 
 log = logging.getLogger("evaluator")
 
