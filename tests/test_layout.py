@@ -43,7 +43,6 @@ OVERSIZED = {
     "evaluator/analysis.py": 409,
     "workers/vllm_servers.py": 674,
     "workers/simulated/wire.py": 607,
-    "workers/batch_api.py": 516,  # 503 before its retry loop became workers.retry's
     "workers/simulated/server.py": 477,
     "workers/simulated/batches.py": 435,
     "workers/simulated/batching.py": 430,

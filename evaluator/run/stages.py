@@ -20,7 +20,7 @@ from evaluator.progress import Activity
 from evaluator.scheduler import NoGeneration
 from evaluator.store import Store, StoreWriter
 from workers.base import RetryBudget
-from workers.batch_api import batch_api_for
+from workers.batch import batch_api_for
 from workers.endpoint import LimitsRegistry
 from workers.follow_policy import FollowSettings
 from workers.openai_compat import EndpointConfig
