@@ -41,7 +41,6 @@ OVERSIZED = {
     "evaluator/batch_stage.py": 442,
     "evaluator/metrics.py": 403,
     "evaluator/analysis.py": 409,
-    "workers/vllm_servers.py": 674,
     "workers/simulated/wire.py": 607,
     "workers/simulated/server.py": 477,
     "workers/simulated/batches.py": 435,

@@ -176,7 +176,7 @@ def _validate_role(config: Any, role: str) -> None:
 
 
 def _validate_servers(config: Any) -> None:
-    from workers.vllm_servers import ServerSettings, ServerSettingsError
+    from workers.server_settings import ServerSettings, ServerSettingsError
 
     for name, table in (("vllm", "model"), ("judge_vllm", "judge")):
         raw = getattr(config, name)
