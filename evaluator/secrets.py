@@ -4,7 +4,7 @@ Keys come from the environment or `.env` (evaluator.config) and go only into the
 headers of the configured endpoints. Everything else a run writes is kept free of them:
 
 - answers and error messages: the clients remove every configured key from what a server
-  sends back, before it is parsed, judged, stored or logged (workers.client, batch_api);
+  sends back, before it is parsed, judged, stored or logged (workers.client, workers.batch);
 - URLs: a base URL with a user name or password is refused (evaluator.config), and so is
   one that contains a configured key anywhere (`check_urls`), since URLs are stored in the
   checkpoint and summary.json, logged, and are a label of every metric;

@@ -13,7 +13,8 @@ from typing import Any
 
 from evaluator import protocol
 from evaluator.config import RunConfig
-from workers.vllm_servers import ServerFleet, ServerGroup, ServerSettings
+from workers.server_settings import ServerSettings
+from workers.vllm_servers import ServerFleet, ServerGroup
 
 SERVER_LOG_DIR = "servers"  # under the run directory: {stage}-{i}.log and .pid
 

@@ -29,12 +29,13 @@ from tests.conftest import (
     run_evaluator,
 )
 from workers.base import CallFailure, Completion, ErrorClass, clean_usage
-from workers.client import Deadline, EndpointConfig, HTTPClient
+from workers.client import EndpointConfig, HTTPClient
 from workers.limits import per_minute_bucket
 from workers.openai_compat import ChatWire
 from workers.simulated import SimConfig
 from workers.simulated.data import write_synthetic_dataset
 from workers.simulated.hostile import Hostile, ThreadedHostileServer
+from workers.transport import Deadline
 
 
 @pytest.fixture

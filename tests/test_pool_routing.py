@@ -30,9 +30,10 @@ from workers.base import (
     RetryWaitTooLong,
 )
 from workers.client import Attempt, EndpointConfig
+from workers.follow_policy import FollowSettings
 from workers.limits import RateLimitHeaders
 from workers.pool import SLOW_START, EndpointPool, PoolConfig
-from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
+from workers.server_aware import LoadFollower, ServerFollow
 from workers.vllm_metrics import ServerLoad
 
 A, B = "http://a.test/v1", "http://b.test/v1"
@@ -334,7 +335,7 @@ def test_unknown_limits_start_slow_and_a_429_cuts_the_limit():
 
 
 def test_waits_are_logged_at_most_once_per_interval_with_a_count(caplog):
-    from workers.pool import WaitLog
+    from workers.waits import WaitLog
 
     t = [0.0]
     waits = WaitLog("model endpoint", clock=lambda: t[0])

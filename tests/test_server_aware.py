@@ -28,8 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from evaluator import protocol
 from tests.conftest import ROOT, TEST_MODELS, read_summary, run_cli, run_eval
 from workers.client import EndpointConfig
+from workers.follow_policy import FollowSettings, decide
 from workers.pool import EndpointPool, PoolConfig
-from workers.server_aware import FollowSettings, ServerFollow, decide
+from workers.server_aware import ServerFollow
 from workers.simulated import SimConfig, ThreadedServer
 from workers.simulated.batching import BatchingConfig
 from workers.vllm_metrics import ServerLoad, metrics_url, parse_load

@@ -32,7 +32,7 @@ from tests.conftest import (
     run_cli,
     run_evaluator,
 )
-from workers.vllm_servers import COMMAND_ENV, ServerSettings, ServerSettingsError, parse_gpus
+from workers.server_settings import COMMAND_ENV, ServerSettings, ServerSettingsError, parse_gpus
 
 PIDLOG = str(ROOT / "tests" / "pidlog.py")
 SLEEPER = ["{python}", "-c", "import time; time.sleep(600)"]

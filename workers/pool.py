@@ -20,6 +20,9 @@ is logged, at most one line per endpoint every WaitLog.INTERVAL_S seconds.
 Given `follow` settings, the pool asks each endpoint's server for its vLLM
 metrics after the start-up check; the limit of those that publish them follows
 the server's load (workers.server_aware), the others keep the fixed cap.
+
+Each endpoint's state, and what an attempt's outcome does to it, is workers.endpoint;
+the wait log is workers.waits. This module routes and retries.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from workers.base import (
     CallFailure,
@@ -48,12 +50,20 @@ from workers.client import (
     EndpointMisconfigured,
     EndpointUnreachable,
     HTTPClient,
-    ModelList,
 )
-from workers.limits import AdaptiveConcurrency, EndpointLimits
+from workers.endpoint import (
+    Endpoint,
+    LimitsRegistry,
+    PoolObserver,
+    endpoint_limits,
+    record_outcome,
+)
+from workers.follow_policy import FollowSettings
+from workers.limits import AdaptiveConcurrency
 from workers.providers import get_provider
 from workers.retry import backoff_s, retry
-from workers.server_aware import FollowSettings, LoadFollower, ServerFollow
+from workers.server_aware import LoadFollower
+from workers.waits import WaitLog
 
 log = logging.getLogger("evaluator")
 
@@ -64,60 +74,8 @@ SLOW_START = 8  # first wave per endpoint and stage when its rate limits are unk
 # reset is hours away: better a clear stop, resumable later, than a job asleep until then.
 DEFAULT_MAX_RETRY_WAIT_S = 300.0
 
-__all__ = ["Endpoint", "EndpointPool", "LimitsRegistry", "PoolConfig", "PoolObserver"]
-
-# Rate buckets of a run by (base URL, API key, model): providers limit each model of an
-# account apart (OpenAI's limits are per model), so a model and its judge on one account
-# get a bucket each unless they are the same model. The value also names the pool that
-# made the bucket, for the warning when another stage shares it.
-LimitsRegistry = dict[tuple[str, str | None, str | None], tuple[EndpointLimits, str]]
-
-
-class PoolObserver(Protocol):
-    """Hooks for metrics; the pool calls them on its hot path, so they must be cheap."""
-
-    def attempt_started(self, ep: Endpoint) -> None: ...
-
-    def attempt_finished(self, ep: Endpoint, outcome: Attempt) -> None: ...
-
-    def retrying(self, ep: Endpoint, error_class: str, wait_s: float) -> None: ...
-
-
-@dataclass
-class EndpointStats:
-    sent: int = 0
-    ok: int = 0
-    rate_limited: int = 0
-    transient: int = 0
-    connection_failures: int = 0
-    retry_after_waited_s: float = 0.0
-    # The longest attempt (answered or not) since the server-aware poller last looked.
-    window_latency_max_s: float = 0.0
-
-
-@dataclass
-class Endpoint:
-    client: HTTPClient  # the endpoint's provider's client (workers.providers)
-    limits: EndpointLimits  # shared with another stage's endpoint of the same URL, key, model
-    concurrency: AdaptiveConcurrency
-    healthy: bool = True
-    consecutive_failures: int = 0
-    stats: EndpointStats = field(default_factory=EndpointStats)
-    models: ModelList | None = None  # what its /models listed at start (None: not reached)
-    warned_headers: bool = False  # its unusable rate-limit headers were reported
-    follow: ServerFollow | None = None  # its server's load, when the limit follows it
-
-    @property
-    def name(self) -> str:
-        return self.client.config.base_url
-
-    @property
-    def available(self) -> bool:
-        return self.healthy and self.concurrency.free > 0 and self.limits.paused_for == 0
-
-    def load(self) -> float:
-        c = self.concurrency
-        return c.inflight / max(c.limit, 1.0)
+# Endpoint is part of the pool's face (`pool.endpoints`); it lives in workers.endpoint.
+__all__ = ["Endpoint", "EndpointPool", "PoolConfig"]
 
 
 @dataclass
@@ -178,15 +136,7 @@ class EndpointPool:
         registry = shared_limits if shared_limits is not None else {}
         self.endpoints = []
         for ep in endpoints:
-            key = (ep.base_url.rstrip("/"), ep.api_key, ep.model)
-            found = registry.get(key)
-            if found is None:
-                limits = EndpointLimits(rpm=ep.rpm, tpm=ep.tpm, clock=clock)
-                registry[key] = (limits, config.name)
-            else:
-                limits, owner = found
-                if owner != config.name:
-                    _warn_shared(config.name, owner, ep, limits)
+            limits = endpoint_limits(registry, ep, config.name, clock)
             # Unknown limits: slow start, so the first wave is small, not a burst of 429s.
             initial = SLOW_START if ep.rpm is None and ep.tpm is None else None
             client = make_client(ep)
@@ -373,7 +323,17 @@ class EndpointPool:
         finally:
             self._release(ep)
         result = outcome.result
-        self._observe(ep, outcome, len(call.body))
+        record_outcome(
+            ep,
+            outcome,
+            len(call.body),
+            pool=self.config.name,
+            down_after=self.config.down_after,
+            waits=self.waits,
+            backoff=self._backoff,
+            wake=self._wake,
+            wake_all=lambda: self._wake(len(self._waiters)),
+        )
         if observer is not None:
             observer.attempt_finished(ep, outcome)
         result.attempts = n
@@ -409,7 +369,7 @@ class EndpointPool:
         if outcome.connection_failed and self._others_available(ep):
             return 0.0  # that endpoint may be gone: go straight to another one
         if failure.error_class is ErrorClass.RATE_LIMIT:
-            return 0.0  # rate limits wait through the endpoint's pause instead (_observe)
+            return 0.0  # rate limits wait through the endpoint's pause instead (record_outcome)
         wait = self._backoff(n)
         self.waits.note(ep.name, wait, f"retry after {failure.message[:120]}")
         return wait
@@ -419,60 +379,6 @@ class EndpointPool:
 
     def _others_available(self, ep: Endpoint) -> bool:
         return any(o is not ep and o.healthy for o in self.endpoints)
-
-    def _observe(self, ep: Endpoint, outcome: Attempt, body_bytes: int) -> None:
-        result = outcome.result
-        if result.latency_s > ep.stats.window_latency_max_s:
-            ep.stats.window_latency_max_s = result.latency_s
-        if outcome.limits is not None:
-            if outcome.limits.ignored and not ep.warned_headers:
-                ep.warned_headers = True
-                log.warning(
-                    "%s: %s sends rate-limit headers that are not usable numbers (%s); "
-                    "they are ignored (said once per endpoint)",
-                    self.config.name,
-                    ep.name,
-                    ", ".join(outcome.limits.ignored),
-                )
-            before = ep.limits.paused_until
-            ep.limits.observe(outcome.limits)
-            if ep.limits.paused_until > before + 0.001:
-                ep.limits.pause_reason = "its x-ratelimit-remaining is 0 until the reset"
-                self.waits.note(ep.name, ep.limits.paused_for, ep.limits.pause_reason)
-        if isinstance(result, Completion):
-            ep.stats.ok += 1
-            ep.consecutive_failures = 0
-            ep.limits.calibrate(body_bytes, (result.usage or {}).get("prompt_tokens"))
-            ep.concurrency.on_success()
-            self._wake(max(0, ep.concurrency.free))
-            return
-        if result.error_class is ErrorClass.RATE_LIMIT:
-            ep.stats.rate_limited += 1
-            wait = outcome.retry_after_s
-            if wait is None:
-                wait = self._backoff(min(result.attempts, 4))
-            ep.stats.retry_after_waited_s += wait
-            ep.limits.rate_limited(wait)
-            told = "asked by the server" if outcome.retry_after_s is not None else "backoff"
-            ep.limits.pause_reason = f"HTTP {result.status or 429}, {told}"
-            self.waits.note(ep.name, wait, ep.limits.pause_reason)
-            ep.concurrency.on_rate_limited()
-            return
-        if outcome.connection_failed:
-            ep.stats.connection_failures += 1
-            ep.consecutive_failures += 1
-            if ep.healthy and ep.consecutive_failures >= self.config.down_after:
-                ep.healthy = False
-                log.warning(
-                    "%s: %s failed %d times in a row (%s); out of rotation until it answers",
-                    self.config.name,
-                    ep.name,
-                    ep.consecutive_failures,
-                    result.message,
-                )
-                self._wake(len(self._waiters))  # its waiters should pick another endpoint
-        elif result.error_class is ErrorClass.TRANSIENT:
-            ep.stats.transient += 1
 
     async def _health_loop(self) -> None:
         while True:
@@ -488,62 +394,3 @@ class EndpointPool:
                 ep.consecutive_failures = 0
                 log.warning("%s: %s answers again; back in rotation", self.config.name, ep.name)
                 self._wake(ep.concurrency.free)
-
-
-class WaitLog:
-    """One line per wait the run makes, at most one per endpoint every INTERVAL_S seconds
-    (a storm of 429s is thousands of waits): the lines between are counted into the next
-    one. A wait much longer than the last one shown is shown at once. Waits of a minute
-    or more are warnings; shorter ones are pacing, logged at info level."""
-
-    INTERVAL_S = 30.0
-
-    def __init__(self, pool: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.pool = pool
-        self._clock = clock
-        self._shown: dict[str, tuple[float, float]] = {}  # endpoint -> (when, the wait shown)
-        self._held: dict[str, tuple[int, float]] = {}  # endpoint -> (waits not shown, longest)
-
-    def note(self, endpoint: str, seconds: float, why: str) -> None:
-        now = self._clock()
-        when, shown = self._shown.get(endpoint, (-1e18, 0.0))
-        count, longest = self._held.get(endpoint, (0, 0.0))
-        if now - when < self.INTERVAL_S and seconds <= 2 * max(shown, 1.0):
-            self._held[endpoint] = (count + 1, max(longest, seconds))
-            return
-        self._shown[endpoint] = (now, seconds)
-        self._held.pop(endpoint, None)
-        more = (
-            f"; {count} more wait(s) since the last line, the longest {longest:.1f}s"
-            if count
-            else ""
-        )
-        long_wait = seconds >= 60.0
-        log.log(
-            logging.WARNING if long_wait else logging.INFO,
-            "%s: waiting %s for %s (%s)%s",
-            self.pool,
-            "without end" if seconds == float("inf") else f"{seconds:.1f}s",
-            endpoint,
-            why,
-            more,
-        )
-
-
-def _warn_shared(name: str, owner: str, ep: EndpointConfig, limits: EndpointLimits) -> None:
-    """Say at start that two stages share one rate bucket, and whose limits it has."""
-    note = ""
-    if (ep.rpm, ep.tpm) != (limits.rpm, limits.tpm):
-        note = f"; the limits given for {name} (rpm {ep.rpm}, tpm {ep.tpm}) do not apply"
-    log.warning(
-        "%s and %s send model %r to %s with the same key: they share one rate-limit "
-        "bucket (rpm %s, tpm %s, as set for %s)%s",
-        owner,
-        name,
-        ep.model,
-        ep.base_url,
-        limits.rpm,
-        limits.tpm,
-        owner,
-        note,
-    )

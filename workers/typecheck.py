@@ -1,5 +1,5 @@
 """One strict type check for settings read from TOML: the run config's keys
-(evaluator.config.loader) and the `[model.vllm]` / `[judge.vllm]` tables (vllm_servers).
+(evaluator.config.loader) and the `[model.vllm]` / `[judge.vllm]` tables (server_settings).
 
 pydantic checks a value against a type hint in strict mode: no coercion ("5" is not an
 int, true is not a number, an int is a float), and generics are checked item by item

@@ -113,7 +113,7 @@ def check_pod_config(text: str, judge_url: str | None) -> None:
 def judge_settings(config: Any) -> Any:
     """The judge's server settings: `[judge.vllm]` with the evaluator's judge defaults."""
     from evaluator import servers
-    from workers.vllm_servers import ServerSettings
+    from workers.server_settings import ServerSettings
 
     if config.judge_vllm is not None:
         return servers.settings(config, "judge")

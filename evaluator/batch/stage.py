@@ -46,7 +46,7 @@ from workers.base import (
     RetryWaitTooLong,
     cancel_and_wait,
 )
-from workers.batch_api import CUSTOM_ID, BatchAPI, BatchError, BatchRef
+from workers.batch import CUSTOM_ID, BatchAPI, BatchError, BatchRef
 from workers.client import EndpointUnreachable
 
 log = logging.getLogger("evaluator")

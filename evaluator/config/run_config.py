@@ -136,7 +136,7 @@ def _validate(config: Any) -> None:
     except BreakerSettingError as exc:
         raise ConfigError(str(exc)) from None
     if config.ca_bundle is not None:
-        from workers.client import tls_context
+        from workers.transport import tls_context
 
         try:
             tls_context(config.ca_bundle)
@@ -176,7 +176,7 @@ def _validate_role(config: Any, role: str) -> None:
 
 
 def _validate_servers(config: Any) -> None:
-    from workers.vllm_servers import ServerSettings, ServerSettingsError
+    from workers.server_settings import ServerSettings, ServerSettingsError
 
     for name, table in (("vllm", "model"), ("judge_vllm", "judge")):
         raw = getattr(config, name)

@@ -23,12 +23,12 @@ from evaluator import protocol
 from evaluator.breaker import DEFAULT_MAX_FAILURES
 from evaluator.config.declare import Setting, int_bounds, number_bounds
 from evaluator.judge_prompt import DEFAULT_FOR_RUN
+from workers.follow_policy import FollowSettings
 from workers.providers import OPTIONS_BY_PROVIDER
-from workers.server_aware import FollowSettings
-from workers.vllm_servers import ServerSettings
+from workers.server_settings import ServerSettings
 
 _SERVER_DEFAULTS = ServerSettings()  # [model.vllm] / [judge.vllm] keys and defaults
-_FOLLOW = FollowSettings()  # concurrency when none is given (workers/server_aware.py)
+_FOLLOW = FollowSettings()  # concurrency when none is given (workers/follow_policy.py)
 
 ROLES = ("model", "judge")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -163,7 +163,7 @@ SETTINGS: tuple[Setting, ...] = (
         "web_search", bool, False, role=True, request=True, group=PROVIDER,
         help="{role}: give the model the provider's web search tool",
     ),
-    # -- managed vLLM servers (workers/vllm_servers.py): the role's `[model.vllm]` /
+    # -- managed vLLM servers (workers/server_settings.py): the role's `[model.vllm]` /
     # `[judge.vllm]` table; `--vllm MODEL` (or `vllm = "MODEL"`) is its `model` key.
     Setting(
         "vllm", dict[str, Any] | None, None, role=True, group=SERVERS, metavar="MODEL",

@@ -27,7 +27,8 @@ from evaluator.run.exits import UserError
 from evaluator.run.stages import WHO, Stage, StageName, role, stage_keys
 from evaluator.secrets import check_urls, redacted_logs
 from evaluator.store import Store, StoreError
-from workers.vllm_servers import ServerFleet, ServerSettingsError
+from workers.server_settings import ServerSettingsError
+from workers.vllm_servers import ServerFleet
 
 log = logging.getLogger("evaluator")
 

@@ -21,10 +21,11 @@ from evaluator.progress import Activity
 from evaluator.run.stage_client import NoGeneration
 from evaluator.store import Store, StoreWriter
 from workers.base import RetryBudget
-from workers.batch_api import batch_api_for
+from workers.batch import batch_api_for
+from workers.endpoint import LimitsRegistry
+from workers.follow_policy import FollowSettings
 from workers.openai_compat import EndpointConfig
-from workers.pool import EndpointPool, LimitsRegistry, PoolConfig
-from workers.server_aware import FollowSettings
+from workers.pool import EndpointPool, PoolConfig
 from workers.vllm_servers import ServerFleet
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """SIMULATED Anthropic Message Batches API: create, get, results (JSONL), list newest
-first, in the shapes of the client's references (workers.batch_api); each request is
+first, in the shapes of the client's references (workers.batch); each request is
 answered by the server's own `respond()` once the batch is due."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SIMULATED provider Batch APIs: OpenAI's files + batches and Anthropic's Message Batches.
 
-Shapes follow the same references as the client (workers.batch_api). Each line
+Shapes follow the same references as the client (workers.batch). Each line
 of a batch is answered by the simulated server's own `respond()` (the logic of
 the online endpoints, per request format), once the batch's delay has passed:
 

@@ -1,5 +1,5 @@
 """SIMULATED OpenAI Batch API: files (multipart upload, content) and batches (create,
-get, list newest first), in the shapes of the client's references (workers.batch_api);
+get, list newest first), in the shapes of the client's references (workers.batch);
 each line is answered by the server's own `respond()` once the batch is due."""
 
 from __future__ import annotations
