@@ -394,3 +394,23 @@ def checkpoint_calls_so_far(db: Path, status: str, column: str = "key") -> list[
         return checkpoint_calls(db, status, column)
     except sqlite3.OperationalError:
         return []
+
+
+@pytest.fixture
+def hostile():
+    """Start a hostile server (workers.simulated.hostile) for the test: `hostile(Hostile(...),
+    **SimConfig fields)`; it serves TEST_MODELS unless told otherwise. All are stopped after."""
+    from workers.simulated.hostile import ThreadedHostileServer
+
+    servers: list[ThreadedHostileServer] = []
+
+    def start(behaviour, **config) -> ThreadedHostileServer:
+        config.setdefault("served_names", TEST_MODELS)
+        server = ThreadedHostileServer(SimConfig(**config), behaviour)
+        server.__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)

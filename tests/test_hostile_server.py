@@ -20,7 +20,6 @@ from evaluator.store import DB_NAME
 from tests import virtual_time
 from tests.conftest import (
     SUBPROCESS_ENV,
-    TEST_MODELS,
     checkpoint_calls,
     evaluator_cmd,
     read_summary,
@@ -32,26 +31,9 @@ from workers.base import CallFailure, Completion, ErrorClass, clean_usage
 from workers.client import EndpointConfig, HTTPClient
 from workers.limits import per_minute_bucket
 from workers.openai_compat import ChatWire
-from workers.simulated import SimConfig
 from workers.simulated.data import write_synthetic_dataset
-from workers.simulated.hostile import Hostile, ThreadedHostileServer
+from workers.simulated.hostile import Hostile
 from workers.transport import Deadline
-
-
-@pytest.fixture
-def hostile():
-    servers: list[ThreadedHostileServer] = []
-
-    def start(hostile: Hostile, **config) -> ThreadedHostileServer:
-        config.setdefault("served_names", TEST_MODELS)
-        server = ThreadedHostileServer(SimConfig(**config), hostile)
-        server.__enter__()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 def _error_lines(stderr: str) -> list[str]:

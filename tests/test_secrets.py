@@ -18,16 +18,14 @@ import pytest
 from evaluator.store import DB_NAME
 from tests.conftest import (
     SUBPROCESS_ENV,
-    TEST_MODELS,
     evaluator_cmd,
     read_results,
     read_summary,
     run_args,
     run_evaluator,
 )
-from workers.simulated import SimConfig
 from workers.simulated.data import synthetic_row
-from workers.simulated.hostile import MARK_FAIL_WITH_KEY, Hostile, ThreadedHostileServer
+from workers.simulated.hostile import MARK_FAIL_WITH_KEY, Hostile
 
 KEY = "sk-hostile-0123456789abcdefXYZ"
 JUDGE_KEY = "sk-judgekey-9876543210zyxwvuQ"
@@ -35,20 +33,6 @@ JUDGE_KEY = "sk-judgekey-9876543210zyxwvuQ"
 KEY_PREFIX = KEY[:7]
 
 
-@pytest.fixture
-def hostile(request):
-    servers: list[ThreadedHostileServer] = []
-
-    def start(hostile: Hostile, **config) -> ThreadedHostileServer:
-        config.setdefault("served_names", TEST_MODELS)
-        server = ThreadedHostileServer(SimConfig(**config), hostile)
-        server.__enter__()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 def _dataset(path: Path, n: int, failing: set[int] = frozenset()) -> Path:
